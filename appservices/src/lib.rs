@@ -1,0 +1,1 @@
+//! ieum-appservices: the application-service model and the bridges.

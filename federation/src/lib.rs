@@ -1,0 +1,1 @@
+//! ieum-federation: the transport layer between homeservers.

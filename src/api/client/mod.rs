@@ -1,0 +1,6 @@
+//! Client-server API handlers, one file per group of ruma client-api modules.
+
+pub mod account;
+pub mod config;
+pub mod room;
+pub mod sync;

@@ -1,0 +1,106 @@
+//! Sync and ephemeral endpoints: /sync, typing, receipts, read markers.
+
+use std::time::Duration;
+
+use ruma::{
+    api::client::{
+        read_marker::set_read_marker,
+        receipt::create_receipt::{self, v3::ReceiptType},
+        sync::sync_events,
+        typing::create_typing_event::{self, v3::Typing},
+    },
+    events::receipt::ReceiptThread,
+};
+
+use crate::{
+    api::ruma::Ruma,
+    app::App,
+    error::{Error, Result},
+    service::{rooms::raw, sync::SyncParams},
+};
+
+/// `GET /_matrix/client/v3/sync`
+pub async fn sync(app: App, req: Ruma<sync_events::v3::Request>) -> Result<sync_events::v3::Response> {
+    let session = req.user()?.clone();
+    let filter = app.sync.resolve_filter(&session.user_id, req.body.filter.as_ref())?;
+    let params = SyncParams {
+        since: req.body.since.clone(),
+        filter,
+        full_state: req.body.full_state,
+        timeout: req.body.timeout,
+        use_state_after: req.body.use_state_after,
+    };
+    app.sync.sync(&session, params).await
+}
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/typing/{userId}`
+pub async fn typing(app: App, req: Ruma<create_typing_event::v3::Request>) -> Result<create_typing_event::v3::Response> {
+    let session = req.user()?;
+    if req.body.user_id != session.user_id {
+        return Err(Error::forbidden("You may only set your own typing state."));
+    }
+    if !app.rooms.is_joined(&req.body.room_id, &session.user_id)? {
+        return Err(Error::forbidden("You are not joined to this room."));
+    }
+    match req.body.state {
+        Typing::Yes(ref data) => app.ephemeral.set_typing(&req.body.room_id, &session.user_id, true, Some(data.timeout)),
+        _ => app.ephemeral.set_typing(&req.body.room_id, &session.user_id, false, None::<Duration>),
+    }
+    Ok(create_typing_event::v3::Response::new())
+}
+
+fn thread_id(thread: &ReceiptThread) -> Option<String> {
+    match thread {
+        ReceiptThread::Unthreaded => None,
+        ReceiptThread::Main => Some("main".into()),
+        ReceiptThread::Thread(event_id) => Some(event_id.to_string()),
+        _ => None,
+    }
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/receipt/{receiptType}/{eventId}`
+pub async fn receipt(app: App, req: Ruma<create_receipt::v3::Request>) -> Result<create_receipt::v3::Response> {
+    let session = req.user()?;
+    if !app.rooms.is_joined(&req.body.room_id, &session.user_id)? {
+        return Err(Error::forbidden("You are not joined to this room."));
+    }
+    let room_id = &req.body.room_id;
+    match &req.body.receipt_type {
+        ReceiptType::FullyRead => {
+            if !matches!(req.body.thread, ReceiptThread::Unthreaded) {
+                return Err(Error::invalid_param("m.fully_read cannot be threaded."));
+            }
+            app.rooms.visible_event(&session.user_id, room_id, &req.body.event_id)?;
+            let content = raw(&serde_json::json!({ "event_id": req.body.event_id }))?;
+            app.account_data.put_unchecked(&session.user_id, Some(room_id), "m.fully_read", &content).await?;
+        }
+        kind @ (ReceiptType::Read | ReceiptType::ReadPrivate) => {
+            app.ephemeral
+                .set_receipt(room_id, &session.user_id, kind.as_str(), &req.body.event_id, thread_id(&req.body.thread))
+                .await?;
+        }
+        other => return Err(Error::invalid_param(format!("Unknown receipt type {}", other.as_str()))),
+    }
+    Ok(create_receipt::v3::Response::new())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/read_markers`
+pub async fn read_markers(app: App, req: Ruma<set_read_marker::v3::Request>) -> Result<set_read_marker::v3::Response> {
+    let session = req.user()?;
+    let room_id = &req.body.room_id;
+    if !app.rooms.is_joined(room_id, &session.user_id)? {
+        return Err(Error::forbidden("You are not joined to this room."));
+    }
+    if let Some(event_id) = &req.body.fully_read {
+        app.rooms.visible_event(&session.user_id, room_id, event_id)?;
+        let content = raw(&serde_json::json!({ "event_id": event_id }))?;
+        app.account_data.put_unchecked(&session.user_id, Some(room_id), "m.fully_read", &content).await?;
+    }
+    if let Some(event_id) = &req.body.read_receipt {
+        app.ephemeral.set_receipt(room_id, &session.user_id, "m.read", event_id, None).await?;
+    }
+    if let Some(event_id) = &req.body.private_read_receipt {
+        app.ephemeral.set_receipt(room_id, &session.user_id, "m.read.private", event_id, None).await?;
+    }
+    Ok(set_read_marker::v3::Response::new())
+}

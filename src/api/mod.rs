@@ -1,0 +1,44 @@
+//! HTTP boundary: axum + ruma, no domain logic, never touches storage.
+
+pub mod admin;
+pub mod client;
+pub mod routes;
+pub mod ruma;
+pub mod well_known;
+
+use axum::{
+    Router,
+    extract::Request,
+    http::{HeaderValue, Method, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+};
+
+use crate::{app::App, error::Error};
+
+/// The whole router: client API, CORS, unknown-endpoint answers.
+pub fn router(app: App) -> Router {
+    routes::client_routes()
+        .fallback(|| async { ruma::error_response(Error::unrecognized("Unrecognized request")) })
+        .method_not_allowed_fallback(|| async { ruma::error_response(Error::method_not_allowed()) })
+        .layer(middleware::from_fn(cors))
+        .with_state(app)
+}
+
+/// Every client (browser-based ones too) may call the API: answer CORS preflights and
+/// mark every response as shareable.
+async fn cors(request: Request, next: Next) -> Response {
+    let mut response = if request.method() == Method::OPTIONS {
+        StatusCode::OK.into_response()
+    } else {
+        next.run(request).await
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"));
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("X-Requested-With, Content-Type, Authorization, Date"),
+    );
+    response
+}

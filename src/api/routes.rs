@@ -1,0 +1,108 @@
+//! The route table: one line per endpoint, grouped as in the spec.
+
+use axum::{Router, routing::{get, post}};
+use ruma::api::client::{
+    self as c,
+    state::{get_state_event_for_key, send_state_event},
+};
+
+use super::{
+    admin,
+    client::{account, config, room, sync},
+    ruma::{route, route_extra},
+    well_known,
+};
+use crate::app::App;
+
+pub fn client_routes() -> Router<App> {
+    let r = Router::new();
+    // Discovery.
+    let r = route::<c::discovery::get_supported_versions::Request, _, _>(r, well_known::versions);
+    let r = route::<c::discovery::discover_homeserver::Request, _, _>(r, well_known::well_known_client);
+    let r = route::<c::discovery::get_capabilities::v3::Request, _, _>(r, well_known::capabilities);
+    let r = route::<c::push::get_pushrules_all::v3::Request, _, _>(r, well_known::push_rules);
+    // Accounts and sessions.
+    let r = route::<c::account::register::v3::Request, _, _>(r, account::register);
+    let r = route::<c::account::get_username_availability::v3::Request, _, _>(r, account::username_available);
+    let r = route::<c::account::check_registration_token_validity::v1::Request, _, _>(r, account::registration_token_validity);
+    let r = route::<c::session::get_login_types::v3::Request, _, _>(r, account::login_types);
+    let r = route::<c::session::login::v3::Request, _, _>(r, account::login);
+    let r = route::<c::session::refresh_token::v3::Request, _, _>(r, account::refresh);
+    let r = route::<c::session::logout::v3::Request, _, _>(r, account::logout);
+    let r = route::<c::session::logout_all::v3::Request, _, _>(r, account::logout_all);
+    let r = route::<c::account::whoami::v3::Request, _, _>(r, account::whoami);
+    let r = route::<c::account::change_password::v3::Request, _, _>(r, account::change_password);
+    let r = route::<c::account::deactivate::v3::Request, _, _>(r, account::deactivate);
+    let r = route::<c::account::get_3pids::v3::Request, _, _>(r, account::get_3pids);
+    let r = route::<c::device::get_devices::v3::Request, _, _>(r, account::get_devices);
+    let r = route::<c::device::get_device::v3::Request, _, _>(r, account::get_device);
+    let r = route::<c::device::update_device::v3::Request, _, _>(r, account::update_device);
+    let r = route::<c::device::delete_device::v3::Request, _, _>(r, account::delete_device);
+    let r = route::<c::device::delete_devices::v3::Request, _, _>(r, account::delete_devices);
+    let r = route::<c::profile::get_profile::v3::Request, _, _>(r, account::get_profile);
+    let r = route::<c::profile::get_profile_field::v3::Request, _, _>(r, account::get_profile_field);
+    let r = route::<c::profile::set_profile_field::v3::Request, _, _>(r, account::set_profile_field);
+    let r = route::<c::profile::delete_profile_field::v3::Request, _, _>(r, account::delete_profile_field);
+    // Rooms.
+    let r = route::<c::room::create_room::v3::Request, _, _>(r, room::create_room);
+    let r = route::<c::membership::join_room_by_id::v3::Request, _, _>(r, room::join_room_by_id);
+    let r = route::<c::membership::join_room_by_id_or_alias::v3::Request, _, _>(r, room::join_room_by_id_or_alias);
+    let r = route::<c::knock::knock_room::v3::Request, _, _>(r, room::knock_room);
+    let r = route::<c::membership::invite_user::v3::Request, _, _>(r, room::invite_user);
+    let r = route::<c::membership::leave_room::v3::Request, _, _>(r, room::leave_room);
+    let r = route::<c::membership::forget_room::v3::Request, _, _>(r, room::forget_room);
+    let r = route::<c::membership::kick_user::v3::Request, _, _>(r, room::kick_user);
+    let r = route::<c::membership::ban_user::v3::Request, _, _>(r, room::ban_user);
+    let r = route::<c::membership::unban_user::v3::Request, _, _>(r, room::unban_user);
+    let r = route::<c::membership::joined_rooms::v3::Request, _, _>(r, room::joined_rooms);
+    let r = route::<c::membership::joined_members::v3::Request, _, _>(r, room::joined_members);
+    let r = route::<c::membership::get_member_events::v3::Request, _, _>(r, room::get_member_events);
+    let r = route::<c::message::send_message_event::v3::Request, _, _>(r, room::send_message_event);
+    let r = route::<c::message::get_message_events::v3::Request, _, _>(r, room::get_message_events);
+    let r = route::<c::state::send_state_event::v3::Request, _, _>(r, room::send_state_event);
+    let r = route::<c::state::get_state_events::v3::Request, _, _>(r, room::get_state_events);
+    let r = route::<c::state::get_state_event_for_key::v3::Request, _, _>(r, room::get_state_event_for_key);
+    // A state key may be empty: `.../state/{type}` and `.../state/{type}/` mean state key "".
+    let r = empty_state_key_routes(r);
+    let r = route::<c::redact::redact_event::v3::Request, _, _>(r, room::redact_event);
+    let r = route::<c::room::get_room_event::v3::Request, _, _>(r, room::get_room_event);
+    let r = route::<c::context::get_context::v3::Request, _, _>(r, room::get_context);
+    let r = route::<c::room::aliases::v3::Request, _, _>(r, room::room_aliases);
+    let r = route::<c::alias::create_alias::v3::Request, _, _>(r, room::create_alias);
+    let r = route::<c::alias::get_alias::v3::Request, _, _>(r, room::get_alias);
+    let r = route::<c::alias::delete_alias::v3::Request, _, _>(r, room::delete_alias);
+    let r = route::<c::directory::get_room_visibility::v3::Request, _, _>(r, room::get_room_visibility);
+    let r = route::<c::directory::set_room_visibility::v3::Request, _, _>(r, room::set_room_visibility);
+    let r = route::<c::directory::get_public_rooms::v3::Request, _, _>(r, room::get_public_rooms);
+    let r = route::<c::directory::get_public_rooms_filtered::v3::Request, _, _>(r, room::get_public_rooms_filtered);
+    // Sync and ephemeral data.
+    let r = route::<c::sync::sync_events::v3::Request, _, _>(r, sync::sync);
+    let r = route::<c::typing::create_typing_event::v3::Request, _, _>(r, sync::typing);
+    let r = route::<c::receipt::create_receipt::v3::Request, _, _>(r, sync::receipt);
+    let r = route::<c::read_marker::set_read_marker::v3::Request, _, _>(r, sync::read_markers);
+    // Account data, tags, filters.
+    let r = route::<c::config::set_global_account_data::v3::Request, _, _>(r, config::set_global_account_data);
+    let r = route::<c::config::get_global_account_data::v3::Request, _, _>(r, config::get_global_account_data);
+    let r = route::<c::config::set_room_account_data::v3::Request, _, _>(r, config::set_room_account_data);
+    let r = route::<c::config::get_room_account_data::v3::Request, _, _>(r, config::get_room_account_data);
+    let r = route::<c::tag::get_tags::v3::Request, _, _>(r, config::get_tags);
+    let r = route::<c::tag::create_tag::v3::Request, _, _>(r, config::create_tag);
+    let r = route::<c::tag::delete_tag::v3::Request, _, _>(r, config::delete_tag);
+    let r = route::<c::filter::create_filter::v3::Request, _, _>(r, config::create_filter);
+    let r = route::<c::filter::get_filter::v3::Request, _, _>(r, config::get_filter);
+    // Synapse-compatible admin registration (shared secret), used by existing tools.
+    r.route("/_synapse/admin/v1/register", get(admin::register_nonce).merge(post(admin::register_with_secret)))
+}
+
+fn empty_state_key_routes(r: Router<App>) -> Router<App> {
+    const PREFIXES: [&str; 2] = ["/_matrix/client/r0", "/_matrix/client/v3"];
+    let mut r = r;
+    for prefix in PREFIXES {
+        for suffix in ["", "/"] {
+            let path: &'static str = Box::leak(format!("{prefix}/rooms/{{room_id}}/state/{{event_type}}{suffix}").into_boxed_str());
+            r = route_extra::<send_state_event::v3::Request, _, _>(r, path, &[""], room::send_state_event);
+            r = route_extra::<get_state_event_for_key::v3::Request, _, _>(r, path, &[""], room::get_state_event_for_key);
+        }
+    }
+    r
+}

@@ -1,0 +1,264 @@
+//! The bridge between axum and ruma: `Ruma<R>` (a parsed, authenticated ruma request),
+//! routing of ruma endpoint types, and rendering of responses and errors.
+//!
+//! Authentication is decided by the ruma request's auth scheme (`Authenticate`), so a
+//! handler cannot forget it: access token -> a local user + device.
+
+use std::{future::Future, net::SocketAddr};
+
+use axum::{
+    Router, http,
+    body::{Body, Bytes},
+    extract::{ConnectInfo, FromRequestParts, Path, Request, State},
+    response::{IntoResponse, Response},
+    routing::{MethodFilter, on},
+};
+use ruma::api::{
+    IncomingRequest, IncomingRequestExt, OutgoingResponse, OutgoingResponseExt,
+    auth_scheme::{
+        AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, AuthScheme, NoAccessToken,
+        NoAuthentication,
+    },
+    client::uiaa::UiaaResponse,
+    error::{DeserializationError, FromHttpRequestError},
+    path_builder::PathBuilder,
+};
+
+use crate::{
+    app::App,
+    error::{Error, Result},
+    service::users::Session,
+};
+
+/// A parsed request of endpoint `R` and who sent it.
+pub struct Ruma<R> {
+    pub body: R,
+    /// The authenticated user, for endpoints that take an access token.
+    pub session: Option<Session>,
+    /// The client's address (for rate limits and device last-seen).
+    pub client_addr: Option<SocketAddr>,
+}
+
+impl<R> Ruma<R> {
+    /// The authenticated user. Present whenever the endpoint's auth scheme requires a token.
+    pub fn user(&self) -> Result<&Session> {
+        self.session.as_ref().ok_or_else(|| Error::missing_token("Missing access token."))
+    }
+
+    /// A key for per-client rate limits.
+    pub fn client_key(&self) -> String {
+        self.client_addr.map(|a| a.ip().to_string()).unwrap_or_else(|| "unknown".into())
+    }
+}
+
+/// How each ruma auth scheme authenticates against this server.
+pub trait Authenticate: AuthScheme {
+    fn authenticate(app: &App, request: &http::Request<Bytes>) -> Result<Option<Session>>;
+}
+
+fn bearer_token(request: &http::Request<Bytes>) -> Result<Option<String>> {
+    match ruma::api::auth_scheme::extract_bearer_or_query_token(request) {
+        Ok(token) => Ok(token),
+        Err(_) => Err(Error::unknown_token("Invalid Authorization header.")),
+    }
+}
+
+impl Authenticate for AccessToken {
+    fn authenticate(app: &App, request: &http::Request<Bytes>) -> Result<Option<Session>> {
+        let token = bearer_token(request)?.ok_or_else(|| Error::missing_token("Missing access token."))?;
+        app.users.authenticate(&token).map(Some)
+    }
+}
+
+impl Authenticate for AccessTokenOptional {
+    fn authenticate(app: &App, request: &http::Request<Bytes>) -> Result<Option<Session>> {
+        match bearer_token(request)? {
+            Some(token) => app.users.authenticate(&token).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Authenticate for AppserviceToken {
+    fn authenticate(_app: &App, _request: &http::Request<Bytes>) -> Result<Option<Session>> {
+        Err(Error::unknown_token("No application services are registered on this server."))
+    }
+}
+
+impl Authenticate for AppserviceTokenOptional {
+    fn authenticate(_app: &App, request: &http::Request<Bytes>) -> Result<Option<Session>> {
+        match bearer_token(request)? {
+            Some(_) => Err(Error::unknown_token("No application services are registered on this server.")),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Authenticate for NoAccessToken {
+    fn authenticate(_app: &App, _request: &http::Request<Bytes>) -> Result<Option<Session>> {
+        Ok(None)
+    }
+}
+
+impl Authenticate for NoAuthentication {
+    fn authenticate(_app: &App, _request: &http::Request<Bytes>) -> Result<Option<Session>> {
+        Ok(None)
+    }
+}
+
+/// Maps ruma's parse failures to the spec's errcodes.
+fn request_error(error: FromHttpRequestError) -> Error {
+    match error {
+        FromHttpRequestError::MethodMismatch { .. } => Error::method_not_allowed(),
+        FromHttpRequestError::Deserialization(error) => match error {
+            DeserializationError::Json(json) if json.is_syntax() || json.is_eof() => {
+                Error::not_json("Content not JSON.")
+            }
+            DeserializationError::Json(json) => Error::bad_json(format!("Invalid request body: {json}")),
+            DeserializationError::Query(query) => {
+                let text = query.to_string();
+                if text.contains("missing field") {
+                    Error::missing_param(format!("Missing query parameter: {text}"))
+                } else {
+                    Error::invalid_param(format!("Invalid query parameter: {text}"))
+                }
+            }
+            DeserializationError::Ident(id) => Error::invalid_param(format!("Invalid identifier: {id}")),
+            DeserializationError::Utf8(_) => Error::not_json("Body is not UTF-8."),
+            other => Error::bad_json(format!("Invalid request: {other}")),
+        },
+        other => Error::bad_json(format!("Invalid request: {other}")),
+    }
+}
+
+/// Renders an error as the spec's JSON body with its status.
+pub fn error_response(error: Error) -> Response {
+    let status = error.status();
+    if status.is_server_error() {
+        tracing::error!(%error, "request failed");
+    } else {
+        tracing::debug!(%error, "request refused");
+    }
+    let rendered = match error {
+        Error::Uiaa(info) => UiaaResponse::AuthResponse(*info).try_into_http_response::<Vec<u8>>(),
+        other => other.to_ruma().try_into_http_response::<Vec<u8>>(),
+    };
+    match rendered {
+        Ok(response) => response.map(Body::from).into_response(),
+        Err(_) => http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+fn success_response<T: OutgoingResponse>(response: T) -> Response {
+    match response.try_into_http_response::<Vec<u8>>() {
+        Ok(response) => response.map(Body::from).into_response(),
+        Err(error) => error_response(Error::internal(format!("cannot serialise response: {error}"))),
+    }
+}
+
+fn method_filter(method: &http::Method) -> MethodFilter {
+    match *method {
+        http::Method::GET => MethodFilter::GET,
+        http::Method::POST => MethodFilter::POST,
+        http::Method::PUT => MethodFilter::PUT,
+        http::Method::DELETE => MethodFilter::DELETE,
+        http::Method::PATCH => MethodFilter::PATCH,
+        http::Method::HEAD => MethodFilter::HEAD,
+        _ => MethodFilter::OPTIONS,
+    }
+}
+
+/// Parses and authenticates one request for endpoint `R`.
+async fn extract<R>(app: &App, request: Request) -> Result<Ruma<R>>
+where
+    R: IncomingRequest,
+    R::Authentication: Authenticate,
+{
+    let (mut parts, body) = request.into_parts();
+    let Path(args): Path<Vec<String>> = Path::from_request_parts(&mut parts, app)
+        .await
+        .map_err(|e| Error::invalid_param(format!("Invalid path: {e}")))?;
+    let client_addr = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let limit = app.core.config.http.max_request_bytes;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| Error::too_large(format!("Request body is larger than {limit} bytes.")))?;
+    let request = http::Request::from_parts(parts, bytes);
+    let session = R::Authentication::authenticate(app, &request)?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (parts, bytes) = request.into_parts();
+    let body = R::try_from_http_request(http::Request::from_parts(parts, bytes.as_ref()), &args).map_err(request_error)?;
+    Ok(Ruma { body, session, client_addr })
+}
+
+/// Adds endpoint `R` (all its paths) to the router, served by `handler`.
+pub fn route<R, F, Fut>(mut router: Router<App>, handler: F) -> Router<App>
+where
+    R: IncomingRequest + Send + 'static,
+    R::Authentication: Authenticate,
+    F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
+{
+    let filter = method_filter(&R::METHOD);
+    for path in R::PATH_BUILDER.all_paths() {
+        let handler = handler.clone();
+        router = router.route(
+            path,
+            on(filter, move |State(app): State<App>, request: Request| {
+                let handler = handler.clone();
+                async move {
+                    match extract::<R>(&app, request).await {
+                        Ok(request) => match handler(app, request).await {
+                            Ok(response) => success_response(response),
+                            Err(error) => error_response(error),
+                        },
+                        Err(error) => error_response(error),
+                    }
+                }
+            }),
+        );
+    }
+    router
+}
+
+/// Like `route`, for an extra path (e.g. a state URL with an empty trailing state key),
+/// with fixed trailing path arguments appended.
+pub fn route_extra<R, F, Fut>(router: Router<App>, path: &'static str, extra_args: &'static [&'static str], handler: F) -> Router<App>
+where
+    R: IncomingRequest + Send + 'static,
+    R::Authentication: Authenticate,
+    F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
+{
+    let filter = method_filter(&R::METHOD);
+    router.route(
+        path,
+        on(filter, move |State(app): State<App>, Path(mut args): Path<Vec<String>>, request: Request| {
+            let handler = handler.clone();
+            async move {
+                args.extend(extra_args.iter().map(|s| s.to_string()));
+                let (mut parts, body) = request.into_parts();
+                let client_addr = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+                parts.extensions.remove::<ConnectInfo<SocketAddr>>();
+                let limit = app.core.config.http.max_request_bytes;
+                let result = async {
+                    let bytes = axum::body::to_bytes(body, limit)
+                        .await
+                        .map_err(|_| Error::too_large(format!("Request body is larger than {limit} bytes.")))?;
+                    let request = http::Request::from_parts(parts, bytes);
+                    let session = R::Authentication::authenticate(&app, &request)?;
+                    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+                    let (parts, bytes) = request.into_parts();
+                    let body = R::try_from_http_request(http::Request::from_parts(parts, bytes.as_ref()), &refs)
+                        .map_err(request_error)?;
+                    handler(app.clone(), Ruma { body, session, client_addr }).await
+                }
+                .await;
+                match result {
+                    Ok(response) => success_response(response),
+                    Err(error) => error_response(error),
+                }
+            }
+        }),
+    )
+}

@@ -1,0 +1,324 @@
+//! The one place that reads configuration: a TOML file, then `IEUM_*` environment overrides.
+//!
+//! Environment overrides name a field by its path, upper-cased, with `__` between levels:
+//! `IEUM_SERVER_NAME`, `IEUM_HTTP__LISTEN`, `IEUM_REGISTRATION__ENABLED`. Values are read as
+//! TOML when they parse as TOML (`true`, `42`, `["a", "b"]`) and as plain strings otherwise.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use ruma::{OwnedServerName, RoomVersionId};
+use serde::{Deserialize, Deserializer};
+
+/// Where the development server listens and what it is called when no config file is given.
+pub const DEV_ADDRESS: &str = "127.0.0.1:8008";
+pub const DEV_SERVER_NAME: &str = "localhost:8008";
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The server name: the part after the colon in user ids (`@alice:SERVER_NAME`).
+    /// Cannot be changed once users exist.
+    pub server_name: OwnedServerName,
+    /// The public URL clients use, advertised in `/.well-known/matrix/client`.
+    /// Default: `http://{server_name}`.
+    #[serde(default)]
+    pub public_baseurl: Option<String>,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub storage: StorageSection,
+    #[serde(default)]
+    pub registration: RegistrationConfig,
+    #[serde(default)]
+    pub rate_limits: RateLimitConfig,
+    #[serde(default)]
+    pub rooms: RoomsConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Addresses to listen on for plain HTTP (client API). Default `["127.0.0.1:8008"]`.
+    #[serde(deserialize_with = "one_or_many")]
+    pub listen: Vec<SocketAddr>,
+    /// Largest request body accepted, in bytes (M_TOO_LARGE above it). Default 1 MiB.
+    pub max_request_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: vec![DEV_ADDRESS.parse().expect("valid address")], max_request_bytes: 1024 * 1024 }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    /// Directory of the embedded RocksDB database. Default `./data`.
+    pub path: PathBuf,
+    /// Fsync the write-ahead log before answering (keep true: a 200 means durable).
+    pub sync_writes: bool,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self { path: PathBuf::from("data"), sync_writes: true }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationConfig {
+    /// Allow anyone who can reach the server to register (m.login.dummy).
+    /// Default false; the development server (no config file) turns it on.
+    pub enabled: bool,
+    /// If non-empty, registration requires one of these tokens (m.login.registration_token)
+    /// even when `enabled` is false.
+    pub tokens: Vec<String>,
+    /// Shared secret for `/_synapse/admin/v1/register` (HMAC-SHA1). Unset: endpoint disabled.
+    pub shared_secret: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Turn every rate limit on or off. Default on.
+    pub enabled: bool,
+    /// Login attempts per client address.
+    pub login: RateLimit,
+    /// Registrations per client address.
+    pub registration: RateLimit,
+    /// Events sent per user.
+    pub message: RateLimit,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            login: RateLimit { per_second: 0.5, burst: 10 },
+            registration: RateLimit { per_second: 0.2, burst: 5 },
+            message: RateLimit { per_second: 20.0, burst: 100 },
+        }
+    }
+}
+
+/// A token bucket: `burst` requests at once, refilled at `per_second`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsConfig {
+    /// Room version for new rooms when the client does not ask for one. Default "12".
+    pub default_version: RoomVersionId,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        Self { default_version: RoomVersionId::V12 }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Lifetime of access tokens in milliseconds for clients that support refresh tokens.
+    /// Unset (default): access tokens do not expire and refresh tokens are not issued.
+    pub access_token_lifetime_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// A tracing filter (`info`, `ieum=debug,info`). `RUST_LOG` overrides it.
+    pub filter: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self { filter: "info,ruma_state_res=warn".into() }
+    }
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<SocketAddr>),
+    }
+    match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::Many(list) => Ok(list),
+        OneOrMany::One(text) => text
+            .split(',')
+            .map(|part| part.trim().parse().map_err(serde::de::Error::custom))
+            .collect(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+impl Config {
+    /// Loads a config file (or the development defaults when `path` is None) and applies
+    /// the `IEUM_*` variables from `env`.
+    pub fn load(
+        path: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let (mut table, origin) = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+                    origin: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                (table, path.display().to_string())
+            }
+            None => (dev_defaults(), "development defaults".to_owned()),
+        };
+        apply_env(&mut table, env);
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid { origin: origin.clone(), message: e.to_string() })?;
+        config.validate().map_err(|message| ConfigError::Invalid { origin, message })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.http.listen.is_empty() {
+            return Err("http.listen: at least one address is needed".into());
+        }
+        if self.http.max_request_bytes < 65_536 {
+            return Err("http.max_request_bytes: must be at least 65536 (one PDU)".into());
+        }
+        if self.rooms.default_version.rules().is_none()
+            || !crate::service::rooms::SUPPORTED_CREATE_VERSIONS.contains(&self.rooms.default_version)
+        {
+            return Err(format!(
+                "rooms.default_version: {} is not a version ieum creates rooms in (10, 11, 12)",
+                self.rooms.default_version
+            ));
+        }
+        for (name, limit) in [
+            ("login", self.rate_limits.login),
+            ("registration", self.rate_limits.registration),
+            ("message", self.rate_limits.message),
+        ] {
+            if !(limit.per_second > 0.0) || limit.burst == 0 {
+                return Err(format!("rate_limits.{name}: per_second and burst must be positive"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The base URL clients should use.
+    pub fn public_baseurl(&self) -> String {
+        match &self.public_baseurl {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.server_name),
+        }
+    }
+}
+
+/// The development server: loopback only, so open registration is safe.
+fn dev_defaults() -> toml::Table {
+    let mut table = toml::Table::new();
+    table.insert("server_name".into(), DEV_SERVER_NAME.into());
+    let mut registration = toml::Table::new();
+    registration.insert("enabled".into(), true.into());
+    table.insert("registration".into(), registration.into());
+    table
+}
+
+fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) {
+    for (key, value) in env {
+        let Some(path) = key.strip_prefix("IEUM_") else { continue };
+        if path.is_empty() {
+            continue;
+        }
+        let parts: Vec<String> = path.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.clone()));
+        let mut node = &mut *table;
+        for part in &parts[..parts.len() - 1] {
+            let entry = node.entry(part.clone()).or_insert_with(|| toml::Table::new().into());
+            if !entry.is_table() {
+                *entry = toml::Table::new().into();
+            }
+            node = entry.as_table_mut().expect("just made a table");
+        }
+        node.insert(parts[parts.len() - 1].clone(), parsed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn dev_defaults_open_registration_on_loopback() {
+        let config = Config::load(None, env(&[])).unwrap();
+        assert_eq!(config.server_name.as_str(), DEV_SERVER_NAME);
+        assert!(config.registration.enabled);
+        assert_eq!(config.http.listen, vec![DEV_ADDRESS.parse().unwrap()]);
+        assert_eq!(config.rooms.default_version, RoomVersionId::V12);
+    }
+
+    #[test]
+    fn env_overrides_nested_fields() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("IEUM_SERVER_NAME", "example.test"),
+                ("IEUM_HTTP__LISTEN", "127.0.0.1:1, 127.0.0.1:2"),
+                ("IEUM_REGISTRATION__ENABLED", "false"),
+                ("IEUM_RATE_LIMITS__MESSAGE__BURST", "7"),
+                ("OTHER", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.server_name.as_str(), "example.test");
+        assert_eq!(config.http.listen.len(), 2);
+        assert!(!config.registration.enabled);
+        assert_eq!(config.rate_limits.message.burst, 7);
+    }
+
+    #[test]
+    fn the_example_file_parses_and_is_complete() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/homeserver.example.toml");
+        let config = Config::load(Some(&path), env(&[])).unwrap();
+        // A config file means production: registration is off unless enabled.
+        assert!(!config.registration.enabled);
+        assert!(config.rate_limits.enabled);
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let err = Config::load(None, env(&[("IEUM_ROOMS__DEFAULT_VERSION", "\"3\"")])).unwrap_err();
+        assert!(err.to_string().contains("rooms.default_version"), "{err}");
+        let err = Config::load(None, env(&[("IEUM_HTTP__LISTEN", "not-an-address")])).unwrap_err();
+        assert!(err.to_string().contains("development defaults"), "{err}");
+    }
+}

@@ -1,0 +1,154 @@
+//! The `ieum` command line: `serve`, `create-user`, `check-config`. Parses arguments and
+//! calls into the library; nothing else.
+
+use std::{
+    io::{BufRead, IsTerminal, Write},
+    path::PathBuf,
+    process::ExitCode,
+};
+
+use clap::{Parser, Subcommand};
+use ieum::{Config, Server, service::Services, storage};
+
+/// ieum — a Matrix homeserver for one government body.
+///
+/// Without --config, `ieum serve` starts a development server: server name
+/// localhost:8008, data in ./data, plain HTTP on 127.0.0.1:8008, open registration.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the homeserver.
+    Serve {
+        /// Configuration file (TOML). See config/homeserver.example.toml.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Create a local account directly in the database (the server must be stopped).
+    CreateUser {
+        /// Configuration file (TOML); the development defaults when omitted.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The localpart of the new user (`alice` for @alice:server).
+        username: String,
+        /// The password. When omitted it is read from standard input.
+        #[arg(long)]
+        password: Option<String>,
+        /// Make the user a server administrator.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Read a configuration file, report problems, and print the effective settings.
+    CheckConfig {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn load(path: Option<&PathBuf>) -> Result<Config, String> {
+    Config::load(path.map(PathBuf::as_path), std::env::vars()).map_err(|e| {
+        format!("configuration error: {e}\nSee config/homeserver.example.toml for every option and its default.")
+    })
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.logging.filter));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn read_password() -> Result<String, String> {
+    if std::io::stdin().is_terminal() {
+        eprint!("Password: ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).map_err(|e| format!("cannot read the password: {e}"))?;
+    let password = line.trim_end_matches(['\n', '\r']).to_owned();
+    if password.is_empty() {
+        return Err("the password may not be empty".into());
+    }
+    Ok(password)
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Serve { config } => {
+            let dev = config.is_none();
+            let config = load(config.as_ref())?;
+            init_logging(&config);
+            let server_name = config.server_name.clone();
+            let registration = config.registration.enabled;
+            let server = Server::start(config).await.map_err(|e| e.to_string())?;
+            let url = format!("http://{}", server.addr());
+            eprintln!("\nieum is serving {server_name} at {url}");
+            if dev {
+                eprintln!("Development server: loopback only, open registration, data in ./data.");
+            }
+            eprintln!("Connect a Matrix client (Element, nheko, FluffyChat...) with homeserver URL {url}");
+            if registration {
+                eprintln!("and register an account, or create one with: ieum create-user NAME");
+            } else {
+                eprintln!("Registration is off: create accounts with `ieum create-user --config FILE NAME`.");
+            }
+            eprintln!("Stop with Ctrl-C.\n");
+            server.run_until_signal().await;
+            Ok(())
+        }
+        Command::CreateUser { config, username, password, admin } => {
+            let config = load(config.as_ref())?;
+            let password = match password {
+                Some(password) => password,
+                None => read_password()?,
+            };
+            let db = storage::open(&storage::StorageConfig {
+                path: config.storage.path.clone(),
+                sync_writes: true,
+            })
+            .map_err(|e| format!("cannot open the database at {}: {e}. Stop the server first.", config.storage.path.display()))?;
+            let services = Services::new(config, db).map_err(|e| e.to_string())?;
+            let user_id = services
+                .users
+                .create(Some(&username), Some(&password), admin, None)
+                .await
+                .map_err(|e| format!("cannot create {username}: {e}"))?;
+            println!("created {user_id}{}", if admin { " (admin)" } else { "" });
+            Ok(())
+        }
+        Command::CheckConfig { config } => {
+            let config = load(config.as_ref())?;
+            println!("configuration is valid");
+            println!("server_name      {}", config.server_name);
+            println!("listen           {:?}", config.http.listen);
+            println!("database         {}", config.storage.path.display());
+            println!("registration     {}", if config.registration.enabled { "open" } else { "closed" });
+            println!("registration tokens {}", config.registration.tokens.len());
+            println!("rate limits      {}", if config.rate_limits.enabled { "on" } else { "off" });
+            println!("room version     {}", config.rooms.default_version);
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Ephemeral room data: typing notifications (in memory, with expiry and their own
+//! serial) and receipts (durable, on the stream).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use ruma::{EventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde_json::{Map, Value, json};
+use tokio::sync::watch;
+
+use super::{Core, now_ms};
+use crate::{
+    error::{Error, Result},
+    storage::{ReceiptRecord, StreamPos},
+};
+
+/// Longest typing timeout a client may ask for.
+const MAX_TYPING: Duration = Duration::from_secs(120);
+
+#[derive(Default)]
+struct RoomTyping {
+    users: HashMap<OwnedUserId, Instant>,
+    /// Serial of the last change in this room.
+    changed: u64,
+}
+
+pub struct Ephemeral {
+    core: Arc<Core>,
+    typing: Mutex<HashMap<OwnedRoomId, RoomTyping>>,
+    /// Increases on every typing change (sync tokens carry it).
+    serial: watch::Sender<u64>,
+}
+
+impl Ephemeral {
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core, typing: Mutex::default(), serial: watch::channel(0).0 }
+    }
+
+    pub fn typing_serial(&self) -> u64 {
+        *self.serial.borrow()
+    }
+
+    pub fn subscribe_typing(&self) -> watch::Receiver<u64> {
+        self.serial.subscribe()
+    }
+
+    fn bump(&self) -> u64 {
+        let mut next = 0;
+        self.serial.send_modify(|serial| {
+            *serial += 1;
+            next = *serial;
+        });
+        next
+    }
+
+    /// `PUT /rooms/{roomId}/typing/{userId}`.
+    pub fn set_typing(&self, room_id: &RoomId, user_id: &UserId, typing: bool, timeout: Option<Duration>) {
+        let mut rooms = self.typing.lock().unwrap_or_else(|e| e.into_inner());
+        let room = rooms.entry(room_id.to_owned()).or_default();
+        let changed = if typing {
+            let until = Instant::now() + timeout.unwrap_or(Duration::from_secs(30)).min(MAX_TYPING);
+            room.users.insert(user_id.to_owned(), until).is_none()
+        } else {
+            room.users.remove(user_id).is_some()
+        };
+        if changed {
+            room.changed = self.bump();
+        }
+    }
+
+    /// Drops expired typing notifications (called every second by a background task).
+    pub fn expire_typing(&self) {
+        let now = Instant::now();
+        let mut rooms = self.typing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut expired_rooms = Vec::new();
+        for (room_id, room) in rooms.iter_mut() {
+            let before = room.users.len();
+            room.users.retain(|_, until| *until > now);
+            if room.users.len() != before {
+                expired_rooms.push(room_id.clone());
+            }
+        }
+        for room_id in expired_rooms {
+            let serial = self.bump();
+            if let Some(room) = rooms.get_mut(&room_id) {
+                room.changed = serial;
+            }
+        }
+        rooms.retain(|_, room| !room.users.is_empty() || room.changed + 10_000 > *self.serial.borrow());
+    }
+
+    /// The `m.typing` event of a room if it changed after serial `since`.
+    pub fn typing_event_since(&self, room_id: &RoomId, since: u64) -> Option<Value> {
+        let rooms = self.typing.lock().unwrap_or_else(|e| e.into_inner());
+        let room = rooms.get(room_id)?;
+        if room.changed <= since {
+            return None;
+        }
+        let now = Instant::now();
+        let mut users: Vec<&OwnedUserId> = room.users.iter().filter(|(_, until)| **until > now).map(|(u, _)| u).collect();
+        users.sort();
+        Some(json!({ "type": "m.typing", "content": { "user_ids": users } }))
+    }
+
+    /// Stores a receipt; receipts never move backwards in the timeline.
+    pub async fn set_receipt(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        receipt_type: &str,
+        event_id: &EventId,
+        thread_id: Option<String>,
+    ) -> Result<()> {
+        let event = self
+            .core
+            .db
+            .event(event_id)?
+            .filter(|e| e.room_id == room_id)
+            .ok_or_else(|| Error::not_found("Event not found in this room."))?;
+        if let Some(existing) = self.core.db.receipt(room_id, receipt_type, user_id, thread_id.as_deref())?
+            && let (Some(old), Some(new)) = (self.core.db.event(&existing.event_id)?.and_then(|e| e.pos), event.pos)
+            && new <= old
+        {
+            return Ok(());
+        }
+        let record = ReceiptRecord {
+            room_id: room_id.to_owned(),
+            receipt_type: receipt_type.to_owned(),
+            user_id: user_id.to_owned(),
+            thread_id,
+            event_id: event_id.to_owned(),
+            ts: now_ms(),
+            pos: 0,
+        };
+        self.core.blocking(move |db| Ok(db.put_receipt(record)?)).await.map(|_| ())
+    }
+
+    /// The `m.receipt` event for receipts in a room after `since`, as `viewer` may see them.
+    pub fn receipt_event_since(&self, room_id: &RoomId, since: StreamPos, viewer: &UserId) -> Result<Option<Value>> {
+        let receipts = self.core.db.receipts_since(room_id, since)?;
+        let mut content: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+        for receipt in receipts {
+            if receipt.receipt_type == "m.read.private" && receipt.user_id != viewer {
+                continue;
+            }
+            let mut data = Map::new();
+            data.insert("ts".into(), Value::from(receipt.ts));
+            if let Some(thread) = &receipt.thread_id {
+                data.insert("thread_id".into(), Value::String(thread.clone()));
+            }
+            let by_type = content.entry(receipt.event_id.to_string()).or_default();
+            let users = by_type.entry(receipt.receipt_type.clone()).or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(users) = users {
+                users.insert(receipt.user_id.to_string(), Value::Object(data));
+            }
+        }
+        if content.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(json!({ "type": "m.receipt", "content": content })))
+    }
+
+    /// The newest read receipt (public or private) of a user in a room.
+    pub fn last_read(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<ReceiptRecord>> {
+        let public = self.core.db.receipt(room_id, "m.read", user_id, None)?;
+        let private = self.core.db.receipt(room_id, "m.read.private", user_id, None)?;
+        let position = |r: &ReceiptRecord| self.core.db.event(&r.event_id).ok().flatten().and_then(|e| e.pos).unwrap_or(0);
+        Ok(match (public, private) {
+            (Some(a), Some(b)) => Some(if position(&a) >= position(&b) { a } else { b }),
+            (a, b) => a.or(b),
+        })
+    }
+}

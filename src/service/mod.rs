@@ -1,0 +1,135 @@
+//! Domain logic: ruma types in, ruma types out, storage through traits; never axum, never
+//! rocksdb. `Services` is built once by `server.rs` and shared by every handler.
+
+use std::sync::Arc;
+
+use ruma::{OwnedServerName, ServerName, signatures::Ed25519KeyPair};
+
+use crate::{
+    config::Config,
+    error::{Error, Result},
+    storage::Storage,
+};
+
+pub mod account_data;
+pub mod directory;
+pub mod ephemeral;
+pub mod ratelimit;
+pub mod rooms;
+pub mod sync;
+pub mod uiaa;
+pub mod users;
+
+/// What every service shares: configuration, storage, the server's identity.
+pub struct Core {
+    pub config: Config,
+    pub db: Arc<dyn Storage>,
+    pub signing_key: Ed25519KeyPair,
+}
+
+impl Core {
+    pub fn server_name(&self) -> &ServerName {
+        &self.config.server_name
+    }
+
+    /// Runs a blocking storage operation (a synced write, a long scan) off the async workers.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&dyn Storage) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || work(&*db))
+            .await
+            .map_err(|e| Error::internal(format!("storage task failed: {e}")))?
+    }
+}
+
+/// All services, wired together.
+pub struct Services {
+    pub core: Arc<Core>,
+    pub users: users::Users,
+    pub uiaa: uiaa::Uiaa,
+    pub rooms: Arc<rooms::Rooms>,
+    pub ephemeral: Arc<ephemeral::Ephemeral>,
+    pub account_data: account_data::AccountData,
+    pub directory: directory::Directory,
+    pub sync: sync::Sync,
+    pub ratelimit: ratelimit::RateLimiter,
+}
+
+impl Services {
+    pub fn new(config: Config, db: Arc<dyn Storage>) -> Result<Self> {
+        let signing_key = load_or_create_signing_key(&*db, &config.server_name)?;
+        let core = Arc::new(Core { config, db, signing_key });
+        let rooms = Arc::new(rooms::Rooms::new(core.clone()));
+        let ephemeral = Arc::new(ephemeral::Ephemeral::new(core.clone()));
+        Ok(Self {
+            users: users::Users::new(core.clone()),
+            uiaa: uiaa::Uiaa::default(),
+            account_data: account_data::AccountData::new(core.clone()),
+            directory: directory::Directory::new(core.clone(), rooms.clone()),
+            sync: sync::Sync::new(core.clone(), rooms.clone(), ephemeral.clone()),
+            ratelimit: ratelimit::RateLimiter::new(core.config.rate_limits.clone()),
+            rooms,
+            ephemeral,
+            core,
+        })
+    }
+
+    pub fn server_name(&self) -> &ServerName {
+        self.core.server_name()
+    }
+
+    pub fn owned_server_name(&self) -> OwnedServerName {
+        self.core.config.server_name.clone()
+    }
+}
+
+const SIGNING_KEY: &str = "signing_key_v1";
+
+/// The server's ed25519 key: generated on first start and kept in storage.
+fn load_or_create_signing_key(db: &dyn Storage, server_name: &ServerName) -> Result<Ed25519KeyPair> {
+    let (version, document) = match db.server_value(SIGNING_KEY)? {
+        Some(stored) => {
+            let text = String::from_utf8(stored).map_err(|e| Error::internal(e.to_string()))?;
+            let (version, b64) =
+                text.split_once(' ').ok_or_else(|| Error::internal("malformed stored signing key"))?;
+            let document = ruma::serde::Base64::<ruma::serde::base64::Standard>::parse(b64)
+                .map_err(|e| Error::internal(format!("stored signing key: {e}")))?;
+            (version.to_owned(), document.into_inner())
+        }
+        None => {
+            let document = Ed25519KeyPair::generate();
+            let version = format!("a_{}", &random_token(4));
+            let encoded = ruma::serde::Base64::<ruma::serde::base64::Standard, _>::new(document.to_vec()).encode();
+            db.put_server_value(SIGNING_KEY, format!("{version} {encoded}").as_bytes())?;
+            tracing::info!(%server_name, key = %format!("ed25519:{version}"), "generated a new server signing key");
+            (version, document.to_vec())
+        }
+    };
+    Ed25519KeyPair::from_der(&document, version).map_err(|e| Error::internal(format!("signing key: {e}")))
+}
+
+/// A random string of `len` characters from [A-Za-z0-9], from the OS generator.
+pub fn random_token(len: usize) -> String {
+    use ring::rand::SecureRandom;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let rng = ring::rand::SystemRandom::new();
+    let mut out = String::with_capacity(len);
+    let mut buf = [0u8; 64];
+    while out.len() < len {
+        rng.fill(&mut buf).expect("the OS random generator works");
+        // 62 * 4 = 248: reject 248..=255 so every character is equally likely.
+        for byte in buf {
+            if byte < 248 && out.len() < len {
+                out.push(ALPHABET[(byte % 62) as usize] as char);
+            }
+        }
+    }
+    out
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    ruma::MilliSecondsSinceUnixEpoch::now().get().into()
+}

@@ -1,0 +1,220 @@
+//! Membership changes of local users: join, invite, leave, kick, ban, unban, knock, forget,
+//! and profile updates mirrored into every joined room.
+
+use ruma::{
+    OwnedEventId, OwnedRoomId, RoomId, RoomOrAliasId, UserId,
+    events::{StateEventType, room::join_rules::JoinRule},
+};
+use serde_json::{Value, json};
+
+use super::Rooms;
+use crate::error::{Error, Result};
+
+impl Rooms {
+    /// Resolves a room id or a local alias.
+    pub fn resolve_room(&self, room: &RoomOrAliasId) -> Result<OwnedRoomId> {
+        match <&RoomId>::try_from(room) {
+            Ok(room_id) => Ok(room_id.to_owned()),
+            Err(alias) => match self.core.db.alias(alias)? {
+                Some((room_id, _)) => Ok(room_id),
+                None if alias.server_name() != self.core.server_name() => Err(Error::not_found(format!(
+                    "Room alias {alias} is on another server; federation is not enabled on this server."
+                ))),
+                None => Err(Error::not_found(format!("Room alias {alias} not found."))),
+            },
+        }
+    }
+
+    /// The current membership of a user ("join", "invite", "leave", "ban", "knock").
+    pub fn membership_of(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<String>> {
+        Ok(self.core.db.membership(room_id, user_id)?.map(|m| m.membership))
+    }
+
+    pub fn is_joined(&self, room_id: &RoomId, user_id: &UserId) -> Result<bool> {
+        Ok(self.membership_of(room_id, user_id)?.as_deref() == Some("join"))
+    }
+
+    /// Joins a local user to a room this server knows.
+    pub async fn join(&self, user_id: &UserId, room_id: &RoomId, reason: Option<&str>) -> Result<OwnedRoomId> {
+        if self.room_record(room_id)?.is_none() {
+            return Err(Error::not_found(
+                "This server does not know that room, and federation is not enabled to join it.",
+            ));
+        }
+        if self.is_joined(room_id, user_id)? {
+            return Ok(room_id.to_owned());
+        }
+        let mut content = self.profile_content(user_id, "join")?;
+        add_reason(&mut content, reason);
+        if self.membership_of(room_id, user_id)?.as_deref() != Some("invite")
+            && let Some(authoriser) = self.restricted_join_authoriser(room_id)?
+        {
+            content["join_authorised_via_users_server"] = Value::String(authoriser);
+        }
+        self.send_member(room_id, user_id, user_id, content).await?;
+        Ok(room_id.to_owned())
+    }
+
+    /// For restricted rooms: a local joined user who may invite, to sign the join.
+    fn restricted_join_authoriser(&self, room_id: &RoomId) -> Result<Option<String>> {
+        let Some(state) = self.current_state(room_id)? else { return Ok(None) };
+        let Some(join_rules) = self.state_pdu(&state, &StateEventType::RoomJoinRules, "")? else {
+            return Ok(None);
+        };
+        let rule: JoinRule = serde_json::from_str::<Value>(join_rules.content.get())
+            .ok()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or(JoinRule::Invite);
+        if !matches!(rule, JoinRule::Restricted(_) | JoinRule::KnockRestricted(_)) {
+            return Ok(None);
+        }
+        let version = self.room_version(room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        let power = self.power_levels(&state, &version)?;
+        for (member, membership) in self.core.db.members(room_id)? {
+            if membership == "join" && member.server_name() == self.core.server_name() && power.user_can_invite(&member) {
+                return Ok(Some(member.to_string()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Invites a user. Remote users need federation, which this server does not have yet.
+    pub async fn invite(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &UserId,
+        reason: Option<&str>,
+        is_direct: bool,
+    ) -> Result<OwnedEventId> {
+        if target.server_name() != self.core.server_name() {
+            return Err(Error::forbidden(format!(
+                "Cannot invite {target}: federation with {} is not enabled on this server.",
+                target.server_name()
+            )));
+        }
+        let Some(user) = self.core.db.user(target)? else {
+            return Err(Error::not_found(format!("Unknown user {target}")));
+        };
+        if user.deactivated {
+            return Err(Error::forbidden(format!("{target} is deactivated.")));
+        }
+        if !self.is_joined(room_id, sender)? {
+            return Err(Error::forbidden("You are not joined to this room."));
+        }
+        match self.membership_of(room_id, target)?.as_deref() {
+            Some("join") => return Err(Error::forbidden(format!("{target} is already in the room."))),
+            Some("ban") => return Err(Error::forbidden(format!("{target} is banned from the room."))),
+            _ => {}
+        }
+        let mut content = json!({ "membership": "invite" });
+        if let Some(name) = user.displayname {
+            content["displayname"] = Value::String(name);
+        }
+        if let Some(url) = user.avatar_url {
+            content["avatar_url"] = Value::String(url);
+        }
+        if is_direct {
+            content["is_direct"] = Value::Bool(true);
+        }
+        add_reason(&mut content, reason);
+        self.send_member(room_id, sender, target, content).await
+    }
+
+    /// Leaves a room, or rejects an invite, or withdraws a knock.
+    pub async fn leave(&self, user_id: &UserId, room_id: &RoomId, reason: Option<&str>) -> Result<()> {
+        match self.membership_of(room_id, user_id)?.as_deref() {
+            Some("join" | "invite" | "knock") => {}
+            Some("leave") => return Ok(()),
+            Some("ban") => return Err(Error::forbidden("You are banned from this room.")),
+            _ => return Err(Error::forbidden("You are not in this room.")),
+        }
+        let mut content = json!({ "membership": "leave" });
+        add_reason(&mut content, reason);
+        self.send_member(room_id, user_id, user_id, content).await?;
+        Ok(())
+    }
+
+    pub async fn kick(&self, sender: &UserId, room_id: &RoomId, target: &UserId, reason: Option<&str>) -> Result<()> {
+        match self.membership_of(room_id, target)?.as_deref() {
+            Some("join" | "invite" | "knock") => {}
+            _ => return Err(Error::forbidden(format!("{target} is not in the room."))),
+        }
+        let mut content = json!({ "membership": "leave" });
+        add_reason(&mut content, reason);
+        self.send_member(room_id, sender, target, content).await?;
+        Ok(())
+    }
+
+    pub async fn ban(&self, sender: &UserId, room_id: &RoomId, target: &UserId, reason: Option<&str>) -> Result<()> {
+        if self.room_record(room_id)?.is_none() {
+            return Err(Error::forbidden("Unknown room."));
+        }
+        let mut content = json!({ "membership": "ban" });
+        if target.server_name() == self.core.server_name()
+            && let Some(user) = self.core.db.user(target)?
+            && let Some(name) = user.displayname
+        {
+            content["displayname"] = Value::String(name);
+        }
+        add_reason(&mut content, reason);
+        self.send_member(room_id, sender, target, content).await?;
+        Ok(())
+    }
+
+    pub async fn unban(&self, sender: &UserId, room_id: &RoomId, target: &UserId, reason: Option<&str>) -> Result<()> {
+        if self.membership_of(room_id, target)?.as_deref() != Some("ban") {
+            return Err(Error::forbidden(format!("{target} is not banned.")));
+        }
+        let mut content = json!({ "membership": "leave" });
+        add_reason(&mut content, reason);
+        self.send_member(room_id, sender, target, content).await?;
+        Ok(())
+    }
+
+    pub async fn knock(&self, user_id: &UserId, room_id: &RoomId, reason: Option<&str>) -> Result<OwnedRoomId> {
+        if self.room_record(room_id)?.is_none() {
+            return Err(Error::not_found("This server does not know that room."));
+        }
+        match self.membership_of(room_id, user_id)?.as_deref() {
+            Some("join") => return Err(Error::forbidden("You are already in this room.")),
+            Some("ban") => return Err(Error::forbidden("You are banned from this room.")),
+            Some("invite") => return Err(Error::forbidden("You are already invited to this room.")),
+            _ => {}
+        }
+        let mut content = self.profile_content(user_id, "knock")?;
+        add_reason(&mut content, reason);
+        self.send_member(room_id, user_id, user_id, content).await?;
+        Ok(room_id.to_owned())
+    }
+
+    pub fn forget(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
+        match self.membership_of(room_id, user_id)?.as_deref() {
+            Some("join" | "invite" | "knock") => {
+                Err(Error::bad_state("You are still in this room; leave it before forgetting it."))
+            }
+            None => Err(Error::not_found("You have never been in this room.")),
+            Some(_) => Ok(self.core.db.forget_room(user_id, room_id)?),
+        }
+    }
+
+    /// Mirrors a profile change into the member event of every room the user is in.
+    pub async fn update_profile_in_rooms(&self, user_id: &UserId) -> Result<()> {
+        for (room_id, record) in self.core.db.rooms_of_user(user_id)? {
+            if record.membership != "join" {
+                continue;
+            }
+            let content = self.profile_content(user_id, "join")?;
+            if let Err(error) = self.send_member(&room_id, user_id, user_id, content).await {
+                tracing::warn!(%room_id, %user_id, %error, "could not update the member event after a profile change");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn add_reason(content: &mut Value, reason: Option<&str>) {
+    if let (Some(reason), Value::Object(map)) = (reason, content) {
+        map.insert("reason".into(), Value::String(reason.to_owned()));
+    }
+}

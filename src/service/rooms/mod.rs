@@ -1,0 +1,628 @@
+//! Rooms: building, authorising and appending events; room state (state groups); caches.
+//!
+//! Every local event goes through `Rooms::send`: under the room's lock it is built for
+//! the room version (prev/auth events, depth, content hash, signature, reference-hash
+//! event id), checked with ruma's event auth rules against the current state, and
+//! appended with all its derived indexes in one atomic storage write.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedDeviceId, OwnedEventId, OwnedRoomId,
+    OwnedUserId, RoomId, RoomVersionId, UserId,
+    canonical_json::redact,
+    events::{
+        StateEventType, TimelineEventType,
+        room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
+    },
+    room_version_rules::RoomVersionRules,
+    signatures::{hash_and_sign_event, reference_hash},
+    state_res,
+};
+use serde_json::{Map, Value, value::RawValue};
+
+use super::{Core, now_ms};
+use crate::{
+    error::{Error, Result},
+    storage::{AppendEvent, RoomHead, RoomRecord, StateGroup, StateGroupId, StoredEvent},
+};
+
+pub mod create;
+pub mod membership;
+pub mod pdu;
+pub mod timeline;
+
+pub use pdu::Pdu;
+
+/// Room versions ieum creates rooms in. Every version 1-12 is authorised on receipt.
+pub const SUPPORTED_CREATE_VERSIONS: &[RoomVersionId] =
+    &[RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12];
+
+/// Room state: (type, state key) -> event id.
+pub type StateMap = HashMap<(StateEventType, String), OwnedEventId>;
+
+/// Snapshots are written every this many deltas so loading state stays cheap.
+const MAX_STATE_CHAIN: u32 = 32;
+/// Cached events before the cache is cleared (a simple bound on memory).
+const PDU_CACHE_LIMIT: usize = 100_000;
+const STATE_CACHE_LIMIT: usize = 2_000;
+/// At most this many prev_events per new event (the spec's limit is 20).
+const MAX_PREV_EVENTS: usize = 20;
+
+/// A new event a local user (or the server on their behalf) wants to send.
+#[derive(Debug)]
+pub struct NewEvent {
+    pub room_id: OwnedRoomId,
+    pub sender: OwnedUserId,
+    pub kind: TimelineEventType,
+    pub state_key: Option<String>,
+    pub content: Map<String, Value>,
+    /// The sending device and its transaction id (idempotency, `unsigned.transaction_id`).
+    pub txn: Option<(OwnedDeviceId, String)>,
+    /// Timestamp override (appservice timestamp massaging).
+    pub ts: Option<u64>,
+}
+
+impl NewEvent {
+    pub fn new(
+        room_id: &RoomId,
+        sender: &UserId,
+        kind: TimelineEventType,
+        state_key: Option<String>,
+        content: Map<String, Value>,
+    ) -> Self {
+        Self {
+            room_id: room_id.to_owned(),
+            sender: sender.to_owned(),
+            kind,
+            state_key,
+            content,
+            txn: None,
+            ts: None,
+        }
+    }
+
+    pub fn state(room_id: &RoomId, sender: &UserId, kind: StateEventType, key: &str, content: Value) -> Self {
+        let content = match content {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        Self::new(room_id, sender, kind.to_string().into(), Some(key.to_owned()), content)
+    }
+}
+
+pub struct Rooms {
+    pub(crate) core: Arc<Core>,
+    pdu_cache: Mutex<HashMap<OwnedEventId, Arc<Pdu>>>,
+    state_cache: Mutex<HashMap<StateGroupId, Arc<StateMap>>>,
+    locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Rooms {
+    pub fn new(core: Arc<Core>) -> Self {
+        Self {
+            core,
+            pdu_cache: Mutex::default(),
+            state_cache: Mutex::default(),
+            locks: Mutex::default(),
+        }
+    }
+
+    /// An event by id (any room), from the cache or storage.
+    pub fn pdu(&self, event_id: &EventId) -> Result<Option<Arc<Pdu>>> {
+        if let Some(pdu) = self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner()).get(event_id) {
+            return Ok(Some(pdu.clone()));
+        }
+        let Some(stored) = self.core.db.event(event_id)? else { return Ok(None) };
+        let pdu = Arc::new(Pdu::from_stored(event_id.to_owned(), stored)?);
+        self.cache_pdu(pdu.clone());
+        Ok(Some(pdu))
+    }
+
+    fn cache_pdu(&self, pdu: Arc<Pdu>) {
+        let mut cache = self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= PDU_CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(pdu.event_id.clone(), pdu);
+    }
+
+    fn forget_cached_pdu(&self, event_id: &EventId) {
+        self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner()).remove(event_id);
+    }
+
+    /// The full state of a state group.
+    pub fn state(&self, group: StateGroupId) -> Result<Arc<StateMap>> {
+        if let Some(state) = self.state_cache.lock().unwrap_or_else(|e| e.into_inner()).get(&group) {
+            return Ok(state.clone());
+        }
+        // Walk to the snapshot, then apply deltas oldest first.
+        let mut chain = Vec::new();
+        let mut next = Some(group);
+        while let Some(id) = next {
+            let record = self
+                .core
+                .db
+                .state_group(id)?
+                .ok_or_else(|| Error::internal(format!("state group {id} is missing")))?;
+            next = record.parent;
+            chain.push(record);
+        }
+        let mut state = StateMap::new();
+        for record in chain.into_iter().rev() {
+            for (kind, key, event_id) in record.changes {
+                state.insert((kind, key), event_id);
+            }
+        }
+        let state = Arc::new(state);
+        self.cache_state(group, state.clone());
+        Ok(state)
+    }
+
+    fn cache_state(&self, group: StateGroupId, state: Arc<StateMap>) {
+        let mut cache = self.state_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= STATE_CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(group, state);
+    }
+
+    pub fn room_record(&self, room_id: &RoomId) -> Result<Option<RoomRecord>> {
+        Ok(self.core.db.room(room_id)?)
+    }
+
+    pub fn room_version(&self, room_id: &RoomId) -> Result<Option<RoomVersionId>> {
+        Ok(self.room_record(room_id)?.map(|r| r.room_version))
+    }
+
+    /// Current state of a room this server knows, or None.
+    pub fn current_state(&self, room_id: &RoomId) -> Result<Option<Arc<StateMap>>> {
+        match self.core.db.room_head(room_id)? {
+            Some(head) => self.state(head.state_group).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// One event of a state map.
+    pub fn state_pdu(&self, state: &StateMap, kind: &StateEventType, key: &str) -> Result<Option<Arc<Pdu>>> {
+        match state.get(&(kind.clone(), key.to_owned())) {
+            Some(event_id) => self.pdu(event_id),
+            None => Ok(None),
+        }
+    }
+
+    /// One event of the current state.
+    pub fn current_state_pdu(&self, room_id: &RoomId, kind: &StateEventType, key: &str) -> Result<Option<Arc<Pdu>>> {
+        match self.current_state(room_id)? {
+            Some(state) => self.state_pdu(&state, kind, key),
+            None => Ok(None),
+        }
+    }
+
+    /// The state before an event (None for the create event).
+    pub fn state_before(&self, pdu: &Pdu) -> Result<Arc<StateMap>> {
+        match pdu.stored.state_before {
+            Some(group) => self.state(group),
+            None => Ok(Arc::new(StateMap::new())),
+        }
+    }
+
+    /// The state after an event.
+    pub fn state_after(&self, pdu: &Pdu) -> Result<Arc<StateMap>> {
+        let before = self.state_before(pdu)?;
+        match &pdu.state_key {
+            Some(key) if !pdu.stored.rejected => {
+                let mut after = (*before).clone();
+                after.insert((pdu.kind.to_string().into(), key.clone()), pdu.event_id.clone());
+                Ok(Arc::new(after))
+            }
+            _ => Ok(before),
+        }
+    }
+
+    /// The power levels of a state map, with v12 creators.
+    pub fn power_levels(&self, state: &StateMap, version: &RoomVersionId) -> Result<RoomPowerLevels> {
+        let rules = rules_for(version)?;
+        let content = match self.state_pdu(state, &StateEventType::RoomPowerLevels, "")? {
+            Some(pdu) => Some(
+                serde_json::from_str::<RoomPowerLevelsEventContent>(pdu.content.get())
+                    .map_err(|e| Error::internal(format!("stored power levels do not parse: {e}")))?,
+            ),
+            None => None,
+        };
+        let creators = self.creators(state)?;
+        Ok(RoomPowerLevels::new(RoomPowerLevelsSource::from(content), &rules.authorization, creators))
+    }
+
+    /// The room's creators: the create event's sender and `additional_creators` (v12).
+    pub fn creators(&self, state: &StateMap) -> Result<Vec<OwnedUserId>> {
+        let Some(create) = self.state_pdu(state, &StateEventType::RoomCreate, "")? else {
+            return Ok(Vec::new());
+        };
+        let mut creators = vec![create.sender.clone()];
+        if let Some(Value::Array(extra)) = create.content_value().get("additional_creators") {
+            creators.extend(extra.iter().filter_map(|v| v.as_str()).filter_map(|s| UserId::parse(s).ok()));
+        }
+        Ok(creators)
+    }
+
+    fn room_lock(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.lock().unwrap_or_else(|e| e.into_inner()).entry(room_id.to_owned()).or_default().clone()
+    }
+
+    /// Builds, authorises and appends a local event. Returns its id (the earlier one when
+    /// the same transaction id was already used by this device).
+    pub async fn send(&self, new: NewEvent) -> Result<OwnedEventId> {
+        let lock = self.room_lock(&new.room_id);
+        let _guard = lock.lock().await;
+        if let Some((device_id, txn_id)) = &new.txn {
+            let db = self.core.db.clone();
+            if let Some(event_id) = db.txn_event(&new.sender, device_id, txn_id)? {
+                return Ok(event_id);
+            }
+        }
+        let record = self.room_record(&new.room_id)?;
+        let head = self.core.db.room_head(&new.room_id)?;
+        let (Some(record), Some(head)) = (record, head) else {
+            return Err(Error::forbidden(format!("Unknown room {}", new.room_id)));
+        };
+        self.append_locked(new, &record.room_version, Some(head)).await.map(|(id, _)| id)
+    }
+
+    /// Creates a room from its create event; returns (room id, create event id). The
+    /// caller sends the rest of the initial state with `send`.
+    pub(crate) async fn send_create(
+        &self,
+        version: &RoomVersionId,
+        sender: &UserId,
+        content: Map<String, Value>,
+    ) -> Result<(OwnedRoomId, OwnedEventId)> {
+        let rules = rules_for(version)?;
+        // v1-v11 rooms have a random id; v12 rooms are named after their create event.
+        let room_id = if rules.authorization.room_create_event_id_as_room_id {
+            None
+        } else {
+            Some(RoomId::new_v1(self.core.server_name()))
+        };
+        let placeholder = room_id.clone().unwrap_or_else(|| RoomId::new_v1(self.core.server_name()));
+        let new = NewEvent::new(&placeholder, sender, TimelineEventType::RoomCreate, Some(String::new()), content);
+        let (event_id, pdu) = self.append_create(new, version, room_id).await?;
+        Ok((pdu.room_id.clone(), event_id))
+    }
+
+    async fn append_create(
+        &self,
+        new: NewEvent,
+        version: &RoomVersionId,
+        room_id: Option<OwnedRoomId>,
+    ) -> Result<(OwnedEventId, Arc<Pdu>)> {
+        let rules = rules_for(version)?;
+        let (event_id, room_id, object) = self.build(&rules, room_id.as_deref(), &new, &[], &[], 1)?;
+        let lock = self.room_lock(&room_id);
+        let _guard = lock.lock().await;
+        if self.core.db.room(&room_id)?.is_some() {
+            return Err(Error::room_in_use("A room with this id already exists."));
+        }
+        let pdu = Arc::new(Pdu::from_object(event_id.clone(), &room_id, &object)?);
+        self.authorise(&rules, &pdu, &StateMap::new())?;
+        let group_id = self.core.db.next_state_group_id();
+        let group = StateGroup {
+            parent: None,
+            chain_len: 0,
+            changes: vec![(StateEventType::RoomCreate, String::new(), event_id.clone())],
+        };
+        let mut state = StateMap::new();
+        state.insert((StateEventType::RoomCreate, String::new()), event_id.clone());
+        let stored = StoredEvent { state_before: None, ..pdu.stored.clone() };
+        let append = AppendEventOwned {
+            event_id: event_id.clone(),
+            event: stored,
+            new_room: Some(RoomRecord {
+                room_version: version.clone(),
+                create_event_id: event_id.clone(),
+                created_ts: now_ms(),
+            }),
+            new_state_group: Some((group_id, group)),
+            state_after: group_id,
+            extremities: vec![event_id.clone()],
+            depth: 1,
+            membership: None,
+            txn_key: None,
+            redact: None,
+        };
+        self.write(append).await?;
+        self.cache_state(group_id, Arc::new(state));
+        let pdu = self.pdu(&event_id)?.ok_or_else(|| Error::internal("create event vanished"))?;
+        Ok((event_id, pdu))
+    }
+
+    /// Builds and appends a non-create event; the caller holds the room lock.
+    async fn append_locked(
+        &self,
+        new: NewEvent,
+        version: &RoomVersionId,
+        head: Option<RoomHead>,
+    ) -> Result<(OwnedEventId, Arc<Pdu>)> {
+        let rules = rules_for(version)?;
+        let head = head.ok_or_else(|| Error::internal("room without head"))?;
+        let state = self.state(head.state_group)?;
+
+        let content_raw = serde_json::value::to_raw_value(&new.content).map_err(|e| Error::bad_json(e.to_string()))?;
+        let auth_types =
+            state_res::auth_types_for_event(&new.kind, &new.sender, new.state_key.as_deref(), &content_raw, &rules.authorization)
+                .map_err(|e| Error::bad_json(format!("Invalid event content: {e}")))?;
+        let mut auth_events: Vec<OwnedEventId> =
+            auth_types.iter().filter_map(|key| state.get(key).cloned()).collect();
+        auth_events.sort();
+        auth_events.dedup();
+        let prev: Vec<OwnedEventId> = head.extremities.iter().take(MAX_PREV_EVENTS).cloned().collect();
+        let depth = head.depth + 1;
+        let (event_id, room_id, object) =
+            self.build(&rules, Some(&new.room_id), &new, &prev, &auth_events, depth)?;
+        let mut pdu = Pdu::from_object(event_id.clone(), &room_id, &object)?;
+        self.authorise(&rules, &pdu, &state)?;
+
+        // State bookkeeping.
+        let replaces_state = new
+            .state_key
+            .as_ref()
+            .and_then(|key| state.get(&(new.kind.to_string().into(), key.clone())).cloned());
+        let (state_after, new_group, new_state) = match &new.state_key {
+            Some(key) => {
+                let id = self.core.db.next_state_group_id();
+                let entry = (StateEventType::from(new.kind.to_string()), key.clone(), event_id.clone());
+                let parent = self
+                    .core
+                    .db
+                    .state_group(head.state_group)?
+                    .ok_or_else(|| Error::internal("current state group is missing"))?;
+                let mut after = (*state).clone();
+                after.insert((entry.0.clone(), entry.1.clone()), event_id.clone());
+                let group = if parent.chain_len + 1 >= MAX_STATE_CHAIN {
+                    let changes = after.iter().map(|((k, s), e)| (k.clone(), s.clone(), e.clone())).collect();
+                    StateGroup { parent: None, chain_len: 0, changes }
+                } else {
+                    StateGroup { parent: Some(head.state_group), chain_len: parent.chain_len + 1, changes: vec![entry] }
+                };
+                (id, Some((id, group)), Some(Arc::new(after)))
+            }
+            None => (head.state_group, None, None),
+        };
+
+        let membership = match (&pdu.kind, &pdu.state_key, pdu.membership()) {
+            (TimelineEventType::RoomMember, Some(key), Some(membership)) => {
+                Some((UserId::parse(key.as_str()).map_err(|e| Error::invalid_param(e.to_string()))?, membership))
+            }
+            _ => None,
+        };
+
+        // Redactions: check the permission to redact and redact the target in place.
+        let redact = match (&pdu.kind, &pdu.redacts) {
+            (TimelineEventType::RoomRedaction, Some(target_id)) => {
+                self.prepare_redaction(&rules, version, &state, &pdu, target_id)?
+            }
+            _ => None,
+        };
+
+        pdu.stored.state_before = Some(head.state_group);
+        pdu.stored.replaces_state = replaces_state;
+        pdu.stored.txn = new.txn.clone();
+        let append = AppendEventOwned {
+            event_id: event_id.clone(),
+            event: pdu.stored.clone(),
+            new_room: None,
+            new_state_group: new_group,
+            state_after,
+            extremities: vec![event_id.clone()],
+            depth,
+            membership,
+            txn_key: new.txn.map(|(device, txn)| (new.sender.clone(), device, txn)),
+            redact,
+        };
+        let redacted_id = append.redact.as_ref().map(|(id, _)| id.clone());
+        self.write(append).await?;
+        if let Some(state) = new_state {
+            self.cache_state(state_after, state);
+        }
+        if let Some(id) = redacted_id {
+            self.forget_cached_pdu(&id);
+        }
+        let pdu = self.pdu(&event_id)?.ok_or_else(|| Error::internal("appended event vanished"))?;
+        Ok((event_id, pdu))
+    }
+
+    async fn write(&self, append: AppendEventOwned) -> Result<()> {
+        self.core
+            .blocking(move |db| {
+                db.append_event(AppendEvent {
+                    event_id: &append.event_id,
+                    event: append.event,
+                    new_room: append.new_room,
+                    new_state_group: append.new_state_group,
+                    state_after: append.state_after,
+                    extremities: append.extremities,
+                    depth: append.depth,
+                    membership: append.membership,
+                    txn_key: append.txn_key,
+                    redact: append.redact,
+                })
+                .map_err(Error::from)
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Hashes, signs and names a new event. Returns (event id, room id, signed object).
+    fn build(
+        &self,
+        rules: &RoomVersionRules,
+        room_id: Option<&RoomId>,
+        new: &NewEvent,
+        prev_events: &[OwnedEventId],
+        auth_events: &[OwnedEventId],
+        depth: u64,
+    ) -> Result<(OwnedEventId, OwnedRoomId, CanonicalJsonObject)> {
+        let mut object = CanonicalJsonObject::new();
+        let content = ruma::canonical_json::to_canonical_value(&new.content)
+            .map_err(|e| Error::bad_json(format!("Event content is not canonical JSON: {e}")))?;
+        object.insert("type".into(), CanonicalJsonValue::String(new.kind.to_string()));
+        object.insert("content".into(), content);
+        object.insert("sender".into(), CanonicalJsonValue::String(new.sender.to_string()));
+        let ts = new.ts.unwrap_or_else(now_ms);
+        object.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(int(ts)?));
+        object.insert("depth".into(), CanonicalJsonValue::Integer(int(depth)?));
+        let refs = |ids: &[OwnedEventId]| {
+            CanonicalJsonValue::Array(ids.iter().map(|id| CanonicalJsonValue::String(id.to_string())).collect())
+        };
+        object.insert("prev_events".into(), refs(prev_events));
+        object.insert("auth_events".into(), refs(auth_events));
+        if let Some(room_id) = room_id {
+            object.insert("room_id".into(), CanonicalJsonValue::String(room_id.to_string()));
+        }
+        if let Some(state_key) = &new.state_key {
+            object.insert("state_key".into(), CanonicalJsonValue::String(state_key.clone()));
+        }
+        if new.kind == TimelineEventType::RoomRedaction
+            && !rules.redaction.keep_room_redaction_redacts
+            && let Some(Value::String(redacts)) = new.content.get("redacts")
+        {
+            object.insert("redacts".into(), CanonicalJsonValue::String(redacts.clone()));
+        }
+        hash_and_sign_event(self.core.server_name().as_str(), &self.core.signing_key, &mut object, &rules.redaction)
+            .map_err(|e| match e {
+                ruma::signatures::JsonError::PduTooLarge => Error::too_large("The event is larger than 65535 bytes."),
+                other => Error::bad_json(format!("Cannot sign the event: {other}")),
+            })?;
+        let hash = reference_hash(&object, rules).map_err(|e| Error::internal(format!("reference hash: {e}")))?;
+        let event_id = EventId::new_v2_or_v3(&hash).map_err(|e| Error::internal(e.to_string()))?;
+        let room_id = match room_id {
+            Some(room_id) => room_id.to_owned(),
+            None => RoomId::new_v2(&hash).map_err(|e| Error::internal(e.to_string()))?,
+        };
+        // The spec bounds a PDU at 65536 bytes including signatures.
+        let size = serde_json::to_vec(&object).map(|v| v.len()).unwrap_or(usize::MAX);
+        if size > 65_536 {
+            return Err(Error::too_large("The event is larger than 65536 bytes."));
+        }
+        Ok((event_id, room_id, object))
+    }
+
+    /// ruma's event auth rules: the state-independent checks, then against `state`.
+    fn authorise(&self, rules: &RoomVersionRules, pdu: &Pdu, state: &StateMap) -> Result<()> {
+        let fetch_event = |id: &EventId| self.pdu(id).ok().flatten();
+        state_res::check_state_independent_auth_rules(&rules.authorization, pdu, fetch_event)
+            .map_err(|reason| Error::forbidden(format!("Event not allowed: {reason}")))?;
+        let fetch_state = |kind: &StateEventType, key: &str| self.state_pdu(state, kind, key).ok().flatten();
+        state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, fetch_state)
+            .map_err(|reason| Error::forbidden(format!("Event not allowed: {reason}")))
+    }
+
+    /// Checks that `redaction` may redact `target_id` and returns the redacted target.
+    fn prepare_redaction(
+        &self,
+        rules: &RoomVersionRules,
+        version: &RoomVersionId,
+        state: &StateMap,
+        redaction: &Pdu,
+        target_id: &EventId,
+    ) -> Result<Option<(OwnedEventId, StoredEvent)>> {
+        let Some(target) = self.pdu(target_id)? else {
+            // Redacting an unknown event is allowed (it may arrive later); nothing to do now.
+            return Ok(None);
+        };
+        if target.room_id != redaction.room_id {
+            return Err(Error::not_found("That event is not in this room."));
+        }
+        if target.sender != redaction.sender {
+            let power = self.power_levels(state, version)?;
+            if !power.user_can_redact_event_of_other(&redaction.sender) {
+                return Err(Error::forbidden("You may not redact other users' events in this room."));
+            }
+        }
+        if target.stored.redacted_because.is_some() {
+            return Ok(None);
+        }
+        let object: CanonicalJsonObject = serde_json::from_str(target.stored.pdu.get())
+            .map_err(|e| Error::internal(format!("stored event does not parse: {e}")))?;
+        let redacted = redact(object, &rules.redaction, None)
+            .map_err(|e| Error::internal(format!("cannot redact: {e}")))?;
+        let mut stored = target.stored.clone();
+        stored.pdu = raw(&redacted)?;
+        stored.redacted_because = Some(raw(&Value::Object(redaction.client_json(true)))?);
+        Ok(Some((target_id.to_owned(), stored)))
+    }
+
+    /// The event in client format, with `unsigned` as `viewer` should see it.
+    pub fn client_event(
+        &self,
+        pdu: &Pdu,
+        viewer: Option<(&UserId, Option<&ruma::DeviceId>)>,
+        with_room_id: bool,
+    ) -> Map<String, Value> {
+        let mut event = pdu.client_json(with_room_id);
+        let mut unsigned = Map::new();
+        unsigned.insert("age".into(), Value::from(now_ms().saturating_sub(pdu.origin_server_ts.get().into())));
+        if let (Some((user, Some(device))), Some((txn_device, txn_id))) = (viewer, &pdu.stored.txn)
+            && user == pdu.sender
+            && device == txn_device
+        {
+            unsigned.insert("transaction_id".into(), Value::String(txn_id.clone()));
+        }
+        if let Some(because) = &pdu.stored.redacted_because
+            && let Ok(value) = serde_json::from_str::<Value>(because.get())
+        {
+            unsigned.insert("redacted_because".into(), value);
+        }
+        if let Some(previous) = &pdu.stored.replaces_state {
+            unsigned.insert("replaces_state".into(), Value::String(previous.to_string()));
+            if let Ok(Some(prev)) = self.pdu(previous) {
+                unsigned.insert("prev_sender".into(), Value::String(prev.sender.to_string()));
+                if let Ok(content) = serde_json::from_str::<Value>(prev.content.get()) {
+                    unsigned.insert("prev_content".into(), content);
+                }
+            }
+        }
+        if let Some(Value::Object(stored_unsigned)) = serde_json::from_str::<Value>(pdu.stored.pdu.get())
+            .ok()
+            .and_then(|mut v| v.get_mut("unsigned").map(Value::take))
+            && let Some(state) = stored_unsigned.get("invite_room_state")
+        {
+            unsigned.insert("invite_room_state".into(), state.clone());
+        }
+        event.insert("unsigned".into(), Value::Object(unsigned));
+        event
+    }
+}
+
+/// The owned form of an append (moved into the blocking storage task).
+struct AppendEventOwned {
+    event_id: OwnedEventId,
+    event: StoredEvent,
+    new_room: Option<RoomRecord>,
+    new_state_group: Option<(StateGroupId, StateGroup)>,
+    state_after: StateGroupId,
+    extremities: Vec<OwnedEventId>,
+    depth: u64,
+    membership: Option<(OwnedUserId, String)>,
+    txn_key: Option<(OwnedUserId, OwnedDeviceId, String)>,
+    redact: Option<(OwnedEventId, StoredEvent)>,
+}
+
+/// The rules of a room version this server knows.
+pub fn rules_for(version: &RoomVersionId) -> Result<RoomVersionRules> {
+    version
+        .rules()
+        .ok_or_else(|| Error::unsupported_room_version(format!("Room version {version} is not supported.")))
+}
+
+fn int(n: u64) -> Result<ruma::Int> {
+    ruma::Int::try_from(n).map_err(|_| Error::invalid_param("number out of range"))
+}
+
+/// Serialises to a boxed raw JSON value.
+pub fn raw<T: serde::Serialize>(value: &T) -> Result<Box<RawValue>> {
+    serde_json::value::to_raw_value(value).map_err(|e| Error::internal(e.to_string()))
+}

@@ -1,0 +1,236 @@
+//! `Pdu`: a room event as this server holds it (parsed fields + the signed JSON + our
+//! verdicts), the ruma state-res `Event` impl, and the client-format rendering.
+
+use ruma::{
+    CanonicalJsonObject, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId,
+    RoomId, RoomVersionId, UserId, events::TimelineEventType,
+};
+use serde::Deserialize;
+use serde_json::{Map, Value, value::RawValue};
+
+use crate::{
+    error::{Error, Result},
+    storage::StoredEvent,
+};
+
+/// The fields of a PDU that the server reads (every room version's shape).
+#[derive(Deserialize)]
+struct PduFields {
+    #[serde(default)]
+    room_id: Option<OwnedRoomId>,
+    sender: OwnedUserId,
+    origin_server_ts: MilliSecondsSinceUnixEpoch,
+    #[serde(rename = "type")]
+    kind: TimelineEventType,
+    content: Box<RawValue>,
+    #[serde(default)]
+    state_key: Option<String>,
+    #[serde(default)]
+    prev_events: Vec<PduRef>,
+    #[serde(default)]
+    auth_events: Vec<PduRef>,
+    #[serde(default)]
+    redacts: Option<OwnedEventId>,
+    #[serde(default)]
+    depth: u64,
+}
+
+/// Event references: plain ids (v3+) or `[id, {hashes}]` pairs (v1, v2).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PduRef {
+    Id(OwnedEventId),
+    Pair(OwnedEventId, serde::de::IgnoredAny),
+}
+
+impl PduRef {
+    fn into_id(self) -> OwnedEventId {
+        match self {
+            Self::Id(id) | Self::Pair(id, _) => id,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Pdu {
+    pub event_id: OwnedEventId,
+    pub room_id: OwnedRoomId,
+    /// False only for a v12 create event, whose room id is derived from its event id.
+    pub has_room_id: bool,
+    pub sender: OwnedUserId,
+    pub origin_server_ts: MilliSecondsSinceUnixEpoch,
+    pub kind: TimelineEventType,
+    pub content: Box<RawValue>,
+    pub state_key: Option<String>,
+    pub prev_events: Vec<OwnedEventId>,
+    pub auth_events: Vec<OwnedEventId>,
+    /// The redacted event: top-level `redacts`, or `content.redacts` (v11+).
+    pub redacts: Option<OwnedEventId>,
+    pub depth: u64,
+    /// What this server stored with the event.
+    pub stored: StoredEvent,
+}
+
+impl Pdu {
+    /// Parses a stored event. `event_id` is the key it was stored under.
+    pub fn from_stored(event_id: OwnedEventId, stored: StoredEvent) -> Result<Self> {
+        let fields: PduFields = serde_json::from_str(stored.pdu.get())
+            .map_err(|e| Error::internal(format!("stored PDU {event_id} does not parse: {e}")))?;
+        let redacts = fields.redacts.or_else(|| {
+            #[derive(Deserialize)]
+            struct Redacts {
+                redacts: Option<OwnedEventId>,
+            }
+            if fields.kind == TimelineEventType::RoomRedaction {
+                serde_json::from_str::<Redacts>(fields.content.get()).ok().and_then(|r| r.redacts)
+            } else {
+                None
+            }
+        });
+        Ok(Self {
+            has_room_id: fields.room_id.is_some(),
+            room_id: stored.room_id.clone(),
+            event_id,
+            sender: fields.sender,
+            origin_server_ts: fields.origin_server_ts,
+            kind: fields.kind,
+            content: fields.content,
+            state_key: fields.state_key,
+            prev_events: fields.prev_events.into_iter().map(PduRef::into_id).collect(),
+            auth_events: fields.auth_events.into_iter().map(PduRef::into_id).collect(),
+            redacts,
+            depth: fields.depth,
+            stored,
+        })
+    }
+
+    /// Builds a `Pdu` from a freshly signed object (not yet stored).
+    pub fn from_object(
+        event_id: OwnedEventId,
+        room_id: &RoomId,
+        object: &CanonicalJsonObject,
+    ) -> Result<Self> {
+        let pdu = RawValue::from_string(serde_json::to_string(object).map_err(|e| Error::internal(e.to_string()))?)
+            .map_err(|e| Error::internal(e.to_string()))?;
+        let stored = StoredEvent {
+            pdu,
+            room_id: room_id.to_owned(),
+            pos: None,
+            rejected: false,
+            soft_failed: false,
+            state_before: None,
+            replaces_state: None,
+            txn: None,
+            redacted_because: None,
+        };
+        Self::from_stored(event_id, stored)
+    }
+
+    pub fn is_state(&self) -> bool {
+        self.state_key.is_some()
+    }
+
+    /// `content` parsed as a JSON object (empty when it is not one).
+    pub fn content_value(&self) -> Map<String, Value> {
+        serde_json::from_str(self.content.get()).unwrap_or_default()
+    }
+
+    /// A string field of the content.
+    pub fn content_str(&self, field: &str) -> Option<String> {
+        self.content_value().get(field).and_then(Value::as_str).map(str::to_owned)
+    }
+
+    /// The membership in an `m.room.member` event.
+    pub fn membership(&self) -> Option<String> {
+        (self.kind == TimelineEventType::RoomMember).then(|| self.content_str("membership")).flatten()
+    }
+
+    /// The event in the client-server format. `room_id` is left out for /sync.
+    pub fn client_json(&self, with_room_id: bool) -> Map<String, Value> {
+        let mut event = Map::new();
+        event.insert("type".into(), Value::String(self.kind.to_string()));
+        event.insert(
+            "content".into(),
+            serde_json::from_str(self.content.get()).unwrap_or(Value::Object(Map::new())),
+        );
+        event.insert("sender".into(), Value::String(self.sender.to_string()));
+        event.insert("event_id".into(), Value::String(self.event_id.to_string()));
+        event.insert("origin_server_ts".into(), Value::from(u64::from(self.origin_server_ts.get())));
+        if with_room_id {
+            event.insert("room_id".into(), Value::String(self.room_id.to_string()));
+        }
+        if let Some(state_key) = &self.state_key {
+            event.insert("state_key".into(), Value::String(state_key.clone()));
+        }
+        if let Some(redacts) = &self.redacts {
+            // Clients of every room version read the top-level key; v11+ also has it in content.
+            event.insert("redacts".into(), Value::String(redacts.to_string()));
+        }
+        event
+    }
+}
+
+impl ruma::state_res::Event for Pdu {
+    type Id = OwnedEventId;
+
+    fn event_id(&self) -> &Self::Id {
+        &self.event_id
+    }
+
+    fn room_id(&self) -> Option<&RoomId> {
+        self.has_room_id.then_some(&*self.room_id)
+    }
+
+    fn sender(&self) -> &UserId {
+        &self.sender
+    }
+
+    fn origin_server_ts(&self) -> MilliSecondsSinceUnixEpoch {
+        self.origin_server_ts
+    }
+
+    fn event_type(&self) -> &TimelineEventType {
+        &self.kind
+    }
+
+    fn content(&self) -> &RawValue {
+        &self.content
+    }
+
+    fn state_key(&self) -> Option<&str> {
+        self.state_key.as_deref()
+    }
+
+    fn prev_events(&self) -> Box<dyn DoubleEndedIterator<Item = &Self::Id> + '_> {
+        Box::new(self.prev_events.iter())
+    }
+
+    fn auth_events(&self) -> Box<dyn DoubleEndedIterator<Item = &Self::Id> + '_> {
+        Box::new(self.auth_events.iter())
+    }
+
+    fn redacts(&self) -> Option<&Self::Id> {
+        self.redacts.as_ref()
+    }
+
+    fn rejected(&self) -> bool {
+        self.stored.rejected
+    }
+}
+
+/// Whether a room version puts `redacts` in the content (v11+) rather than top-level.
+pub fn redacts_in_content(version: &RoomVersionId) -> bool {
+    !matches!(
+        version,
+        RoomVersionId::V1
+            | RoomVersionId::V2
+            | RoomVersionId::V3
+            | RoomVersionId::V4
+            | RoomVersionId::V5
+            | RoomVersionId::V6
+            | RoomVersionId::V7
+            | RoomVersionId::V8
+            | RoomVersionId::V9
+            | RoomVersionId::V10
+    )
+}

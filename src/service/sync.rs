@@ -1,0 +1,680 @@
+//! `/sync` v3: tokens, long-polling, filters, timelines with gaps, state deltas, lazy-loaded
+//! members, invites, left rooms, typing, receipts, account data, unread counts.
+//!
+//! A sync token is `s{stream_pos}_{typing_serial}`. Everything durable (events, receipts,
+//! account data, memberships) is on the one stream, so "what changed since" is a range
+//! scan; typing has its own in-memory serial.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use ruma::{
+    OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+    api::client::{
+        filter::{FilterDefinition, RoomEventFilter},
+        sync::sync_events::{
+            UnreadNotificationsCount,
+            v3::{
+                Ephemeral, InviteState, InvitedRoom, JoinedRoom, KnockState, KnockedRoom,
+                LeftRoom, Response, RoomAccountData, RoomSummary, State, StateEvents, Timeline,
+            },
+        },
+    },
+    events::{StateEventType, TimelineEventType},
+    serde::Raw,
+};
+use serde_json::{Map, Value};
+
+use super::{
+    Core,
+    ephemeral::Ephemeral as EphemeralService,
+    rooms::{Pdu, Rooms, StateMap, raw, timeline::position_token},
+    users::Session,
+};
+use crate::{
+    error::{Error, Result},
+    storage::{Direction, StreamPos},
+};
+
+/// Longest long-poll a client may ask for.
+const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+const DEFAULT_TIMELINE_LIMIT: usize = 10;
+const MAX_TIMELINE_LIMIT: usize = 500;
+
+/// A parsed `RoomEventFilter` (timeline, state, ephemeral, account data) or event filter.
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    pub types: Option<Vec<String>>,
+    pub not_types: Vec<String>,
+    pub senders: Option<Vec<String>>,
+    pub not_senders: Vec<String>,
+    pub rooms: Option<Vec<String>>,
+    pub not_rooms: Vec<String>,
+    pub limit: Option<usize>,
+    pub contains_url: Option<bool>,
+    pub lazy_load_members: bool,
+}
+
+/// Type patterns: `*` matches any run of characters.
+fn type_matches(pattern: &str, kind: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == kind,
+        Some((head, rest)) => {
+            let Some(tail) = kind.strip_prefix(head) else { return false };
+            (0..=tail.len()).filter(|i| tail.is_char_boundary(*i)).any(|i| type_matches(rest, &tail[i..]))
+        }
+    }
+}
+
+impl EventFilter {
+    pub fn from_room_event_filter(filter: &RoomEventFilter) -> Self {
+        let strings = |list: &Vec<ruma::OwnedRoomId>| list.iter().map(|r| r.to_string()).collect::<Vec<_>>();
+        Self {
+            types: filter.types.clone(),
+            not_types: filter.not_types.clone(),
+            senders: filter.senders.as_ref().map(|s| s.iter().map(|u| u.to_string()).collect()),
+            not_senders: filter.not_senders.iter().map(|u| u.to_string()).collect(),
+            rooms: filter.rooms.as_ref().map(strings),
+            not_rooms: strings(&filter.not_rooms),
+            limit: filter.limit.map(|l| usize::try_from(u64::from(l)).unwrap_or(usize::MAX)),
+            contains_url: filter.url_filter.map(|f| f == ruma::api::client::filter::UrlFilter::EventsWithUrl),
+            lazy_load_members: !filter.lazy_load_options.is_disabled(),
+        }
+    }
+
+    pub fn matches_type(&self, kind: &str) -> bool {
+        if self.not_types.iter().any(|p| type_matches(p, kind)) {
+            return false;
+        }
+        self.types.as_ref().is_none_or(|types| types.iter().any(|p| type_matches(p, kind)))
+    }
+
+    pub fn matches_room(&self, room_id: &RoomId) -> bool {
+        !self.not_rooms.iter().any(|r| r == room_id.as_str())
+            && self.rooms.as_ref().is_none_or(|rooms| rooms.iter().any(|r| r == room_id.as_str()))
+    }
+
+    pub fn matches(&self, pdu: &Pdu) -> bool {
+        let sender = pdu.sender.as_str();
+        if self.not_senders.iter().any(|s| s == sender) || self.senders.as_ref().is_some_and(|s| !s.iter().any(|x| x == sender)) {
+            return false;
+        }
+        if let Some(want_url) = self.contains_url {
+            let has_url = pdu.content_value().get("url").is_some_and(Value::is_string);
+            if has_url != want_url {
+                return false;
+            }
+        }
+        self.matches_room(&pdu.room_id) && self.matches_type(&pdu.kind.to_string())
+    }
+}
+
+/// The filter as sync uses it.
+#[derive(Clone, Debug, Default)]
+pub struct SyncFilter {
+    pub timeline: EventFilter,
+    pub state: EventFilter,
+    pub ephemeral: EventFilter,
+    pub room_account_data: EventFilter,
+    pub account_data: EventFilter,
+    pub rooms: EventFilter,
+    pub include_leave: bool,
+}
+
+impl SyncFilter {
+    pub fn from_definition(definition: &FilterDefinition) -> Self {
+        let room = &definition.room;
+        let mut rooms = EventFilter::default();
+        rooms.rooms = room.rooms.as_ref().map(|r| r.iter().map(|x| x.to_string()).collect());
+        rooms.not_rooms = room.not_rooms.iter().map(|x| x.to_string()).collect();
+        let global = &definition.account_data;
+        Self {
+            timeline: EventFilter::from_room_event_filter(&room.timeline),
+            state: EventFilter::from_room_event_filter(&room.state),
+            ephemeral: EventFilter::from_room_event_filter(&room.ephemeral),
+            room_account_data: EventFilter::from_room_event_filter(&room.account_data),
+            account_data: EventFilter {
+                types: global.types.clone(),
+                not_types: global.not_types.clone(),
+                limit: global.limit.map(|l| usize::try_from(u64::from(l)).unwrap_or(usize::MAX)),
+                ..EventFilter::default()
+            },
+            rooms,
+            include_leave: room.include_leave,
+        }
+    }
+}
+
+/// A parsed `since` token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncToken {
+    pub pos: StreamPos,
+    pub typing: u64,
+}
+
+impl SyncToken {
+    pub fn parse(token: &str) -> Result<Self> {
+        let bad = || Error::invalid_param(format!("Invalid since token {token:?}"));
+        let rest = token.strip_prefix('s').ok_or_else(bad)?;
+        let (pos, typing) = rest.split_once('_').unwrap_or((rest, "0"));
+        Ok(Self { pos: pos.parse().map_err(|_| bad())?, typing: typing.parse().map_err(|_| bad())? })
+    }
+
+    pub fn render(&self) -> String {
+        format!("s{}_{}", self.pos, self.typing)
+    }
+}
+
+/// What a client asked for.
+pub struct SyncParams {
+    pub since: Option<String>,
+    pub filter: SyncFilter,
+    pub full_state: bool,
+    pub timeout: Option<Duration>,
+    pub use_state_after: bool,
+}
+
+pub struct Sync {
+    core: Arc<Core>,
+    rooms: Arc<Rooms>,
+    ephemeral: Arc<EphemeralService>,
+}
+
+fn raw_event<T>(event: &Map<String, Value>) -> Result<Raw<T>> {
+    Ok(Raw::from_json(raw(event)?))
+}
+
+fn stripped(pdu: &Pdu) -> Map<String, Value> {
+    let mut event = Map::new();
+    event.insert("type".into(), Value::String(pdu.kind.to_string()));
+    event.insert("state_key".into(), Value::String(pdu.state_key.clone().unwrap_or_default()));
+    event.insert("sender".into(), Value::String(pdu.sender.to_string()));
+    event.insert("content".into(), serde_json::from_str(pdu.content.get()).unwrap_or(Value::Object(Map::new())));
+    event
+}
+
+/// State types shown to invitees and knockers (the spec's recommended stripped state).
+const STRIPPED_TYPES: &[StateEventType] = &[
+    StateEventType::RoomCreate,
+    StateEventType::RoomJoinRules,
+    StateEventType::RoomName,
+    StateEventType::RoomAvatar,
+    StateEventType::RoomCanonicalAlias,
+    StateEventType::RoomEncryption,
+    StateEventType::RoomTopic,
+];
+
+impl Sync {
+    pub fn new(core: Arc<Core>, rooms: Arc<Rooms>, ephemeral: Arc<EphemeralService>) -> Self {
+        Self { core, rooms, ephemeral }
+    }
+
+    /// Resolves `filter` (inline JSON or stored id) into a `SyncFilter`.
+    pub fn resolve_filter(&self, user_id: &UserId, filter: Option<&ruma::api::client::sync::sync_events::v3::Filter>) -> Result<SyncFilter> {
+        use ruma::api::client::sync::sync_events::v3::Filter;
+        match filter {
+            None => Ok(SyncFilter::default()),
+            Some(Filter::FilterDefinition(definition)) => Ok(SyncFilter::from_definition(definition)),
+            Some(Filter::FilterId(id)) => {
+                let stored = self
+                    .core
+                    .db
+                    .filter(user_id, id)?
+                    .ok_or_else(|| Error::invalid_param(format!("No filter with id {id}")))?;
+                let definition: FilterDefinition =
+                    serde_json::from_str(stored.get()).map_err(|e| Error::internal(format!("stored filter: {e}")))?;
+                Ok(SyncFilter::from_definition(&definition))
+            }
+            Some(_) => Err(Error::invalid_param("Unsupported filter")),
+        }
+    }
+
+    /// `GET /sync`: answers at once when something changed (or on an initial sync),
+    /// otherwise waits until something does or the timeout passes.
+    pub async fn sync(&self, session: &Session, params: SyncParams) -> Result<Response> {
+        let since = params.since.as_deref().map(SyncToken::parse).transpose()?;
+        let timeout = params.timeout.unwrap_or_default().min(MAX_TIMEOUT);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut positions = self.core.db.subscribe();
+        let mut typing = self.ephemeral.subscribe_typing();
+        loop {
+            positions.borrow_and_update();
+            typing.borrow_and_update();
+            let response = self.compute(session, since, &params)?;
+            let done = since.is_none() || params.full_state || !is_empty(&response) || tokio::time::Instant::now() >= deadline;
+            if done {
+                return Ok(response);
+            }
+            tokio::select! {
+                changed = positions.changed() => { if changed.is_err() { return Ok(response) } }
+                changed = typing.changed() => { if changed.is_err() { return Ok(response) } }
+                () = tokio::time::sleep_until(deadline) => { return Ok(response) }
+            }
+        }
+    }
+
+    fn compute(&self, session: &Session, since: Option<SyncToken>, params: &SyncParams) -> Result<Response> {
+        let user_id = &session.user_id;
+        let now = SyncToken { pos: self.core.db.current_pos(), typing: self.ephemeral.typing_serial() };
+        let since_or_zero = since.unwrap_or(SyncToken { pos: 0, typing: 0 });
+        let mut response = Response::new(now.render());
+        let filter = &params.filter;
+
+        let mut room_account_data: HashMap<OwnedRoomId, Vec<Raw<ruma::events::AnyRoomAccountDataEvent>>> = HashMap::new();
+        for (room_id, kind, content) in self.core.db.account_data_since(user_id, since_or_zero.pos)? {
+            let mut event = Map::new();
+            event.insert("type".into(), Value::String(kind.clone()));
+            event.insert("content".into(), serde_json::from_str(content.get()).unwrap_or(Value::Object(Map::new())));
+            match room_id {
+                None if filter.account_data.matches_type(&kind) => {
+                    response.account_data.events.push(raw_event(&event)?);
+                }
+                Some(room_id) if filter.room_account_data.matches_type(&kind) => {
+                    room_account_data.entry(room_id).or_default().push(raw_event(&event)?);
+                }
+                _ => {}
+            }
+        }
+        if let Some(limit) = filter.account_data.limit {
+            response.account_data.events.truncate(limit);
+        }
+
+        for (room_id, record) in self.core.db.rooms_of_user(user_id)? {
+            if record.pos > now.pos || !filter.rooms.matches_room(&room_id) {
+                continue;
+            }
+            let changed_since = since.is_none_or(|s| record.pos > s.pos);
+            match record.membership.as_str() {
+                "join" => {
+                    let account_data = room_account_data.remove(&room_id).unwrap_or_default();
+                    if let Some(room) = self.joined_room(session, &room_id, since, now, record.pos, params, account_data)? {
+                        response.rooms.join.insert(room_id, room);
+                    }
+                }
+                "invite" if changed_since => {
+                    let mut room = InvitedRoom::new();
+                    room.invite_state = InviteState::from(self.stripped_state(&room_id, &record.event_id)?);
+                    response.rooms.invite.insert(room_id, room);
+                }
+                "knock" if changed_since => {
+                    let mut room = KnockedRoom::new();
+                    room.knock_state = KnockState::new();
+                    room.knock_state.events = self.stripped_state(&room_id, &record.event_id)?;
+                    response.rooms.knock.insert(room_id, room);
+                }
+                "leave" | "ban" => {
+                    let include = match since {
+                        Some(since) => record.pos > since.pos,
+                        None => filter.include_leave,
+                    };
+                    if include && !self.core.db.is_forgotten(user_id, &room_id)? {
+                        let account_data = room_account_data.remove(&room_id).unwrap_or_default();
+                        let room = self.left_room(session, &room_id, since, record.pos, params, account_data)?;
+                        response.rooms.leave.insert(room_id, room);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(response)
+    }
+
+    /// Stripped state for an invite or knock: the recommended state plus the membership event.
+    fn stripped_state<T>(&self, room_id: &RoomId, membership_event: &ruma::EventId) -> Result<Vec<Raw<T>>> {
+        let mut events = Vec::new();
+        let membership = self.rooms.pdu(membership_event)?;
+        let state = match &membership {
+            Some(pdu) => self.rooms.state_after(pdu)?,
+            None => self.rooms.current_state(room_id)?.unwrap_or_default(),
+        };
+        for kind in STRIPPED_TYPES {
+            if let Some(pdu) = self.rooms.state_pdu(&state, kind, "")? {
+                events.push(raw_event(&stripped(&pdu))?);
+            }
+        }
+        if let Some(pdu) = &membership {
+            if let Some(inviter) = self.rooms.state_pdu(&state, &StateEventType::RoomMember, pdu.sender.as_str())?
+                && inviter.sender != pdu.state_key.as_deref().unwrap_or_default()
+            {
+                events.push(raw_event(&stripped(&inviter))?);
+            }
+            events.push(raw_event(&stripped(pdu))?);
+        }
+        Ok(events)
+    }
+
+    /// Timeline events visible to the user in (after, up_to], newest `limit` of them.
+    /// Returns (events oldest first, limited).
+    fn timeline_window(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        after: StreamPos,
+        up_to: StreamPos,
+        filter: &EventFilter,
+    ) -> Result<(Vec<Arc<Pdu>>, bool)> {
+        let limit = filter.limit.unwrap_or(DEFAULT_TIMELINE_LIMIT).clamp(1, MAX_TIMELINE_LIMIT);
+        let mut collected = Vec::new();
+        let mut cursor = up_to + 1;
+        let mut limited = false;
+        'outer: loop {
+            let batch = self.core.db.timeline(room_id, cursor, Direction::Backward, limit + 1)?;
+            if batch.is_empty() {
+                break;
+            }
+            for (pos, event_id, _) in &batch {
+                if *pos <= after {
+                    break 'outer;
+                }
+                cursor = *pos;
+                let Some(pdu) = self.rooms.pdu(event_id)? else { continue };
+                if pdu.stored.rejected || pdu.stored.soft_failed || !filter.matches(&pdu) || !self.rooms.can_see(user_id, &pdu)? {
+                    continue;
+                }
+                if collected.len() == limit {
+                    limited = true;
+                    break 'outer;
+                }
+                collected.push(pdu);
+            }
+            if batch.len() < limit + 1 {
+                break;
+            }
+        }
+        collected.reverse();
+        Ok((collected, limited))
+    }
+
+    /// The state at a stream position in a room (the state after the event at or before it).
+    fn state_at_pos(&self, room_id: &RoomId, pos: StreamPos) -> Result<Arc<StateMap>> {
+        match self.core.db.timeline_at(room_id, pos)? {
+            Some((_, _, group)) => self.rooms.state(group),
+            None => Ok(Arc::new(StateMap::new())),
+        }
+    }
+
+    /// State events in `to` that differ from `from`.
+    fn state_delta(&self, from: &StateMap, to: &StateMap) -> Vec<ruma::OwnedEventId> {
+        let mut delta: Vec<_> = to.iter().filter(|(key, id)| from.get(*key) != Some(*id)).map(|(_, id)| id.clone()).collect();
+        delta.sort();
+        delta
+    }
+
+    /// Builds the state section: either `state` (at the start of the timeline) or
+    /// `state_after` (at its end), filtered and lazy-loaded.
+    #[allow(clippy::too_many_arguments)]
+    fn state_section(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        since: Option<SyncToken>,
+        full: bool,
+        limited: bool,
+        timeline: &[Arc<Pdu>],
+        end_pos: StreamPos,
+        params: &SyncParams,
+    ) -> Result<State> {
+        let filter = &params.filter.state;
+        let (ids, exclude_timeline): (Vec<ruma::OwnedEventId>, bool) = if params.use_state_after {
+            let at_end = self.state_at_pos(room_id, end_pos)?;
+            if full {
+                (at_end.values().cloned().collect(), false)
+            } else {
+                let before = self.state_at_pos(room_id, since.map(|s| s.pos).unwrap_or(0))?;
+                (self.state_delta(&before, &at_end), false)
+            }
+        } else {
+            let at_start = match timeline.first() {
+                Some(first) => self.rooms.state_before(first)?,
+                None => self.state_at_pos(room_id, end_pos)?,
+            };
+            if full {
+                (at_start.values().cloned().collect(), true)
+            } else if limited {
+                let before = self.state_at_pos(room_id, since.map(|s| s.pos).unwrap_or(0))?;
+                (self.state_delta(&before, &at_start), true)
+            } else {
+                (Vec::new(), true)
+            }
+        };
+        let in_timeline: HashSet<&ruma::EventId> = timeline.iter().map(|p| &*p.event_id).collect();
+        let senders: BTreeSet<&UserId> = timeline.iter().map(|p| &*p.sender).chain(std::iter::once(user_id)).collect();
+        let mut events = Vec::new();
+        let mut have_members = HashSet::new();
+        for event_id in ids {
+            if exclude_timeline && in_timeline.contains(&*event_id) {
+                continue;
+            }
+            let Some(pdu) = self.rooms.pdu(&event_id)? else { continue };
+            if !filter.matches(&pdu) {
+                continue;
+            }
+            if filter.lazy_load_members && pdu.kind == TimelineEventType::RoomMember {
+                let member = pdu.state_key.as_deref().unwrap_or_default();
+                if !senders.iter().any(|s| s.as_str() == member) {
+                    continue;
+                }
+                have_members.insert(member.to_owned());
+            }
+            events.push(raw_event(&self.rooms.client_event(&pdu, None, false))?);
+        }
+        // Lazy loading: make sure every timeline sender's membership is present.
+        if filter.lazy_load_members && !full {
+            let at_start = match timeline.first() {
+                Some(first) => self.rooms.state_before(first)?,
+                None => self.state_at_pos(room_id, end_pos)?,
+            };
+            for sender in senders {
+                if have_members.contains(sender.as_str()) {
+                    continue;
+                }
+                if let Some(pdu) = self.rooms.state_pdu(&at_start, &StateEventType::RoomMember, sender.as_str())?
+                    && !in_timeline.contains(&*pdu.event_id)
+                {
+                    events.push(raw_event(&self.rooms.client_event(&pdu, None, false))?);
+                }
+            }
+        }
+        let mut state_events = StateEvents::new();
+        state_events.events = events;
+        let events = state_events;
+        Ok(if params.use_state_after { State::After(events) } else { State::Before(events) })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn joined_room(
+        &self,
+        session: &Session,
+        room_id: &RoomId,
+        since: Option<SyncToken>,
+        now: SyncToken,
+        joined_at: StreamPos,
+        params: &SyncParams,
+        account_data: Vec<Raw<ruma::events::AnyRoomAccountDataEvent>>,
+    ) -> Result<Option<JoinedRoom>> {
+        let user_id = &session.user_id;
+        let newly_joined = since.is_none_or(|s| joined_at > s.pos);
+        let full = newly_joined || params.full_state;
+        let after = if newly_joined { 0 } else { since.map(|s| s.pos).unwrap_or(0) };
+        let (timeline, limited) = self.timeline_window(user_id, room_id, after, now.pos, &params.filter.timeline)?;
+        let limited = limited || (newly_joined && timeline.first().is_some_and(|p| p.kind != TimelineEventType::RoomCreate));
+
+        let mut ephemeral = Vec::new();
+        if params.filter.ephemeral.matches_type("m.typing")
+            && let Some(typing) = self.ephemeral.typing_event_since(room_id, since.map(|s| s.typing).unwrap_or(0))
+        {
+            ephemeral.push(typing);
+        }
+        if params.filter.ephemeral.matches_type("m.receipt")
+            && let Some(receipts) = self.ephemeral.receipt_event_since(room_id, since.map(|s| s.pos).unwrap_or(0), user_id)?
+        {
+            ephemeral.push(receipts);
+        }
+
+        let receipts_changed = since.is_some_and(|s| {
+            self.core.db.receipts_since(room_id, s.pos).map(|r| r.iter().any(|r| r.user_id == *user_id)).unwrap_or(false)
+        });
+        if !full && timeline.is_empty() && ephemeral.is_empty() && account_data.is_empty() && !receipts_changed {
+            return Ok(None);
+        }
+
+        let state = self.state_section(user_id, room_id, since, full, limited, &timeline, now.pos, params)?;
+        let mut room = JoinedRoom::new();
+        room.timeline = Timeline::new();
+        room.timeline.limited = limited;
+        room.timeline.prev_batch = Some(match timeline.first().and_then(|p| p.stored.pos) {
+            Some(pos) => position_token(pos - 1),
+            None => position_token(now.pos),
+        });
+        for pdu in &timeline {
+            room.timeline.events.push(raw_event(&self.rooms.client_event(pdu, Some((user_id, Some(&session.device_id))), false))?);
+        }
+        room.state = state;
+        room.account_data = RoomAccountData::new();
+        room.account_data.events = account_data;
+        room.ephemeral = Ephemeral::new();
+        for event in ephemeral {
+            room.ephemeral.events.push(Raw::from_json(raw(&event)?));
+        }
+        let members_changed = timeline.iter().any(|p| p.kind == TimelineEventType::RoomMember);
+        if full || members_changed {
+            room.summary = self.summary(room_id, user_id)?;
+        }
+        room.unread_notifications = self.unread(room_id, user_id)?;
+        Ok(Some(room))
+    }
+
+    fn left_room(
+        &self,
+        session: &Session,
+        room_id: &RoomId,
+        since: Option<SyncToken>,
+        left_at: StreamPos,
+        params: &SyncParams,
+        account_data: Vec<Raw<ruma::events::AnyRoomAccountDataEvent>>,
+    ) -> Result<LeftRoom> {
+        let user_id = &session.user_id;
+        let after = since.map(|s| s.pos).unwrap_or(0);
+        let (timeline, limited) = self.timeline_window(user_id, room_id, after, left_at, &params.filter.timeline)?;
+        let full = since.is_none() || params.full_state;
+        let mut room = LeftRoom::new();
+        room.state = self.state_section(user_id, room_id, since, full, limited, &timeline, left_at, params)?;
+        room.timeline = Timeline::new();
+        room.timeline.limited = limited;
+        room.timeline.prev_batch = timeline.first().and_then(|p| p.stored.pos).map(|pos| position_token(pos - 1));
+        for pdu in &timeline {
+            room.timeline.events.push(raw_event(&self.rooms.client_event(pdu, Some((user_id, Some(&session.device_id))), false))?);
+        }
+        room.account_data = RoomAccountData::new();
+        room.account_data.events = account_data;
+        Ok(room)
+    }
+
+    /// Room summary: heroes (up to 5 other members) and member counts.
+    fn summary(&self, room_id: &RoomId, user_id: &UserId) -> Result<RoomSummary> {
+        let members = self.core.db.members(room_id)?;
+        let joined = members.iter().filter(|(_, m)| m == "join").count();
+        let invited = members.iter().filter(|(_, m)| m == "invite").count();
+        let mut heroes: Vec<OwnedUserId> = members
+            .iter()
+            .filter(|(u, m)| u != user_id && (m == "join" || m == "invite"))
+            .map(|(u, _)| u.clone())
+            .collect();
+        if heroes.is_empty() {
+            heroes = members.iter().filter(|(u, _)| u != user_id).map(|(u, _)| u.clone()).collect();
+        }
+        heroes.truncate(5);
+        let mut summary = RoomSummary::new();
+        summary.heroes = heroes;
+        summary.joined_member_count = Some(UInt::try_from(joined as u64).unwrap_or_default());
+        summary.invited_member_count = Some(UInt::try_from(invited as u64).unwrap_or_default());
+        Ok(summary)
+    }
+
+    /// Notification and highlight counts: messages from others after the user's read
+    /// receipt; highlights are those that mention the user. (Push-rule evaluation replaces
+    /// this approximation when push rules land.)
+    fn unread(&self, room_id: &RoomId, user_id: &UserId) -> Result<UnreadNotificationsCount> {
+        let read_pos = match self.ephemeral.last_read(room_id, user_id)? {
+            Some(receipt) => self.core.db.event(&receipt.event_id)?.and_then(|e| e.pos).unwrap_or(0),
+            None => self.core.db.membership(room_id, user_id)?.map(|m| m.pos).unwrap_or(0),
+        };
+        let mut notifications = 0u64;
+        let mut highlights = 0u64;
+        let mut cursor = StreamPos::MAX;
+        'scan: for _ in 0..10 {
+            let batch = self.core.db.timeline(room_id, cursor, Direction::Backward, 100)?;
+            if batch.is_empty() {
+                break;
+            }
+            for (pos, event_id, _) in &batch {
+                if *pos <= read_pos {
+                    break 'scan;
+                }
+                cursor = *pos;
+                let Some(pdu) = self.rooms.pdu(event_id)? else { continue };
+                if pdu.sender == user_id || pdu.stored.redacted_because.is_some() {
+                    continue;
+                }
+                if matches!(pdu.kind, TimelineEventType::RoomMessage | TimelineEventType::RoomEncrypted | TimelineEventType::Sticker) {
+                    notifications += 1;
+                    if mentions(&pdu, user_id) {
+                        highlights += 1;
+                    }
+                }
+            }
+        }
+        let mut counts = UnreadNotificationsCount::new();
+        counts.notification_count = Some(UInt::try_from(notifications).unwrap_or_default());
+        counts.highlight_count = Some(UInt::try_from(highlights).unwrap_or_default());
+        Ok(counts)
+    }
+}
+
+/// Whether a message mentions a user (intentional mentions, or the id in the body).
+fn mentions(pdu: &Pdu, user_id: &UserId) -> bool {
+    let content = pdu.content_value();
+    if let Some(Value::Array(users)) = content.get("m.mentions").and_then(|m| m.get("user_ids")) {
+        return users.iter().any(|u| u.as_str() == Some(user_id.as_str()));
+    }
+    content.get("body").and_then(Value::as_str).is_some_and(|body| body.contains(user_id.as_str()))
+}
+
+fn is_empty(response: &Response) -> bool {
+    response.rooms.join.is_empty()
+        && response.rooms.invite.is_empty()
+        && response.rooms.leave.is_empty()
+        && response.rooms.knock.is_empty()
+        && response.account_data.events.is_empty()
+        && response.presence.events.is_empty()
+        && response.to_device.events.is_empty()
+        && response.device_lists.changed.is_empty()
+        && response.device_lists.left.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_patterns() {
+        assert!(type_matches("m.room.message", "m.room.message"));
+        assert!(type_matches("m.room.*", "m.room.message"));
+        assert!(type_matches("*", "anything"));
+        assert!(!type_matches("m.room.*", "m.typing"));
+        assert!(type_matches("m.*.message", "m.room.message"));
+        assert!(!type_matches("m.room.message", "m.room.messages"));
+    }
+
+    #[test]
+    fn tokens_round_trip_and_reject_garbage() {
+        let token = SyncToken { pos: 42, typing: 7 };
+        assert_eq!(SyncToken::parse(&token.render()).unwrap(), token);
+        assert!(SyncToken::parse("garbage").is_err());
+        assert!(SyncToken::parse("s-1_2").is_err());
+        assert_eq!(SyncToken::parse("s5").unwrap(), SyncToken { pos: 5, typing: 0 });
+    }
+}

@@ -1,0 +1,705 @@
+//! The RocksDB backend: the only code that names `rocksdb`.
+//!
+//! Durability: every write is one WriteBatch written with the WAL on and, when
+//! `sync_writes`, fsynced before returning. RocksDB groups concurrent writers into one
+//! WAL write and one fsync (group commit), so callers write from a blocking pool.
+//!
+//! Stream positions are handed out from a counter, and a position becomes visible to
+//! readers only when every smaller position is durable (see `Positions`), so a sync
+//! reader never skips a change that was committed late.
+
+mod keys;
+mod schema;
+
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use ::rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, Direction as RDirection,
+    IteratorMode, Options, WriteBatch, WriteOptions,
+};
+use ruma::{
+    DeviceId, EventId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId,
+    RoomId, UserId,
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::value::RawValue;
+use tokio::sync::watch;
+
+use super::{
+    AppendEvent, DeviceRecord, Direction, MembershipRecord, MetaStore, ReceiptRecord, Result,
+    RoomHead, RoomRecord, RoomStore, StateGroup, StateGroupId, StorageError, StoredEvent,
+    StreamPos, StreamStore, TokenRecord, UserRecord, UserStore,
+};
+use keys::{join, prefix, trailing_u64, u64_key, with_u64};
+use schema as cf;
+
+/// Stream-position bookkeeping: allocation, in-flight set, visible watermark.
+struct Positions {
+    inner: Mutex<PositionsInner>,
+    visible: watch::Sender<StreamPos>,
+}
+
+struct PositionsInner {
+    next: StreamPos,
+    in_flight: BTreeSet<StreamPos>,
+}
+
+impl Positions {
+    fn new(last: StreamPos) -> Self {
+        Self {
+            inner: Mutex::new(PositionsInner { next: last + 1, in_flight: BTreeSet::new() }),
+            visible: watch::channel(last).0,
+        }
+    }
+
+    fn allocate(&self) -> StreamPos {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let pos = inner.next;
+        inner.next += 1;
+        inner.in_flight.insert(pos);
+        pos
+    }
+
+    /// Marks a position finished (written or failed) and advances the watermark.
+    fn finish(&self, pos: StreamPos) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.in_flight.remove(&pos);
+        let visible = match inner.in_flight.first() {
+            Some(first) => first - 1,
+            None => inner.next - 1,
+        };
+        drop(inner);
+        self.visible.send_if_modified(|current| {
+            if visible > *current {
+                *current = visible;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+pub struct RocksStorage {
+    db: DB,
+    write_opts: WriteOptions,
+    positions: Positions,
+    next_state_group: AtomicU64,
+    /// Serialises check-then-create operations (user ids, aliases), which are rare.
+    create_lock: Mutex<()>,
+}
+
+fn backend(e: ::rocksdb::Error) -> StorageError {
+    StorageError::Backend(e.into_string())
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Our records contain only strings, numbers and raw JSON: serialisation cannot fail.
+    serde_json::to_vec(value).expect("storage records serialise to JSON")
+}
+
+fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StorageError::Corrupt { table, detail: e.to_string() })
+}
+
+fn decode_str(table: &'static str, bytes: &[u8]) -> Result<String> {
+    String::from_utf8(bytes.to_vec())
+        .map_err(|e| StorageError::Corrupt { table, detail: e.to_string() })
+}
+
+fn parse_id<T: TryFrom<String>>(table: &'static str, bytes: &[u8]) -> Result<T>
+where
+    T::Error: std::fmt::Display,
+{
+    T::try_from(decode_str(table, bytes)?)
+        .map_err(|e| StorageError::Corrupt { table, detail: e.to_string() })
+}
+
+impl RocksStorage {
+    pub fn open(path: &Path, sync_writes: bool) -> Result<Self> {
+        std::fs::create_dir_all(path)
+            .map_err(|e| StorageError::Backend(format!("cannot create {}: {e}", path.display())))?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.increase_parallelism(2);
+        opts.set_max_background_jobs(2);
+        opts.set_keep_log_file_num(4);
+        let cache = Cache::new_lru_cache(64 * 1024 * 1024);
+        let descriptors = schema::ALL.iter().map(|name| {
+            let mut cf_opts = Options::default();
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            table.set_bloom_filter(10.0, false);
+            cf_opts.set_block_based_table_factory(&table);
+            cf_opts.set_compression_type(::rocksdb::DBCompressionType::Lz4);
+            ColumnFamilyDescriptor::new(*name, cf_opts)
+        });
+        let db = DB::open_cf_descriptors(&opts, path, descriptors).map_err(backend)?;
+        let mut write_opts = WriteOptions::default();
+        write_opts.set_sync(sync_writes);
+
+        let last_pos = Self::last_key_u64(&db, cf::STREAM)?.unwrap_or(0);
+        let last_group = Self::last_key_u64(&db, cf::STATE_GROUPS)?.unwrap_or(0);
+        Ok(Self {
+            db,
+            write_opts,
+            positions: Positions::new(last_pos),
+            next_state_group: AtomicU64::new(last_group + 1),
+            create_lock: Mutex::new(()),
+        })
+    }
+
+    fn last_key_u64(db: &DB, name: &str) -> Result<Option<u64>> {
+        let handle = db.cf_handle(name).expect("column family listed in schema");
+        match db.iterator_cf(handle, IteratorMode::End).next() {
+            Some(item) => {
+                let (key, _) = item.map_err(backend)?;
+                Ok(trailing_u64(&key))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db.cf_handle(name).expect("column family listed in schema")
+    }
+
+    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get_cf(self.cf(table), key).map_err(backend)
+    }
+
+    fn get_json<T: DeserializeOwned>(&self, table: &'static str, key: &[u8]) -> Result<Option<T>> {
+        match self.get(table, key)? {
+            Some(bytes) => decode(table, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<()> {
+        self.db.write_opt(batch, &self.write_opts).map_err(backend)
+    }
+
+    /// Writes a batch that occupies a fresh stream position; the position becomes
+    /// visible once it (and every earlier one) is durable.
+    fn write_at_new_pos(
+        &self,
+        kind: u8,
+        build: impl FnOnce(&mut WriteBatch, StreamPos),
+    ) -> Result<StreamPos> {
+        let pos = self.positions.allocate();
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(cf::STREAM), u64_key(pos), [kind]);
+        build(&mut batch, pos);
+        let result = self.write(batch);
+        self.positions.finish(pos);
+        result.map(|()| pos)
+    }
+
+    /// Every (key, value) whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, table: &'static str, prefix: &[u8]) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(table), IteratorMode::From(prefix, RDirection::Forward)) {
+            let (key, value) = item.map_err(backend)?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
+    fn decode_timeline_entry(
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(StreamPos, OwnedEventId, StateGroupId)> {
+        let pos = trailing_u64(key)
+            .ok_or(StorageError::Corrupt { table: cf::TIMELINE, detail: "short key".into() })?;
+        if value.len() < 8 {
+            return Err(StorageError::Corrupt { table: cf::TIMELINE, detail: "short value".into() });
+        }
+        let group = u64::from_be_bytes(value[..8].try_into().expect("8 bytes"));
+        let event_id = parse_id(cf::TIMELINE, &value[8..])?;
+        Ok((pos, event_id, group))
+    }
+}
+
+const KIND_EVENT: u8 = 1;
+const KIND_ACCOUNT_DATA: u8 = 2;
+const KIND_RECEIPT: u8 = 3;
+
+impl UserStore for RocksStorage {
+    fn user(&self, user_id: &UserId) -> Result<Option<UserRecord>> {
+        self.get_json(cf::USERS, user_id.as_bytes())
+    }
+
+    fn create_user(&self, user: &UserRecord) -> Result<bool> {
+        let _guard = self.create_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.get(cf::USERS, user.user_id.as_bytes())?.is_some() {
+            return Ok(false);
+        }
+        self.put_user(user)?;
+        Ok(true)
+    }
+
+    fn put_user(&self, user: &UserRecord) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(cf::USERS), user.user_id.as_bytes(), encode(user));
+        self.write(batch)
+    }
+
+    fn count_users(&self) -> Result<u64> {
+        let mut n = 0;
+        for item in self.db.iterator_cf(self.cf(cf::USERS), IteratorMode::Start) {
+            item.map_err(backend)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>> {
+        self.get_json(cf::TOKENS, hash)
+    }
+
+    fn put_device_with_tokens(
+        &self,
+        user_id: &UserId,
+        device: &DeviceRecord,
+        access: &TokenRecord,
+        refresh: Option<&TokenRecord>,
+    ) -> Result<()> {
+        let key = join(&[user_id.as_bytes(), device.device_id.as_bytes()]);
+        let mut batch = WriteBatch::default();
+        if let Some(old) = self.get_json::<DeviceRecord>(cf::DEVICES, &key)? {
+            batch.delete_cf(self.cf(cf::TOKENS), old.token_hash);
+            if let Some(hash) = old.refresh_hash {
+                batch.delete_cf(self.cf(cf::TOKENS), hash);
+            }
+        }
+        batch.put_cf(self.cf(cf::DEVICES), &key, encode(device));
+        batch.put_cf(self.cf(cf::TOKENS), device.token_hash, encode(access));
+        if let (Some(hash), Some(record)) = (device.refresh_hash, refresh) {
+            batch.put_cf(self.cf(cf::TOKENS), hash, encode(record));
+        }
+        self.write(batch)
+    }
+
+    fn update_device(&self, user_id: &UserId, device: &DeviceRecord) -> Result<()> {
+        let key = join(&[user_id.as_bytes(), device.device_id.as_bytes()]);
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(cf::DEVICES), key, encode(device));
+        self.write(batch)
+    }
+
+    fn device(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Option<DeviceRecord>> {
+        self.get_json(cf::DEVICES, &join(&[user_id.as_bytes(), device_id.as_bytes()]))
+    }
+
+    fn devices(&self, user_id: &UserId) -> Result<Vec<DeviceRecord>> {
+        self.scan_prefix(cf::DEVICES, &prefix(user_id.as_bytes()))?
+            .iter()
+            .map(|(_, value)| decode(cf::DEVICES, value))
+            .collect()
+    }
+
+    fn delete_device(&self, user_id: &UserId, device_id: &DeviceId) -> Result<()> {
+        let key = join(&[user_id.as_bytes(), device_id.as_bytes()]);
+        let Some(device) = self.get_json::<DeviceRecord>(cf::DEVICES, &key)? else {
+            return Ok(());
+        };
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.cf(cf::DEVICES), &key);
+        batch.delete_cf(self.cf(cf::TOKENS), device.token_hash);
+        if let Some(hash) = device.refresh_hash {
+            batch.delete_cf(self.cf(cf::TOKENS), hash);
+        }
+        self.write(batch)
+    }
+}
+
+impl RoomStore for RocksStorage {
+    fn next_state_group_id(&self) -> StateGroupId {
+        self.next_state_group.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn append_event(&self, append: AppendEvent<'_>) -> Result<StreamPos> {
+        let room_id = append.event.room_id.clone();
+        let room = room_id.as_bytes();
+        self.write_at_new_pos(KIND_EVENT, |batch, pos| {
+            let mut event = append.event;
+            event.pos = Some(pos);
+            if let Some(record) = &append.new_room {
+                batch.put_cf(self.cf(cf::ROOMS), room, encode(record));
+            }
+            if let Some((id, group)) = &append.new_state_group {
+                batch.put_cf(self.cf(cf::STATE_GROUPS), u64_key(*id), encode(group));
+            }
+            let mut entry = append.state_after.to_be_bytes().to_vec();
+            entry.extend_from_slice(append.event_id.as_bytes());
+            batch.put_cf(self.cf(cf::TIMELINE), with_u64(room, pos), entry);
+            let head = RoomHead {
+                state_group: append.state_after,
+                extremities: append.extremities,
+                depth: append.depth,
+                last_pos: pos,
+            };
+            batch.put_cf(self.cf(cf::ROOM_HEADS), room, encode(&head));
+            if let Some((user_id, membership)) = &append.membership {
+                let record = MembershipRecord {
+                    membership: membership.clone(),
+                    event_id: append.event_id.to_owned(),
+                    pos,
+                };
+                batch.put_cf(
+                    self.cf(cf::USER_ROOMS),
+                    join(&[user_id.as_bytes(), room]),
+                    encode(&record),
+                );
+                batch.put_cf(
+                    self.cf(cf::ROOM_MEMBERS),
+                    join(&[room, user_id.as_bytes()]),
+                    membership.as_bytes(),
+                );
+                if membership == "join" || membership == "invite" || membership == "knock" {
+                    batch.delete_cf(self.cf(cf::FORGOTTEN), join(&[user_id.as_bytes(), room]));
+                }
+            }
+            if let Some((user_id, device_id, txn_id)) = &append.txn_key {
+                batch.put_cf(
+                    self.cf(cf::TXNS),
+                    join(&[user_id.as_bytes(), device_id.as_bytes(), txn_id.as_bytes()]),
+                    append.event_id.as_bytes(),
+                );
+            }
+            if let Some((redacted_id, redacted)) = &append.redact {
+                batch.put_cf(self.cf(cf::EVENTS), redacted_id.as_bytes(), encode(redacted));
+            }
+            batch.put_cf(self.cf(cf::EVENTS), append.event_id.as_bytes(), encode(&event));
+        })
+    }
+
+    fn event(&self, event_id: &EventId) -> Result<Option<StoredEvent>> {
+        self.get_json(cf::EVENTS, event_id.as_bytes())
+    }
+
+    fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>> {
+        self.get_json(cf::ROOMS, room_id.as_bytes())
+    }
+
+    fn state_group(&self, id: StateGroupId) -> Result<Option<StateGroup>> {
+        self.get_json(cf::STATE_GROUPS, &u64_key(id))
+    }
+
+    fn room_head(&self, room_id: &RoomId) -> Result<Option<RoomHead>> {
+        self.get_json(cf::ROOM_HEADS, room_id.as_bytes())
+    }
+
+    fn timeline(
+        &self,
+        room_id: &RoomId,
+        from: StreamPos,
+        dir: Direction,
+        limit: usize,
+    ) -> Result<Vec<(StreamPos, OwnedEventId, StateGroupId)>> {
+        let room_prefix = prefix(room_id.as_bytes());
+        let (start, mode) = match dir {
+            Direction::Forward => (with_u64(room_id.as_bytes(), from.saturating_add(1)), RDirection::Forward),
+            Direction::Backward => {
+                if from == 0 {
+                    return Ok(Vec::new());
+                }
+                (with_u64(room_id.as_bytes(), from - 1), RDirection::Reverse)
+            }
+        };
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf::TIMELINE), IteratorMode::From(&start, mode)) {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = item.map_err(backend)?;
+            if !key.starts_with(&room_prefix) {
+                break;
+            }
+            out.push(Self::decode_timeline_entry(&key, &value)?);
+        }
+        Ok(out)
+    }
+
+    fn timeline_at(
+        &self,
+        room_id: &RoomId,
+        pos: StreamPos,
+    ) -> Result<Option<(StreamPos, OwnedEventId, StateGroupId)>> {
+        Ok(self.timeline(room_id, pos.saturating_add(1), Direction::Backward, 1)?.into_iter().next())
+    }
+
+    fn rooms_of_user(&self, user_id: &UserId) -> Result<Vec<(OwnedRoomId, MembershipRecord)>> {
+        let user_prefix = prefix(user_id.as_bytes());
+        self.scan_prefix(cf::USER_ROOMS, &user_prefix)?
+            .iter()
+            .map(|(key, value)| {
+                Ok((parse_id(cf::USER_ROOMS, &key[user_prefix.len()..])?, decode(cf::USER_ROOMS, value)?))
+            })
+            .collect()
+    }
+
+    fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<MembershipRecord>> {
+        self.get_json(cf::USER_ROOMS, &join(&[user_id.as_bytes(), room_id.as_bytes()]))
+    }
+
+    fn members(&self, room_id: &RoomId) -> Result<Vec<(OwnedUserId, String)>> {
+        let room_prefix = prefix(room_id.as_bytes());
+        self.scan_prefix(cf::ROOM_MEMBERS, &room_prefix)?
+            .iter()
+            .map(|(key, value)| {
+                Ok((
+                    parse_id(cf::ROOM_MEMBERS, &key[room_prefix.len()..])?,
+                    decode_str(cf::ROOM_MEMBERS, value)?,
+                ))
+            })
+            .collect()
+    }
+
+    fn forget_room(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(cf::FORGOTTEN), join(&[user_id.as_bytes(), room_id.as_bytes()]), b"");
+        self.write(batch)
+    }
+
+    fn is_forgotten(&self, user_id: &UserId, room_id: &RoomId) -> Result<bool> {
+        Ok(self.get(cf::FORGOTTEN, &join(&[user_id.as_bytes(), room_id.as_bytes()]))?.is_some())
+    }
+
+    fn txn_event(&self, user_id: &UserId, device_id: &DeviceId, txn_id: &str) -> Result<Option<OwnedEventId>> {
+        match self.get(cf::TXNS, &join(&[user_id.as_bytes(), device_id.as_bytes(), txn_id.as_bytes()]))? {
+            Some(bytes) => parse_id(cf::TXNS, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl MetaStore for RocksStorage {
+    fn alias(&self, alias: &RoomAliasId) -> Result<Option<(OwnedRoomId, OwnedUserId)>> {
+        let Some(bytes) = self.get(cf::ALIASES, alias.as_bytes())? else { return Ok(None) };
+        let split = bytes.iter().position(|b| *b == keys::SEP).ok_or(StorageError::Corrupt {
+            table: cf::ALIASES,
+            detail: "no separator".into(),
+        })?;
+        Ok(Some((parse_id(cf::ALIASES, &bytes[..split])?, parse_id(cf::ALIASES, &bytes[split + 1..])?)))
+    }
+
+    fn create_alias(&self, alias: &RoomAliasId, room_id: &RoomId, creator: &UserId) -> Result<bool> {
+        let _guard = self.create_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.get(cf::ALIASES, alias.as_bytes())?.is_some() {
+            return Ok(false);
+        }
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(cf::ALIASES), alias.as_bytes(), join(&[room_id.as_bytes(), creator.as_bytes()]));
+        batch.put_cf(self.cf(cf::ROOM_ALIASES), join(&[room_id.as_bytes(), alias.as_bytes()]), b"");
+        self.write(batch)?;
+        Ok(true)
+    }
+
+    fn delete_alias(&self, alias: &RoomAliasId) -> Result<()> {
+        let Some((room_id, _)) = self.alias(alias)? else { return Ok(()) };
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.cf(cf::ALIASES), alias.as_bytes());
+        batch.delete_cf(self.cf(cf::ROOM_ALIASES), join(&[room_id.as_bytes(), alias.as_bytes()]));
+        self.write(batch)
+    }
+
+    fn aliases_of_room(&self, room_id: &RoomId) -> Result<Vec<OwnedRoomAliasId>> {
+        let room_prefix = prefix(room_id.as_bytes());
+        self.scan_prefix(cf::ROOM_ALIASES, &room_prefix)?
+            .iter()
+            .map(|(key, _)| parse_id(cf::ROOM_ALIASES, &key[room_prefix.len()..]))
+            .collect()
+    }
+
+    fn set_public(&self, room_id: &RoomId, public: bool) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        if public {
+            batch.put_cf(self.cf(cf::PUBLIC_ROOMS), room_id.as_bytes(), b"");
+        } else {
+            batch.delete_cf(self.cf(cf::PUBLIC_ROOMS), room_id.as_bytes());
+        }
+        self.write(batch)
+    }
+
+    fn is_public(&self, room_id: &RoomId) -> Result<bool> {
+        Ok(self.get(cf::PUBLIC_ROOMS, room_id.as_bytes())?.is_some())
+    }
+
+    fn public_rooms(&self) -> Result<Vec<OwnedRoomId>> {
+        self.scan_prefix(cf::PUBLIC_ROOMS, b"")?.iter().map(|(key, _)| parse_id(cf::PUBLIC_ROOMS, key)).collect()
+    }
+
+    fn put_account_data(
+        &self,
+        user_id: &UserId,
+        room_id: Option<&RoomId>,
+        kind: &str,
+        content: &RawValue,
+    ) -> Result<StreamPos> {
+        let room = room_id.map(|r| r.as_bytes()).unwrap_or(b"");
+        let key = join(&[user_id.as_bytes(), room, kind.as_bytes()]);
+        self.write_at_new_pos(KIND_ACCOUNT_DATA, |batch, pos| {
+            let mut value = pos.to_be_bytes().to_vec();
+            value.extend_from_slice(content.get().as_bytes());
+            batch.put_cf(self.cf(cf::ACCOUNT_DATA), &key, value);
+            batch.put_cf(self.cf(cf::ACCOUNT_DATA_STREAM), with_u64(user_id.as_bytes(), pos), &key);
+        })
+    }
+
+    fn account_data(&self, user_id: &UserId, room_id: Option<&RoomId>, kind: &str) -> Result<Option<Box<RawValue>>> {
+        let room = room_id.map(|r| r.as_bytes()).unwrap_or(b"");
+        match self.get(cf::ACCOUNT_DATA, &join(&[user_id.as_bytes(), room, kind.as_bytes()]))? {
+            Some(bytes) if bytes.len() >= 8 => {
+                let text = decode_str(cf::ACCOUNT_DATA, &bytes[8..])?;
+                RawValue::from_string(text)
+                    .map(Some)
+                    .map_err(|e| StorageError::Corrupt { table: cf::ACCOUNT_DATA, detail: e.to_string() })
+            }
+            Some(_) => Err(StorageError::Corrupt { table: cf::ACCOUNT_DATA, detail: "short value".into() }),
+            None => Ok(None),
+        }
+    }
+
+    fn account_data_since(
+        &self,
+        user_id: &UserId,
+        since: StreamPos,
+    ) -> Result<Vec<(Option<OwnedRoomId>, String, Box<RawValue>)>> {
+        let user_prefix = prefix(user_id.as_bytes());
+        let start = with_u64(user_id.as_bytes(), since.saturating_add(1));
+        let mut changed_keys = BTreeSet::new();
+        for item in self.db.iterator_cf(self.cf(cf::ACCOUNT_DATA_STREAM), IteratorMode::From(&start, RDirection::Forward)) {
+            let (key, value) = item.map_err(backend)?;
+            if !key.starts_with(&user_prefix) {
+                break;
+            }
+            changed_keys.insert(value.to_vec());
+        }
+        let mut out = Vec::new();
+        for key in changed_keys {
+            // key = user SEP room-or-empty SEP type
+            let rest = &key[user_prefix.len()..];
+            let Some(split) = rest.iter().position(|b| *b == keys::SEP) else { continue };
+            let room = &rest[..split];
+            let kind = decode_str(cf::ACCOUNT_DATA, &rest[split + 1..])?;
+            let room_id: Option<OwnedRoomId> =
+                if room.is_empty() { None } else { Some(parse_id(cf::ACCOUNT_DATA, room)?) };
+            if let Some(content) = self.account_data(user_id, room_id.as_deref(), &kind)? {
+                out.push((room_id, kind, content));
+            }
+        }
+        Ok(out)
+    }
+
+    fn put_filter(&self, user_id: &UserId, filter: &RawValue) -> Result<String> {
+        // Filter ids are small increasing numbers per user, like Synapse's.
+        let existing = self.scan_prefix(cf::FILTERS, &prefix(user_id.as_bytes()))?.len();
+        let _guard = self.create_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = existing;
+        loop {
+            let id = n.to_string();
+            let key = join(&[user_id.as_bytes(), id.as_bytes()]);
+            if self.get(cf::FILTERS, &key)?.is_none() {
+                let mut batch = WriteBatch::default();
+                batch.put_cf(self.cf(cf::FILTERS), key, filter.get().as_bytes());
+                self.write(batch)?;
+                return Ok(id);
+            }
+            n += 1;
+        }
+    }
+
+    fn filter(&self, user_id: &UserId, filter_id: &str) -> Result<Option<Box<RawValue>>> {
+        match self.get(cf::FILTERS, &join(&[user_id.as_bytes(), filter_id.as_bytes()]))? {
+            Some(bytes) => RawValue::from_string(decode_str(cf::FILTERS, &bytes)?)
+                .map(Some)
+                .map_err(|e| StorageError::Corrupt { table: cf::FILTERS, detail: e.to_string() }),
+            None => Ok(None),
+        }
+    }
+
+    fn put_receipt(&self, mut receipt: ReceiptRecord) -> Result<StreamPos> {
+        let thread = receipt.thread_id.clone().unwrap_or_default();
+        let key = join(&[
+            receipt.room_id.as_bytes(),
+            receipt.receipt_type.as_bytes(),
+            receipt.user_id.as_bytes(),
+            thread.as_bytes(),
+        ]);
+        let room = receipt.room_id.clone();
+        self.write_at_new_pos(KIND_RECEIPT, |batch, pos| {
+            receipt.pos = pos;
+            batch.put_cf(self.cf(cf::RECEIPTS), &key, encode(&receipt));
+            batch.put_cf(self.cf(cf::RECEIPTS_STREAM), with_u64(room.as_bytes(), pos), &key);
+        })
+    }
+
+    fn receipts_since(&self, room_id: &RoomId, since: StreamPos) -> Result<Vec<ReceiptRecord>> {
+        let room_prefix = prefix(room_id.as_bytes());
+        let start = with_u64(room_id.as_bytes(), since.saturating_add(1));
+        let mut keys_seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf::RECEIPTS_STREAM), IteratorMode::From(&start, RDirection::Forward)) {
+            let (key, value) = item.map_err(backend)?;
+            if !key.starts_with(&room_prefix) {
+                break;
+            }
+            if keys_seen.insert(value.to_vec())
+                && let Some(receipt) = self.get_json::<ReceiptRecord>(cf::RECEIPTS, &value)?
+                && receipt.pos > since
+            {
+                out.push(receipt);
+            }
+        }
+        Ok(out)
+    }
+
+    fn receipt(
+        &self,
+        room_id: &RoomId,
+        receipt_type: &str,
+        user_id: &UserId,
+        thread_id: Option<&str>,
+    ) -> Result<Option<ReceiptRecord>> {
+        let key = join(&[
+            room_id.as_bytes(),
+            receipt_type.as_bytes(),
+            user_id.as_bytes(),
+            thread_id.unwrap_or("").as_bytes(),
+        ]);
+        self.get_json(cf::RECEIPTS, &key)
+    }
+
+    fn server_value(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.get(cf::META, key.as_bytes())
+    }
+
+    fn put_server_value(&self, key: &str, value: &[u8]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(cf::META), key.as_bytes(), value);
+        self.write(batch)
+    }
+}
+
+impl StreamStore for RocksStorage {
+    fn current_pos(&self) -> StreamPos {
+        *self.positions.visible.borrow()
+    }
+
+    fn subscribe(&self) -> watch::Receiver<StreamPos> {
+        self.positions.visible.subscribe()
+    }
+}

@@ -1,0 +1,55 @@
+//! The column families of the RocksDB backend, in one list, each with its key layout.
+//!
+//! Separator: `0xFF` never occurs in a Matrix identifier (they are UTF-8), so it joins
+//! variable-length parts; integers are big-endian so byte order is numeric order.
+
+/// `key: &str` -> raw bytes. Server-wide settings: signing keys, schema version.
+pub const META: &str = "meta";
+/// `user_id` -> UserRecord (JSON).
+pub const USERS: &str = "users";
+/// `user_id 0xFF device_id` -> DeviceRecord (JSON).
+pub const DEVICES: &str = "devices";
+/// `sha256(token)` (32 bytes) -> TokenRecord (JSON).
+pub const TOKENS: &str = "tokens";
+/// `event_id` -> StoredEvent (JSON).
+pub const EVENTS: &str = "events";
+/// `room_id` -> RoomRecord (JSON).
+pub const ROOMS: &str = "rooms";
+/// `room_id` -> RoomHead (JSON): current state group, forward extremities, depth.
+pub const ROOM_HEADS: &str = "room_heads";
+/// `state_group_id u64` -> StateGroup (JSON).
+pub const STATE_GROUPS: &str = "state_groups";
+/// `room_id 0xFF pos u64` -> `state_group_after u64 ++ event_id`.
+pub const TIMELINE: &str = "timeline";
+/// `pos u64` -> one byte saying what the position was used for (recovery of the counter).
+pub const STREAM: &str = "stream";
+/// `user_id 0xFF room_id` -> MembershipRecord (JSON).
+pub const USER_ROOMS: &str = "user_rooms";
+/// `room_id 0xFF user_id` -> membership (UTF-8).
+pub const ROOM_MEMBERS: &str = "room_members";
+/// `user_id 0xFF room_id` -> empty. Rooms a user has forgotten.
+pub const FORGOTTEN: &str = "forgotten";
+/// `user_id 0xFF device_id 0xFF txn_id` -> event_id.
+pub const TXNS: &str = "txns";
+/// `alias` -> `room_id 0xFF creator`.
+pub const ALIASES: &str = "aliases";
+/// `room_id 0xFF alias` -> empty.
+pub const ROOM_ALIASES: &str = "room_aliases";
+/// `room_id` -> empty. Rooms published in the local public room directory.
+pub const PUBLIC_ROOMS: &str = "public_rooms";
+/// `user_id 0xFF room_id-or-empty 0xFF type` -> `pos u64 ++ content JSON`.
+pub const ACCOUNT_DATA: &str = "account_data";
+/// `user_id 0xFF pos u64` -> the ACCOUNT_DATA key that changed at `pos`.
+pub const ACCOUNT_DATA_STREAM: &str = "account_data_stream";
+/// `user_id 0xFF filter_id` -> filter JSON.
+pub const FILTERS: &str = "filters";
+/// `room_id 0xFF receipt_type 0xFF user_id 0xFF thread-or-empty` -> ReceiptRecord (JSON).
+pub const RECEIPTS: &str = "receipts";
+/// `room_id 0xFF pos u64` -> the RECEIPTS key that changed at `pos`.
+pub const RECEIPTS_STREAM: &str = "receipts_stream";
+
+pub const ALL: &[&str] = &[
+    META, USERS, DEVICES, TOKENS, EVENTS, ROOMS, ROOM_HEADS, STATE_GROUPS, TIMELINE, STREAM,
+    USER_ROOMS, ROOM_MEMBERS, FORGOTTEN, TXNS, ALIASES, ROOM_ALIASES, PUBLIC_ROOMS, ACCOUNT_DATA,
+    ACCOUNT_DATA_STREAM, FILTERS, RECEIPTS, RECEIPTS_STREAM,
+];

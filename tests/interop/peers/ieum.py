@@ -1,0 +1,65 @@
+"""Launcher for the ieum homeserver under test.
+
+Owns: locating the binary (env IEUM_BIN, required), running `$IEUM_BIN serve` in a
+fresh working directory with configuration passed purely through IEUM_* environment
+variables (no config file: ieum then serves a dev server with open m.login.dummy
+registration on loopback), and stopping it (SIGTERM, then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .process import LOOPBACK, ServerProcess
+
+
+class IeumBinaryMissing(RuntimeError):
+    """IEUM_BIN is unset or does not point at an executable."""
+
+
+def ieum_binary() -> str:
+    """The ieum binary from $IEUM_BIN, or a clear error saying how to provide it."""
+    path = os.environ.get("IEUM_BIN", "").strip()
+    if not path:
+        raise IeumBinaryMissing(
+            "IEUM_BIN is not set: point it at an ieum binary, e.g. "
+            "IEUM_BIN=/root/.cache/ieum-target/debug/ieum tests/interop/run "
+            "(use `-k synapse` to run only the Synapse side)"
+        )
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        raise IeumBinaryMissing(f"IEUM_BIN={path!r} is not an executable file")
+    return path
+
+
+class IeumServer(ServerProcess):
+    """One ieum process with its data under <tmpdir>/data, serving clients on port."""
+
+    name = "ieum"
+
+    def __init__(self, port: int, tmpdir: str | os.PathLike, *, binary: str | None = None,
+                 extra_env: dict[str, str] | None = None):
+        super().__init__(port, tmpdir)
+        self.binary = binary or ieum_binary()
+        self.extra_env = dict(extra_env or {})
+        self.workdir = self.tmpdir / "cwd"
+        self.data_dir = self.tmpdir / "data"
+
+    @property
+    def server_name(self) -> str:
+        return f"localhost:{self.port}"
+
+    def prepare(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    def command(self) -> tuple[list[str], Path, dict[str, str]]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IEUM_")}
+        env.update({
+            "IEUM_SERVER_NAME": self.server_name,
+            "IEUM_HTTP__LISTEN": f"{LOOPBACK}:{self.port}",
+            "IEUM_STORAGE__PATH": str(self.data_dir),
+            "IEUM_REGISTRATION__ENABLED": "true",
+            "RUST_LOG": os.environ.get("IEUM_INTEROP_RUST_LOG", "info"),
+        })
+        env.update(self.extra_env)
+        return [self.binary, "serve"], self.workdir, env
