@@ -74,22 +74,38 @@ class RecordingClient(AsyncClient):
 
     async def create_matrix_response(self, response_class, transport_response, data=None,
                                      save_to=None):
-        resp = await super().create_matrix_response(
-            response_class, transport_response, data, save_to
-        )
         exchange = getattr(transport_response, "ieum_exchange", None)
+        try:
+            resp = await super().create_matrix_response(
+                response_class, transport_response, data, save_to
+            )
+        except Exception as exc:
+            # nio raises (instead of returning an error) when a body breaks its schemas.
+            if exchange is not None:
+                await self._fill(exchange, transport_response)
+            first_line = (str(exc).splitlines() or [""])[0]
+            raise AssertionError(
+                f"matrix-nio could not parse the response as {response_class.__name__} "
+                f"({type(exc).__name__}: {first_line})\n"
+                + (exchange.describe() if exchange else "")
+            ) from exc
         if exchange is not None:
-            exchange.status = transport_response.status
-            try:
-                raw = await transport_response.read()  # cached by aiohttp after parsing
-                try:
-                    exchange.response_body = json.loads(raw)
-                except ValueError:
-                    exchange.response_body = raw.decode(errors="replace")
-            except Exception as exc:  # noqa: BLE001 - diagnostics only
-                exchange.response_body = f"(body unavailable: {exc!r})"
+            await self._fill(exchange, transport_response)
             resp.exchange = exchange
         return resp
+
+    @staticmethod
+    async def _fill(exchange: Exchange, transport_response) -> None:
+        exchange.status = transport_response.status
+        try:
+            raw = await transport_response.read()  # cached by aiohttp after parsing
+        except Exception as exc:  # noqa: BLE001 - diagnostics only
+            exchange.response_body = f"(body unavailable: {exc!r})"
+            return
+        try:
+            exchange.response_body = json.loads(raw)
+        except ValueError:
+            exchange.response_body = raw.decode(errors="replace")
 
 
 def exchange_of(resp: Any) -> str:

@@ -61,6 +61,15 @@ def test_observations_agree(scenario, observations):
                     f"reference itself is untrusted, see its failure above", pytrace=False)
 
     differences = []
+    unreached = sorted(set(reference) - set(candidate))
+    if unreached and not recorded[CANDIDATE].get("completed"):
+        # The candidate's scenario failed part-way (its own failure says why);
+        # list what it never reached in one line and compare what it did reach.
+        differences.append(
+            f"  {len(unreached)} observation(s) never reached by {CANDIDATE}: its scenario "
+            f"stopped after steps {recorded[CANDIDATE].get('steps')}, see its failure above"
+        )
+        reference = {k: v for k, v in reference.items() if k in candidate}
     for key in sorted(set(reference) | set(candidate)):
         ref = reference.get(key, "<missing>")
         cand = candidate.get(key, "<missing>")

@@ -60,6 +60,7 @@ class IeumServer(ServerProcess):
             "IEUM_STORAGE__PATH": str(self.data_dir),
             "IEUM_REGISTRATION__ENABLED": "true",
             "RUST_LOG": os.environ.get("IEUM_INTEROP_RUST_LOG", "info"),
+            "NO_COLOR": "1",  # plain log file (tracing colours output even when not a tty)
         })
         env.update(self.extra_env)
         return [self.binary, "serve"], self.workdir, env

@@ -1,0 +1,1 @@
+//! Integration tests: account_data (filled in area by area).

@@ -1,0 +1,1 @@
+//! Integration tests: accounts (filled in area by area).

@@ -1,0 +1,1 @@
+//! Integration tests: bad_input (filled in area by area).

@@ -1,0 +1,1 @@
+//! Integration tests: directory (filled in area by area).

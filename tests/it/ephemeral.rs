@@ -1,0 +1,1 @@
+//! Integration tests: ephemeral (filled in area by area).

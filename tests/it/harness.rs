@@ -1,0 +1,205 @@
+//! Test harness: real `Server`s on 127.0.0.1:0 with temp dirs, and a client that sends
+//! ruma request types over HTTP and parses ruma responses.
+
+use std::{borrow::Cow, collections::BTreeMap, sync::atomic::{AtomicU32, Ordering}};
+
+use ieum::{Config, Server};
+use ruma::{
+    OwnedDeviceId, OwnedUserId,
+    api::{
+        IncomingResponseExt, OutgoingRequest, OutgoingRequestExt, SupportedVersions,
+        auth_scheme::{AccessToken, AccessTokenOptional, AppserviceTokenOptional, AuthScheme, NoAccessToken, NoAuthentication, SendAccessToken},
+        client::{account::register, uiaa::{AuthData, Dummy}},
+        path_builder::{PathBuilder, SinglePath, VersionHistory},
+    },
+};
+use serde_json::Value;
+
+/// How the harness supplies each auth scheme's input.
+pub trait TestAuth: AuthScheme {
+    fn input(token: Option<&str>) -> Self::Input<'_>;
+}
+macro_rules! token_auth {
+    ($($scheme:ty),*) => {$(
+        impl TestAuth for $scheme {
+            fn input(token: Option<&str>) -> SendAccessToken<'_> {
+                token.map(SendAccessToken::IfRequired).unwrap_or(SendAccessToken::None)
+            }
+        }
+    )*};
+}
+token_auth!(AccessToken, AccessTokenOptional, NoAccessToken, AppserviceTokenOptional);
+impl TestAuth for NoAuthentication {
+    fn input(_token: Option<&str>) {}
+}
+
+/// How the harness picks each path builder's input.
+pub trait TestPath: PathBuilder {
+    fn input() -> Self::Input<'static>;
+}
+impl TestPath for VersionHistory {
+    fn input() -> Cow<'static, SupportedVersions> {
+        Cow::Owned(SupportedVersions::from_parts(&["v1.12".to_owned()], &BTreeMap::new()))
+    }
+}
+impl TestPath for SinglePath {
+    fn input() {}
+}
+
+/// A Matrix error as the client saw it.
+#[derive(Debug)]
+pub struct MatrixError {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl MatrixError {
+    pub fn errcode(&self) -> &str {
+        self.body["errcode"].as_str().unwrap_or("")
+    }
+}
+
+pub struct TestServer {
+    server: Option<Server>,
+    pub dir: tempfile::TempDir,
+    pub base: String,
+    config: Config,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts a server; `env` adds IEUM_* overrides to the test defaults.
+    pub async fn start_with(env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut vars = vec![
+            ("IEUM_SERVER_NAME".to_owned(), "ieum.test".to_owned()),
+            ("IEUM_HTTP__LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+            ("IEUM_STORAGE__PATH".to_owned(), format!("\"{}\"", dir.path().join("db").display())),
+            ("IEUM_RATE_LIMITS__ENABLED".to_owned(), "false".to_owned()),
+        ];
+        vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let config = Config::load(None, vars).expect("test config");
+        let server = Server::start(config.clone()).await.expect("server starts");
+        let base = format!("http://{}", server.addr());
+        Self { server: Some(server), dir, base, config }
+    }
+
+    /// Stops the server cleanly and starts it again on the same database and port.
+    pub async fn restart(&mut self) {
+        let addr = self.server.as_ref().expect("running").addr();
+        self.server.take().expect("running").shutdown().await;
+        let mut config = self.config.clone();
+        config.http.listen = vec![addr];
+        self.server = Some(Server::start(config).await.expect("server restarts"));
+    }
+
+    pub fn server_name(&self) -> &str {
+        self.config.server_name.as_str()
+    }
+
+    pub fn client(&self) -> Client {
+        Client { http: reqwest::Client::new(), base: self.base.clone(), token: None, user_id: None, device_id: None }
+    }
+
+    /// Registers `@{name}-{n}:ieum.test` with password "password" and returns a logged-in client.
+    pub async fn register(&self, name: &str) -> Client {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        self.register_exact(&format!("{name}-{n}")).await
+    }
+
+    pub async fn register_exact(&self, localpart: &str) -> Client {
+        let mut client = self.client();
+        let mut request = register::v3::Request::new();
+        request.username = Some(localpart.to_owned());
+        request.password = Some("password".to_owned());
+        request.auth = Some(AuthData::Dummy(Dummy::new()));
+        let response = client.send(request).await;
+        client.token = response.access_token;
+        client.user_id = Some(response.user_id);
+        client.device_id = response.device_id;
+        client
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    pub base: String,
+    pub token: Option<String>,
+    pub user_id: Option<OwnedUserId>,
+    pub device_id: Option<OwnedDeviceId>,
+}
+
+impl Client {
+    pub fn user_id(&self) -> &ruma::UserId {
+        self.user_id.as_deref().expect("a registered client")
+    }
+
+    /// Sends a ruma request; panics with the server's answer if it fails.
+    pub async fn send<R>(&self, request: R) -> R::IncomingResponse
+    where
+        R: OutgoingRequest,
+        R::Authentication: TestAuth,
+        R::PathBuilder: TestPath,
+    {
+        let name = std::any::type_name::<R>();
+        match self.try_send(request).await {
+            Ok(response) => response,
+            Err(error) => panic!("{name} failed: {} {}", error.status, error.body),
+        }
+    }
+
+    /// Sends a ruma request; returns the Matrix error instead of panicking.
+    pub async fn try_send<R>(&self, request: R) -> Result<R::IncomingResponse, MatrixError>
+    where
+        R: OutgoingRequest,
+        R::Authentication: TestAuth,
+        R::PathBuilder: TestPath,
+    {
+        let http_request = request
+            .try_into_http_request::<Vec<u8>>(&self.base, R::Authentication::input(self.token.as_deref()), R::PathBuilder::input())
+            .expect("request serialises");
+        let (parts, body) = http_request.into_parts();
+        let response = self
+            .http
+            .request(parts.method, parts.uri.to_string())
+            .headers(parts.headers)
+            .body(body)
+            .send()
+            .await
+            .expect("the server answers");
+        let status = response.status();
+        let mut builder = ruma::exports::http::Response::builder().status(status.as_u16());
+        for (name, value) in response.headers() {
+            builder = builder.header(name.as_str(), value.as_bytes());
+        }
+        let bytes = response.bytes().await.expect("body");
+        if !status.is_success() {
+            let body = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+            return Err(MatrixError { status: status.as_u16(), body });
+        }
+        let http_response = builder.body(bytes.as_ref()).expect("response");
+        Ok(<R::IncomingResponse as IncomingResponseExt>::try_from_http_response(http_response)
+            .unwrap_or_else(|e| panic!("{} response does not parse: {e}", std::any::type_name::<R>())))
+    }
+
+    /// A raw request (for malformed input): returns status and JSON body.
+    pub async fn raw(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.request(method.parse().expect("method"), format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body.to_owned());
+        }
+        let response = request.send().await.expect("the server answers");
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.expect("body");
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+}

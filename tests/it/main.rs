@@ -1,0 +1,16 @@
+//! Integration tests: ONE binary, real servers on 127.0.0.1:0, ruma types on the wire.
+
+#![allow(dead_code)]
+
+mod harness;
+
+mod account_data;
+mod accounts;
+mod bad_input;
+mod directory;
+mod ephemeral;
+mod membership;
+mod messages;
+mod rooms;
+mod smoke;
+mod sync;

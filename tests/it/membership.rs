@@ -1,0 +1,1 @@
+//! Integration tests: membership (filled in area by area).

@@ -1,0 +1,1 @@
+//! Integration tests: messages (filled in area by area).

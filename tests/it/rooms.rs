@@ -1,0 +1,1 @@
+//! Integration tests: rooms (filled in area by area).

@@ -1,0 +1,1 @@
+//! Integration tests: sync (filled in area by area).
