@@ -9,7 +9,7 @@ use ruma::api::client::{
 use super::{
     admin,
     client::{account, config, room, sync},
-    ruma::{route, route_extra},
+    ruma::{route, route_extra, route_reshaped},
     well_known,
 };
 use crate::app::App;
@@ -76,7 +76,7 @@ pub fn client_routes() -> Router<App> {
     let r = route::<c::directory::get_public_rooms::v3::Request, _, _>(r, room::get_public_rooms);
     let r = route::<c::directory::get_public_rooms_filtered::v3::Request, _, _>(r, room::get_public_rooms_filtered);
     // Sync and ephemeral data.
-    let r = route::<c::sync::sync_events::v3::Request, _, _>(r, sync::sync);
+    let r = route_reshaped::<c::sync::sync_events::v3::Request, _, _>(r, sync::sync, Some(sync::reshape));
     let r = route::<c::typing::create_typing_event::v3::Request, _, _>(r, sync::typing);
     let r = route::<c::receipt::create_receipt::v3::Request, _, _>(r, sync::receipt);
     let r = route::<c::read_marker::set_read_marker::v3::Request, _, _>(r, sync::read_markers);

@@ -149,9 +149,13 @@ pub fn error_response(error: Error) -> Response {
     }
 }
 
-fn success_response<T: OutgoingResponse>(response: T) -> Response {
+/// A rewrite of a serialised response body, for the rare answer whose JSON shape ruma
+/// cannot express (see `api::client::sync::reshape`).
+pub type Reshape = fn(Vec<u8>) -> Vec<u8>;
+
+fn success_response<T: OutgoingResponse>(response: T, reshape: Option<Reshape>) -> Response {
     match response.try_into_http_response::<Vec<u8>>() {
-        Ok(response) => response.map(Body::from).into_response(),
+        Ok(response) => response.map(|body| Body::from(match reshape { Some(f) => f(body), None => body })).into_response(),
         Err(error) => error_response(Error::internal(format!("cannot serialise response: {error}"))),
     }
 }
@@ -187,12 +191,35 @@ where
     let session = R::Authentication::authenticate(app, &request)?;
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (parts, bytes) = request.into_parts();
-    let body = R::try_from_http_request(http::Request::from_parts(parts, bytes.as_ref()), &args).map_err(request_error)?;
+    let body = parse::<R>(parts, &bytes, &args)?;
     Ok(Ruma { body, session, client_addr })
 }
 
+/// Parses the ruma request. Many clients send no body at all where every field is
+/// optional (nio's `/join/{roomIdOrAlias}`); like Synapse we read that as `{}`.
+fn parse<R: IncomingRequest>(parts: http::request::Parts, bytes: &[u8], args: &[&str]) -> Result<R> {
+    match R::try_from_http_request(http::Request::from_parts(parts.clone(), bytes), args) {
+        Ok(request) => Ok(request),
+        Err(_) if bytes.is_empty() && parts.method != http::Method::GET => {
+            R::try_from_http_request(http::Request::from_parts(parts, b"{}".as_slice()), args).map_err(request_error)
+        }
+        Err(error) => Err(request_error(error)),
+    }
+}
+
 /// Adds endpoint `R` (all its paths) to the router, served by `handler`.
-pub fn route<R, F, Fut>(mut router: Router<App>, handler: F) -> Router<App>
+pub fn route<R, F, Fut>(router: Router<App>, handler: F) -> Router<App>
+where
+    R: IncomingRequest + Send + 'static,
+    R::Authentication: Authenticate,
+    F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
+{
+    route_reshaped(router, handler, None)
+}
+
+/// Like `route`, with the serialised success body rewritten by `reshape`.
+pub fn route_reshaped<R, F, Fut>(mut router: Router<App>, handler: F, reshape: Option<Reshape>) -> Router<App>
 where
     R: IncomingRequest + Send + 'static,
     R::Authentication: Authenticate,
@@ -209,7 +236,7 @@ where
                 async move {
                     match extract::<R>(&app, request).await {
                         Ok(request) => match handler(app, request).await {
-                            Ok(response) => success_response(response),
+                            Ok(response) => success_response(response, reshape),
                             Err(error) => error_response(error),
                         },
                         Err(error) => error_response(error),
@@ -249,13 +276,12 @@ where
                     let session = R::Authentication::authenticate(&app, &request)?;
                     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
                     let (parts, bytes) = request.into_parts();
-                    let body = R::try_from_http_request(http::Request::from_parts(parts, bytes.as_ref()), &refs)
-                        .map_err(request_error)?;
+                    let body = parse::<R>(parts, &bytes, &refs)?;
                     handler(app.clone(), Ruma { body, session, client_addr }).await
                 }
                 .await;
                 match result {
-                    Ok(response) => success_response(response),
+                    Ok(response) => success_response(response, None),
                     Err(error) => error_response(error),
                 }
             }

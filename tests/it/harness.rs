@@ -126,6 +126,11 @@ impl TestServer {
     }
 }
 
+/// A client of any server at `base` (e.g. a spawned `ieum` binary).
+pub fn client_for(base: &str) -> Client {
+    Client { http: reqwest::Client::new(), base: base.to_owned(), token: None, user_id: None, device_id: None }
+}
+
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
@@ -186,6 +191,28 @@ impl Client {
         let http_response = builder.body(bytes.as_ref()).expect("response");
         Ok(<R::IncomingResponse as IncomingResponseExt>::try_from_http_response(http_response)
             .unwrap_or_else(|e| panic!("{} response does not parse: {e}", std::any::type_name::<R>())))
+    }
+
+    /// Sends a request; None when the server is unreachable or refuses (used while a
+    /// server is being killed).
+    pub async fn try_send_quiet<R>(&self, request: R) -> Option<R::IncomingResponse>
+    where
+        R: OutgoingRequest,
+        R::Authentication: TestAuth,
+        R::PathBuilder: TestPath,
+    {
+        let http_request = request
+            .try_into_http_request::<Vec<u8>>(&self.base, R::Authentication::input(self.token.as_deref()), R::PathBuilder::input())
+            .ok()?;
+        let (parts, body) = http_request.into_parts();
+        let response = self.http.request(parts.method, parts.uri.to_string()).headers(parts.headers).body(body).send().await.ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.ok()?;
+        let http_response = ruma::exports::http::Response::builder().status(status).body(bytes.as_ref()).ok()?;
+        <R::IncomingResponse as IncomingResponseExt>::try_from_http_response(http_response).ok()
     }
 
     /// A raw request (for malformed input): returns status and JSON body.

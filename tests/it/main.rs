@@ -8,6 +8,7 @@ mod account_data;
 mod accounts;
 mod bad_input;
 mod directory;
+mod durability;
 mod ephemeral;
 mod membership;
 mod messages;

@@ -33,6 +33,30 @@ pub async fn sync(app: App, req: Ruma<sync_events::v3::Request>) -> Result<sync_
     app.sync.sync(&session, params).await
 }
 
+/// Fills in what ruma leaves out when empty but clients require: every joined and left
+/// room has `state.events` (or `state_after.events`) and `timeline.limited`, as Synapse
+/// sends them (matrix-nio rejects a sync without them).
+pub fn reshape(body: Vec<u8>) -> Vec<u8> {
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&body) else { return body };
+    for section in ["join", "leave"] {
+        let Some(rooms) = value.pointer_mut(&format!("/rooms/{section}")).and_then(|r| r.as_object_mut()) else {
+            continue;
+        };
+        for room in rooms.values_mut() {
+            let Some(room) = room.as_object_mut() else { continue };
+            if !room.contains_key("state") && !room.contains_key("state_after") {
+                room.insert("state".into(), serde_json::json!({ "events": [] }));
+            }
+            let timeline = room.entry("timeline").or_insert_with(|| serde_json::json!({ "events": [] }));
+            if let Some(timeline) = timeline.as_object_mut() {
+                timeline.entry("limited").or_insert(serde_json::Value::Bool(false));
+                timeline.entry("events").or_insert_with(|| serde_json::json!([]));
+            }
+        }
+    }
+    serde_json::to_vec(&value).unwrap_or(body)
+}
+
 /// `PUT /_matrix/client/v3/rooms/{roomId}/typing/{userId}`
 pub async fn typing(app: App, req: Ruma<create_typing_event::v3::Request>) -> Result<create_typing_event::v3::Response> {
     let session = req.user()?;
