@@ -7,7 +7,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use ruma::{OwnedServerName, RoomVersionId};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Where the development server listens and what it is called when no config file is given.
 pub const DEV_ADDRESS: &str = "127.0.0.1:8008";
@@ -83,7 +83,7 @@ pub struct RegistrationConfig {
     pub shared_secret: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
     /// Turn every rate limit on or off. Default on.
@@ -108,7 +108,7 @@ impl Default for RateLimitConfig {
 }
 
 /// A token bucket: `burst` requests at once, refilled at `per_second`.
-#[derive(Clone, Copy, Debug, Deserialize)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     pub per_second: f64,
@@ -193,6 +193,11 @@ impl Config {
             None => (dev_defaults(), "development defaults".to_owned()),
         };
         apply_env(&mut table, env);
+        // Each limit has its own defaults, so a partial override (one field of one limit)
+        // is laid over the full defaults rather than replacing them.
+        let defaults = toml::Value::try_from(RateLimitConfig::default()).expect("defaults serialise");
+        let section = table.entry("rate_limits").or_insert_with(|| toml::Table::new().into());
+        merge_under(section, &defaults);
         let config: Config = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Invalid { origin: origin.clone(), message: e.to_string() })?;
@@ -244,6 +249,20 @@ fn dev_defaults() -> toml::Table {
     registration.insert("enabled".into(), true.into());
     table.insert("registration".into(), registration.into());
     table
+}
+
+/// Fills what `value` lacks from `defaults`, recursively; what `value` has wins.
+fn merge_under(value: &mut toml::Value, defaults: &toml::Value) {
+    if let (toml::Value::Table(table), toml::Value::Table(defaults)) = (value, defaults) {
+        for (key, default) in defaults {
+            match table.get_mut(key) {
+                Some(existing) => merge_under(existing, default),
+                None => {
+                    table.insert(key.clone(), default.clone());
+                }
+            }
+        }
+    }
 }
 
 fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) {
