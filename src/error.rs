@@ -130,7 +130,6 @@ impl Error {
                 ErrorKind::NotFound | ErrorKind::Unrecognized => StatusCode::NOT_FOUND,
                 ErrorKind::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
                 ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorKind::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
                 _ => StatusCode::BAD_REQUEST,
             },
         }

@@ -138,9 +138,13 @@ impl Ephemeral {
         self.core.blocking(move |db| Ok(db.put_receipt(record)?)).await.map(|_| ())
     }
 
-    /// The `m.receipt` event for receipts in a room after `since`, as `viewer` may see them.
-    pub fn receipt_event_since(&self, room_id: &RoomId, since: StreamPos, viewer: &UserId) -> Result<Option<Value>> {
-        let receipts = self.core.db.receipts_since(room_id, since)?;
+    /// Receipts in a room after `since`.
+    pub fn receipts_since(&self, room_id: &RoomId, since: StreamPos) -> Result<Vec<ReceiptRecord>> {
+        Ok(self.core.db.receipts_since(room_id, since)?)
+    }
+
+    /// The `m.receipt` event for `receipts`, as `viewer` may see them.
+    pub fn receipt_event(receipts: Vec<ReceiptRecord>, viewer: &UserId) -> Option<Value> {
         let mut content: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
         for receipt in receipts {
             if receipt.receipt_type == "m.read.private" && receipt.user_id != viewer {
@@ -158,9 +162,9 @@ impl Ephemeral {
             }
         }
         if content.is_empty() {
-            return Ok(None);
+            return None;
         }
-        Ok(Some(json!({ "type": "m.receipt", "content": content })))
+        Some(json!({ "type": "m.receipt", "content": content }))
     }
 
     /// The newest read receipt (public or private) of a user in a room.

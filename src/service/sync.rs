@@ -181,6 +181,7 @@ pub struct Sync {
     core: Arc<Core>,
     rooms: Arc<Rooms>,
     ephemeral: Arc<EphemeralService>,
+    unread: std::sync::Mutex<HashMap<(OwnedRoomId, OwnedUserId), Unread>>,
 }
 
 fn raw_event<T>(event: &Map<String, Value>) -> Result<Raw<T>> {
@@ -209,7 +210,7 @@ const STRIPPED_TYPES: &[StateEventType] = &[
 
 impl Sync {
     pub fn new(core: Arc<Core>, rooms: Arc<Rooms>, ephemeral: Arc<EphemeralService>) -> Self {
-        Self { core, rooms, ephemeral }
+        Self { core, rooms, ephemeral, unread: Default::default() }
     }
 
     /// Resolves `filter` (inline JSON or stored id) into a `SyncFilter`.
@@ -508,15 +509,14 @@ impl Sync {
         {
             ephemeral.push(typing);
         }
+        let receipts = self.ephemeral.receipts_since(room_id, since.map(|s| s.pos).unwrap_or(0))?;
+        // The user's own new receipt changes their unread counts even when filtered out.
+        let receipts_changed = since.is_some() && receipts.iter().any(|r| r.user_id == *user_id);
         if params.filter.ephemeral.matches_type("m.receipt")
-            && let Some(receipts) = self.ephemeral.receipt_event_since(room_id, since.map(|s| s.pos).unwrap_or(0), user_id)?
+            && let Some(event) = EphemeralService::receipt_event(receipts, user_id)
         {
-            ephemeral.push(receipts);
+            ephemeral.push(event);
         }
-
-        let receipts_changed = since.is_some_and(|s| {
-            self.core.db.receipts_since(room_id, s.pos).map(|r| r.iter().any(|r| r.user_id == *user_id)).unwrap_or(false)
-        });
         if !full && timeline.is_empty() && ephemeral.is_empty() && account_data.is_empty() && !receipts_changed {
             return Ok(None);
         }
@@ -595,43 +595,61 @@ impl Sync {
     }
 
     /// Notification and highlight counts: messages from others after the user's read
-    /// receipt; highlights are those that mention the user. (Push-rule evaluation replaces
-    /// this approximation when push rules land.)
+    /// receipt; highlights are those that mention the user. Counted incrementally: each
+    /// (room, user) remembers how far it has counted, so a sync scans only new events.
+    /// (Push-rule evaluation replaces this approximation when push rules land.)
     fn unread(&self, room_id: &RoomId, user_id: &UserId) -> Result<UnreadNotificationsCount> {
         let read_pos = match self.ephemeral.last_read(room_id, user_id)? {
             Some(receipt) => self.core.db.event(&receipt.event_id)?.and_then(|e| e.pos).unwrap_or(0),
             None => self.core.db.membership(room_id, user_id)?.map(|m| m.pos).unwrap_or(0),
         };
-        let mut notifications = 0u64;
-        let mut highlights = 0u64;
-        let mut cursor = StreamPos::MAX;
-        'scan: for _ in 0..10 {
-            let batch = self.core.db.timeline(room_id, cursor, Direction::Backward, 100)?;
-            if batch.is_empty() {
-                break;
-            }
+        let key = (room_id.to_owned(), user_id.to_owned());
+        let mut state = {
+            let cache = self.unread.lock().unwrap_or_else(|e| e.into_inner());
+            cache.get(&key).copied().filter(|s| s.read_pos == read_pos).unwrap_or(Unread { read_pos, counted_to: read_pos, ..Unread::default() })
+        };
+        let mut cursor = state.counted_to;
+        loop {
+            let batch = self.core.db.timeline(room_id, cursor, Direction::Forward, 200)?;
             for (pos, event_id, _) in &batch {
-                if *pos <= read_pos {
-                    break 'scan;
-                }
                 cursor = *pos;
                 let Some(pdu) = self.rooms.pdu(event_id)? else { continue };
                 if pdu.sender == user_id || pdu.stored.redacted_because.is_some() {
                     continue;
                 }
                 if matches!(pdu.kind, TimelineEventType::RoomMessage | TimelineEventType::RoomEncrypted | TimelineEventType::Sticker) {
-                    notifications += 1;
+                    state.notifications += 1;
                     if mentions(&pdu, user_id) {
-                        highlights += 1;
+                        state.highlights += 1;
                     }
                 }
             }
+            if batch.len() < 200 {
+                break;
+            }
+        }
+        state.counted_to = cursor;
+        {
+            let mut cache = self.unread.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.len() > 1_000_000 {
+                cache.clear();
+            }
+            cache.insert(key, state);
         }
         let mut counts = UnreadNotificationsCount::new();
-        counts.notification_count = Some(UInt::try_from(notifications).unwrap_or_default());
-        counts.highlight_count = Some(UInt::try_from(highlights).unwrap_or_default());
+        counts.notification_count = Some(UInt::try_from(state.notifications).unwrap_or_default());
+        counts.highlight_count = Some(UInt::try_from(state.highlights).unwrap_or_default());
         Ok(counts)
     }
+}
+
+/// How far unread counting got for one (room, user).
+#[derive(Clone, Copy, Debug, Default)]
+struct Unread {
+    read_pos: StreamPos,
+    counted_to: StreamPos,
+    notifications: u64,
+    highlights: u64,
 }
 
 /// Whether a message mentions a user (intentional mentions, or the id in the body).

@@ -114,12 +114,19 @@ pub async fn login(app: App, req: Ruma<login::v3::Request>) -> Result<login::v3:
     let login::v3::LoginInfo::Password(password) = &req.body.login_info else {
         return Err(Error::unknown("This server supports only m.login.password."));
     };
-    let user_id = match &password.identifier {
-        Some(UserIdentifier::Matrix(id)) => UserId::parse_with_server_name(id.user.to_lowercase().as_str(), app.server_name())
+    // `user` is the deprecated spelling of an m.id.user identifier; older clients and
+    // bots still send it.
+    #[allow(deprecated)]
+    let legacy_user = password.user.as_deref();
+    let user_id = match (&password.identifier, legacy_user) {
+        (Some(UserIdentifier::Matrix(id)), _) => UserId::parse_with_server_name(id.user.to_lowercase().as_str(), app.server_name())
             .map_err(|_| Error::bad_login())?,
-        Some(UserIdentifier::Email(_) | UserIdentifier::Msisdn(_) | UserIdentifier::PhoneNumber(_)) => {
+        (None, Some(user)) => UserId::parse_with_server_name(user.to_lowercase().as_str(), app.server_name())
+            .map_err(|_| Error::bad_login())?,
+        (Some(UserIdentifier::Email(_) | UserIdentifier::Msisdn(_) | UserIdentifier::PhoneNumber(_)), _) => {
             return Err(Error::forbidden("Third-party identifiers are not supported for login on this server."));
         }
+        (None, None) => return Err(Error::bad_json("Missing identifier.")),
         _ => return Err(Error::unknown("Unsupported identifier type.")),
     };
     if user_id.server_name() != app.server_name() {
