@@ -1,1 +1,8 @@
-//! ieum-federation: the transport layer between homeservers.
+//! ieum-federation: talking to other homeservers. It knows nothing about rooms or storage:
+//! it moves typed, signed requests and answers between servers.
+//!
+//! - `discovery`  server name -> where to connect, Host header, TLS name (spec order).
+//! - `keys`       our signed key document; checking and caching remote servers' keys.
+
+pub mod discovery;
+pub mod keys;
