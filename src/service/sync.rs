@@ -417,6 +417,7 @@ impl Sync {
         timeline: &[Arc<Pdu>],
         end_pos: StreamPos,
         params: &SyncParams,
+        heroes: &[OwnedUserId],
     ) -> Result<State> {
         let filter = &params.filter.state;
         let (ids, exclude_timeline): (Vec<ruma::OwnedEventId>, bool) = if params.use_state_after {
@@ -442,7 +443,14 @@ impl Sync {
             }
         };
         let in_timeline: HashSet<&ruma::EventId> = timeline.iter().map(|p| &*p.event_id).collect();
-        let senders: BTreeSet<&UserId> = timeline.iter().map(|p| &*p.sender).chain(std::iter::once(user_id)).collect();
+        // Lazy loading sends the members a client needs: timeline senders, the user, and
+        // the heroes it names the room after.
+        let senders: BTreeSet<&UserId> = timeline
+            .iter()
+            .map(|p| &*p.sender)
+            .chain(std::iter::once(user_id))
+            .chain(heroes.iter().map(|h| &**h))
+            .collect();
         let mut events = Vec::new();
         let mut have_members = HashSet::new();
         for event_id in ids {
@@ -521,7 +529,10 @@ impl Sync {
             return Ok(None);
         }
 
-        let state = self.state_section(user_id, room_id, since, full, limited, &timeline, now.pos, params)?;
+        let members_changed = timeline.iter().any(|p| p.kind == TimelineEventType::RoomMember);
+        let summary = if full || members_changed { Some(self.summary(room_id, user_id)?) } else { None };
+        let heroes = summary.as_ref().map(|s| s.heroes.clone()).unwrap_or_default();
+        let state = self.state_section(user_id, room_id, since, full, limited, &timeline, now.pos, params, &heroes)?;
         let mut room = JoinedRoom::new();
         room.timeline = Timeline::new();
         room.timeline.limited = limited;
@@ -539,9 +550,8 @@ impl Sync {
         for event in ephemeral {
             room.ephemeral.events.push(Raw::from_json(raw(&event)?));
         }
-        let members_changed = timeline.iter().any(|p| p.kind == TimelineEventType::RoomMember);
-        if full || members_changed {
-            room.summary = self.summary(room_id, user_id)?;
+        if let Some(summary) = summary {
+            room.summary = summary;
         }
         room.unread_notifications = self.unread(room_id, user_id)?;
         Ok(Some(room))
@@ -561,7 +571,7 @@ impl Sync {
         let (timeline, limited) = self.timeline_window(user_id, room_id, after, left_at, &params.filter.timeline)?;
         let full = since.is_none() || params.full_state;
         let mut room = LeftRoom::new();
-        room.state = self.state_section(user_id, room_id, since, full, limited, &timeline, left_at, params)?;
+        room.state = self.state_section(user_id, room_id, since, full, limited, &timeline, left_at, params, &[])?;
         room.timeline = Timeline::new();
         room.timeline.limited = limited;
         room.timeline.prev_batch = timeline.first().and_then(|p| p.stored.pos).map(|pos| position_token(pos - 1));
@@ -573,9 +583,16 @@ impl Sync {
         Ok(room)
     }
 
-    /// Room summary: heroes (up to 5 other members) and member counts.
+    /// Room summary: heroes (the first 5 other members by stream order, joined or
+    /// invited; else any) and member counts.
     fn summary(&self, room_id: &RoomId, user_id: &UserId) -> Result<RoomSummary> {
-        let members = self.core.db.members(room_id)?;
+        let mut members = Vec::new();
+        for (member, membership) in self.core.db.members(room_id)? {
+            let pos = self.core.db.membership(room_id, &member)?.map(|m| m.pos).unwrap_or(StreamPos::MAX);
+            members.push((member, membership, pos));
+        }
+        members.sort_by_key(|(_, _, pos)| *pos);
+        let members: Vec<(OwnedUserId, String)> = members.into_iter().map(|(u, m, _)| (u, m)).collect();
         let joined = members.iter().filter(|(_, m)| m == "join").count();
         let invited = members.iter().filter(|(_, m)| m == "invite").count();
         let mut heroes: Vec<OwnedUserId> = members

@@ -199,10 +199,16 @@ pub async fn send_state_event(app: App, req: Ruma<send_state_event::v3::Request>
     let kind = req.body.event_type.clone();
     let content = content_object(req.body.body.json())?;
     if kind == StateEventType::RoomCreate {
-        return Err(Error::forbidden("The create event cannot be replaced."));
+        return Err(Error::bad_json("The create event cannot be replaced."));
     }
     if kind == StateEventType::RoomMember {
-        return Err(Error::forbidden("Change membership through the membership endpoints."));
+        let target = ruma::UserId::parse(req.body.state_key.as_str())
+            .map_err(|_| Error::bad_json("The state key of m.room.member must be a user id."))?;
+        let event_id = app.rooms.set_membership(&session.user_id, &req.body.room_id, &target, content).await?;
+        return Ok(send_state_event::v3::Response::new(event_id));
+    }
+    if kind == StateEventType::RoomPowerLevels {
+        app.rooms.check_power_levels_content(&req.body.room_id, &content)?;
     }
     if kind == StateEventType::RoomCanonicalAlias {
         check_canonical_alias(&app, &req.body.room_id, &content)?;

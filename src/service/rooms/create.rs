@@ -30,9 +30,28 @@ impl Rooms {
         {
             return Err(Error::room_in_use("Room alias already taken."));
         }
+        // Everything that can be refused is checked before the first event is written, so
+        // a refused request leaves no half-created room behind.
         for invitee in &request.invite {
-            if invitee.server_name() == self.core.server_name() && self.core.db.user(invitee)?.is_none() {
+            if invitee.server_name() != self.core.server_name() {
+                return Err(Error::forbidden(format!(
+                    "Cannot invite {invitee}: federation with {} is not enabled on this server.",
+                    invitee.server_name()
+                )));
+            }
+            if self.core.db.user(invitee)?.is_none() {
                 return Err(Error::not_found(format!("Unknown user {invitee}")));
+            }
+        }
+        for raw in &request.initial_state {
+            let event: Map<String, Value> =
+                serde_json::from_str(raw.json().get()).map_err(|e| Error::bad_json(format!("initial_state: {e}")))?;
+            match event.get("type").and_then(Value::as_str) {
+                None => return Err(Error::bad_json("initial_state: missing type")),
+                Some(kind @ ("m.room.create" | "m.room.member")) => {
+                    return Err(Error::bad_json(format!("initial_state may not contain {kind}")));
+                }
+                Some(_) => {}
             }
         }
 
@@ -53,13 +72,32 @@ impl Rooms {
             create.insert("creator".into(), Value::String(creator.to_string()));
         }
         create.insert("room_version".into(), Value::String(version.to_string()));
-        if v12 && trusted && !request.invite.is_empty() {
+        let mut creators = vec![creator.to_owned()];
+        if v12 {
             let mut extra: Vec<Value> = match create.remove("additional_creators") {
                 Some(Value::Array(list)) => list,
-                _ => Vec::new(),
+                None => Vec::new(),
+                Some(_) => return Err(Error::bad_json("additional_creators must be an array of user ids.")),
             };
-            extra.extend(request.invite.iter().map(|u| Value::String(u.to_string())));
-            create.insert("additional_creators".into(), Value::Array(extra));
+            for value in &extra {
+                let user = value
+                    .as_str()
+                    .and_then(|s| UserId::parse(s).ok())
+                    .ok_or_else(|| Error::bad_json(format!("additional_creators: {value} is not a user id.")))?;
+                creators.push(user);
+            }
+            if trusted {
+                extra.extend(request.invite.iter().map(|u| Value::String(u.to_string())));
+                creators.extend(request.invite.iter().cloned());
+            }
+            if !extra.is_empty() {
+                create.insert("additional_creators".into(), Value::Array(extra));
+            }
+            if let Some(raw) = &request.power_level_content_override {
+                let overrides: Value = serde_json::from_str(raw.json().get())
+                    .map_err(|e| Error::bad_json(format!("power_level_content_override: {e}")))?;
+                check_creators_not_in_users(&overrides, &creators)?;
+            }
         }
         let (room_id, _) = self.send_create(&version, creator, create).await?;
 
@@ -86,7 +124,7 @@ impl Rooms {
                 "m.room.history_visibility": 100,
                 "m.room.canonical_alias": 50,
                 "m.room.avatar": 50,
-                "m.room.tombstone": 100,
+                "m.room.tombstone": if v12 { 150 } else { 100 },
                 "m.room.server_acl": 100,
                 "m.room.encryption": 100,
             },
@@ -105,6 +143,9 @@ impl Rooms {
             for (key, value) in overrides {
                 target.insert(key, value);
             }
+        }
+        if v12 {
+            check_creators_not_in_users(&power, &creators)?;
         }
         self.send(NewEvent::state(&room_id, creator, StateEventType::RoomPowerLevels, "", power)).await?;
 
@@ -210,4 +251,18 @@ impl Rooms {
     ) -> Result<ruma::OwnedEventId> {
         self.send(NewEvent::state(room_id, sender, StateEventType::RoomMember, target.as_str(), content)).await
     }
+}
+
+/// Room v12: creators have unlimited power and may not be listed in `users`.
+pub(crate) fn check_creators_not_in_users(power_levels: &Value, creators: &[ruma::OwnedUserId]) -> Result<()> {
+    if let Some(Value::Object(users)) = power_levels.get("users") {
+        for creator in creators {
+            if users.contains_key(creator.as_str()) {
+                return Err(Error::bad_json(format!(
+                    "{creator} is a room creator: creators have unlimited power and may not be listed in power levels users."
+                )));
+            }
+        }
+    }
+    Ok(())
 }

@@ -198,6 +198,74 @@ impl Rooms {
         }
     }
 
+    /// `PUT /state/m.room.member/{userId}`: the membership endpoints' rules, by the
+    /// `membership` in `content`; a joined user re-sending "join" sets a per-room profile.
+    pub async fn set_membership(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &UserId,
+        content: serde_json::Map<String, Value>,
+    ) -> Result<OwnedEventId> {
+        let membership = content.get("membership").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let reason = content.get("reason").and_then(Value::as_str).map(str::to_owned);
+        let own = sender == target;
+        let current = self.membership_of(room_id, target)?;
+        match membership.as_str() {
+            "join" if own && current.as_deref() == Some("join") => {
+                self.send_member(room_id, sender, target, Value::Object(content)).await
+            }
+            "join" if own => {
+                self.join(sender, room_id, reason.as_deref()).await?;
+                self.last_membership_event(room_id, target)
+            }
+            "invite" if !own => {
+                let is_direct = content.get("is_direct").and_then(Value::as_bool).unwrap_or(false);
+                self.invite(sender, room_id, target, reason.as_deref(), is_direct).await
+            }
+            "leave" if own => {
+                self.leave(sender, room_id, reason.as_deref()).await?;
+                self.last_membership_event(room_id, target)
+            }
+            "leave" if current.as_deref() == Some("ban") => {
+                self.unban(sender, room_id, target, reason.as_deref()).await?;
+                self.last_membership_event(room_id, target)
+            }
+            "leave" => {
+                self.kick(sender, room_id, target, reason.as_deref()).await?;
+                self.last_membership_event(room_id, target)
+            }
+            "ban" => {
+                self.ban(sender, room_id, target, reason.as_deref()).await?;
+                self.last_membership_event(room_id, target)
+            }
+            "knock" if own => {
+                self.knock(sender, room_id, reason.as_deref()).await?;
+                self.last_membership_event(room_id, target)
+            }
+            _ => Err(Error::bad_json(format!("Cannot set membership {membership:?} for {target} this way."))),
+        }
+    }
+
+    fn last_membership_event(&self, room_id: &RoomId, user_id: &UserId) -> Result<OwnedEventId> {
+        self.core
+            .db
+            .membership(room_id, user_id)?
+            .map(|m| m.event_id)
+            .ok_or_else(|| Error::internal("membership vanished"))
+    }
+
+    /// Room v12: power levels may not list the room's creators (they have unlimited power).
+    pub fn check_power_levels_content(&self, room_id: &RoomId, content: &serde_json::Map<String, Value>) -> Result<()> {
+        let Some(version) = self.room_version(room_id)? else { return Ok(()) };
+        if !super::rules_for(&version)?.authorization.explicitly_privilege_room_creators {
+            return Ok(());
+        }
+        let Some(state) = self.current_state(room_id)? else { return Ok(()) };
+        let creators = self.creators(&state)?;
+        super::create::check_creators_not_in_users(&Value::Object(content.clone()), &creators)
+    }
+
     /// Mirrors a profile change into the member event of every room the user is in.
     pub async fn update_profile_in_rooms(&self, user_id: &UserId) -> Result<()> {
         for (room_id, record) in self.core.db.rooms_of_user(user_id)? {
