@@ -82,6 +82,11 @@ impl<L: Lookup> Resolver<L> {
         Self { lookup, overrides, well_known_cache: Mutex::default() }
     }
 
+    /// The network lookups behind this resolver.
+    pub fn lookup(&self) -> &L {
+        &self.lookup
+    }
+
     /// Resolves a server name. None when the name is malformed.
     pub async fn resolve(&self, server_name: &str) -> Option<Destination> {
         let (host, port) = split_server_name(server_name)?;

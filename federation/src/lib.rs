@@ -3,6 +3,10 @@
 //!
 //! - `discovery`  server name -> where to connect, Host header, TLS name (spec order).
 //! - `keys`       our signed key document; checking and caching remote servers' keys.
+//! - `client`     signed outbound requests over TLS with the right SNI and Host.
+//! - `policy`     closed federation: allow/deny server-name patterns.
 
+pub mod client;
 pub mod discovery;
 pub mod keys;
+pub mod policy;

@@ -191,7 +191,7 @@ impl Rooms {
     pub fn forget(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
         match self.membership_of(room_id, user_id)?.as_deref() {
             Some("join" | "invite" | "knock") => {
-                Err(Error::bad_state("You are still in this room; leave it before forgetting it."))
+                Err(Error::unknown("You are still in this room; leave it before forgetting it."))
             }
             None => Err(Error::not_found("You have never been in this room.")),
             Some(_) => Ok(self.core.db.forget_room(user_id, room_id)?),

@@ -52,6 +52,8 @@ impl Rooms {
             Some(record) => match record.membership.as_str() {
                 "join" => Ok(Access::Joined),
                 "invite" | "knock" => Ok(Access::Pending),
+                // A forgotten room's history is no longer the user's to read.
+                _ if self.core.db.is_forgotten(user_id, room_id)? => Err(Error::forbidden("You have forgotten this room.")),
                 _ => Ok(Access::Until(record.pos)),
             },
             None if self.world_readable(room_id)? => Ok(Access::Pending),
