@@ -82,8 +82,12 @@ impl AccountData {
 
     /// `POST /user/{userId}/filter`: validates and stores a filter.
     pub async fn create_filter(&self, user_id: &UserId, filter: &RawValue) -> Result<String> {
-        serde_json::from_str::<ruma::api::client::filter::FilterDefinition>(filter.get())
+        let definition = serde_json::from_str::<ruma::api::client::filter::FilterDefinition>(filter.get())
             .map_err(|e| Error::bad_json(format!("Invalid filter: {e}")))?;
+        use ruma::api::client::filter::EventFormat;
+        if !matches!(definition.event_format, EventFormat::Client | EventFormat::Federation) {
+            return Err(Error::bad_json("Invalid filter: event_format must be \"client\" or \"federation\"."));
+        }
         let (user_id, filter) = (user_id.to_owned(), filter.to_owned());
         self.core.blocking(move |db| Ok(db.put_filter(&user_id, &filter)?)).await
     }

@@ -420,6 +420,9 @@ impl Sync {
         heroes: &[OwnedUserId],
     ) -> Result<State> {
         let filter = &params.filter.state;
+        // When the timeline has a gap, membership changes inside the gap are sent even
+        // under lazy loading, so joins, leaves and renames are not lost.
+        let gap_members = !full && limited;
         let (ids, exclude_timeline): (Vec<ruma::OwnedEventId>, bool) = if params.use_state_after {
             let at_end = self.state_at_pos(room_id, end_pos)?;
             if full {
@@ -463,7 +466,7 @@ impl Sync {
             }
             if filter.lazy_load_members && pdu.kind == TimelineEventType::RoomMember {
                 let member = pdu.state_key.as_deref().unwrap_or_default();
-                if !senders.iter().any(|s| s.as_str() == member) {
+                if !gap_members && !senders.iter().any(|s| s.as_str() == member) {
                     continue;
                 }
                 have_members.insert(member.to_owned());
@@ -541,7 +544,7 @@ impl Sync {
             None => position_token(now.pos),
         });
         for pdu in &timeline {
-            room.timeline.events.push(raw_event(&self.rooms.client_event(pdu, Some((user_id, Some(&session.device_id))), false))?);
+            room.timeline.events.push(raw_event(&self.rooms.client_event(pdu, Some((user_id, Some(&session.session_id))), false))?);
         }
         room.state = state;
         room.account_data = RoomAccountData::new();
@@ -576,7 +579,7 @@ impl Sync {
         room.timeline.limited = limited;
         room.timeline.prev_batch = timeline.first().and_then(|p| p.stored.pos).map(|pos| position_token(pos - 1));
         for pdu in &timeline {
-            room.timeline.events.push(raw_event(&self.rooms.client_event(pdu, Some((user_id, Some(&session.device_id))), false))?);
+            room.timeline.events.push(raw_event(&self.rooms.client_event(pdu, Some((user_id, Some(&session.session_id))), false))?);
         }
         room.account_data = RoomAccountData::new();
         room.account_data.events = account_data;

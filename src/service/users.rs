@@ -25,6 +25,8 @@ use crate::{
 pub struct Session {
     pub user_id: OwnedUserId,
     pub device_id: OwnedDeviceId,
+    /// The client session (login) the token belongs to; transaction ids are scoped to it.
+    pub session_id: String,
 }
 
 /// What a successful login or registration hands the client.
@@ -199,6 +201,19 @@ impl Users {
         want_refresh: bool,
         client_ip: Option<String>,
     ) -> Result<LoginResult> {
+        self.issue_tokens(user_id, device_id, display_name, want_refresh, client_ip, random_token(16)).await
+    }
+
+    /// Creates (or replaces) a device's tokens within the given client session.
+    async fn issue_tokens(
+        &self,
+        user_id: &UserId,
+        device_id: Option<OwnedDeviceId>,
+        display_name: Option<String>,
+        want_refresh: bool,
+        client_ip: Option<String>,
+        session_id: String,
+    ) -> Result<LoginResult> {
         let device_id = device_id.unwrap_or_else(|| OwnedDeviceId::from(random_token(10).to_uppercase()));
         let existing = self.core.db.device(user_id, &device_id)?;
         let access_token = format!("ieu_{}", random_token(40));
@@ -217,12 +232,14 @@ impl Users {
         let access = TokenRecord {
             user_id: user_id.to_owned(),
             device_id: device_id.clone(),
+            session_id: session_id.clone(),
             expires_at: lifetime.map(|ms| now + ms),
             kind: TokenKind::Access,
         };
         let refresh = refresh_token.as_ref().map(|_| TokenRecord {
             user_id: user_id.to_owned(),
             device_id: device_id.clone(),
+            session_id,
             expires_at: None,
             kind: TokenKind::Refresh,
         });
@@ -248,8 +265,16 @@ impl Users {
             .filter(|r| r.kind == TokenKind::Refresh)
             .ok_or_else(|| Error::unknown_token("Unknown refresh token."))?;
         let device = self.core.db.device(&record.user_id, &record.device_id)?;
-        self.new_session(&record.user_id, Some(record.device_id), device.and_then(|d| d.display_name), true, None)
-            .await
+        // Refreshing continues the same client session (its transaction ids stay valid).
+        self.issue_tokens(
+            &record.user_id,
+            Some(record.device_id),
+            device.and_then(|d| d.display_name),
+            true,
+            None,
+            record.session_id,
+        )
+        .await
     }
 
     /// Resolves an access token to its session.
@@ -269,7 +294,7 @@ impl Users {
                 message: "Access token has expired.".into(),
             });
         }
-        Ok(Session { user_id: record.user_id, device_id: record.device_id })
+        Ok(Session { user_id: record.user_id, device_id: record.device_id, session_id: record.session_id })
     }
 
     pub async fn logout(&self, user_id: &UserId, device_id: &DeviceId) -> Result<()> {

@@ -69,6 +69,10 @@ pub struct DeviceRecord {
 pub struct TokenRecord {
     pub user_id: OwnedUserId,
     pub device_id: OwnedDeviceId,
+    /// The client session this token belongs to: new at every login, kept across
+    /// refreshes. Transaction ids are scoped to it.
+    #[serde(default)]
+    pub session_id: String,
     /// Milliseconds since the epoch after which an access token is no longer accepted.
     pub expires_at: Option<u64>,
     pub kind: TokenKind,
@@ -94,8 +98,8 @@ pub struct StoredEvent {
     pub state_before: Option<StateGroupId>,
     /// The state event this one replaced (for `unsigned.prev_content`).
     pub replaces_state: Option<OwnedEventId>,
-    /// The sending device and its transaction id, for `unsigned.transaction_id`.
-    pub txn: Option<(OwnedDeviceId, String)>,
+    /// The sending client session and its transaction id, for `unsigned.transaction_id`.
+    pub txn: Option<(String, String)>,
     /// The redaction event (client format) if this event was redacted.
     pub redacted_because: Option<Box<RawValue>>,
 }
@@ -141,8 +145,8 @@ pub struct AppendEvent<'a> {
     pub depth: u64,
     /// Membership index update: (user, membership) for `m.room.member` events.
     pub membership: Option<(OwnedUserId, String)>,
-    /// The local transaction id this event answers (user, device, txn id).
-    pub txn_key: Option<(OwnedUserId, OwnedDeviceId, String)>,
+    /// The transaction this event answers: (user, client session, scoped txn key).
+    pub txn_key: Option<(OwnedUserId, String, String)>,
     /// Redact this earlier event (its new, redacted PDU and the redaction in client format).
     pub redact: Option<(OwnedEventId, StoredEvent)>,
 }
@@ -225,12 +229,7 @@ pub trait RoomStore: Send + Sync {
     /// Removes a room from a user's list after they left it (`/forget`).
     fn forget_room(&self, user_id: &UserId, room_id: &RoomId) -> Result<()>;
     fn is_forgotten(&self, user_id: &UserId, room_id: &RoomId) -> Result<bool>;
-    fn txn_event(
-        &self,
-        user_id: &UserId,
-        device_id: &ruma::DeviceId,
-        txn_id: &str,
-    ) -> Result<Option<OwnedEventId>>;
+    fn txn_event(&self, user_id: &UserId, session_id: &str, txn_key: &str) -> Result<Option<OwnedEventId>>;
 }
 
 /// The head of a room: where new events attach.

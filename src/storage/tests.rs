@@ -74,7 +74,7 @@ fn append(store: &dyn Storage, room: &RoomId, id: &OwnedEventId, membership: Opt
             extremities: vec![id.clone()],
             depth: 1,
             membership: membership.map(|(u, m)| (UserId::parse(u).unwrap(), m.to_owned())),
-            txn_key: Some((owned_user_id!("@a:x"), owned_device_id!("D"), id.to_string())),
+            txn_key: Some((owned_user_id!("@a:x"), "S".into(), id.to_string())),
             redact: None,
         })
         .unwrap()
@@ -99,7 +99,13 @@ storage_test!(deleting_a_device_revokes_its_tokens, |store, _reopen| {
         token_hash: [1; 32],
         refresh_hash: Some([2; 32]),
     };
-    let token = |kind| TokenRecord { user_id: owner.to_owned(), device_id: owned_device_id!("DEV"), expires_at: None, kind };
+    let token = |kind| TokenRecord {
+        user_id: owner.to_owned(),
+        device_id: owned_device_id!("DEV"),
+        session_id: "S".into(),
+        expires_at: None,
+        kind,
+    };
     store.put_device_with_tokens(owner, &device, &token(TokenKind::Access), Some(&token(TokenKind::Refresh))).unwrap();
     assert!(store.token(&[1; 32]).unwrap().is_some());
     // A new login on the same device id replaces the old tokens.
@@ -130,7 +136,7 @@ storage_test!(timeline_pages_both_ways_and_survives_reopen, |store, reopen| {
     let backward = store.timeline(room, positions[3], Direction::Backward, 2).unwrap();
     assert_eq!(backward.iter().map(|e| e.1.as_str()).collect::<Vec<_>>(), ["$e2", "$e1"]);
     assert_eq!(store.timeline_at(room, positions[2]).unwrap().unwrap().1, ids[2]);
-    assert_eq!(store.txn_event(user_id!("@a:x"), "D".into(), "$e3").unwrap().unwrap(), ids[3]);
+    assert_eq!(store.txn_event(user_id!("@a:x"), "S", "$e3").unwrap().unwrap(), ids[3]);
     drop(store);
     let store = reopen();
     assert_eq!(store.timeline(room, 0, Direction::Forward, 10).unwrap().len(), 5);

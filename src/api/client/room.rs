@@ -39,7 +39,7 @@ use crate::{
 };
 
 fn event_json<T>(app: &App, pdu: &Pdu, viewer: &crate::service::users::Session) -> Result<Raw<T>> {
-    let event = app.rooms.client_event(pdu, Some((&viewer.user_id, Some(&viewer.device_id))), true);
+    let event = app.rooms.client_event(pdu, Some((&viewer.user_id, Some(&viewer.session_id))), true);
     Ok(Raw::from_json(raw(&event)?))
 }
 
@@ -183,7 +183,7 @@ pub async fn send_message_event(
         return Err(Error::bad_json(format!("{kind} events must be sent with their own endpoint.")));
     }
     let mut new = NewEvent::new(&req.body.room_id, &session.user_id, kind, None, content_object(req.body.body.json())?);
-    new.txn = Some((session.device_id.clone(), req.body.txn_id.to_string()));
+    new.txn = Some((session.session_id.clone(), req.body.txn_id.to_string()));
     let event_id = app.rooms.send(new).await?;
     Ok(send_message_event::v3::Response::new(event_id))
 }
@@ -251,7 +251,7 @@ pub async fn redact_event(app: App, req: Ruma<redact_event::v3::Request>) -> Res
         content.insert("reason".into(), Value::String(reason.clone()));
     }
     let mut new = NewEvent::new(&req.body.room_id, &session.user_id, TimelineEventType::RoomRedaction, None, content);
-    new.txn = Some((session.device_id.clone(), format!("redact:{}", req.body.txn_id)));
+    new.txn = Some((session.session_id.clone(), req.body.txn_id.to_string()));
     let event_id = app.rooms.send(new).await?;
     Ok(redact_event::v3::Response::new(event_id))
 }
@@ -285,7 +285,7 @@ pub async fn get_state_event_for_key(
         .ok_or_else(|| Error::not_found("No such state event."))?;
     let body = match req.body.format {
         ruma::api::client::state::get_state_event_for_key::v3::StateEventFormat::Event => {
-            raw(&app.rooms.client_event(&pdu, Some((&session.user_id, Some(&session.device_id))), true))?
+            raw(&app.rooms.client_event(&pdu, Some((&session.user_id, Some(&session.session_id))), true))?
         }
         _ => pdu.content.clone(),
     };

@@ -11,7 +11,7 @@ use std::{
 };
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedDeviceId, OwnedEventId, OwnedRoomId,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId,
     OwnedUserId, RoomId, RoomVersionId, UserId,
     canonical_json::redact,
     events::{
@@ -60,8 +60,9 @@ pub struct NewEvent {
     pub kind: TimelineEventType,
     pub state_key: Option<String>,
     pub content: Map<String, Value>,
-    /// The sending device and its transaction id (idempotency, `unsigned.transaction_id`).
-    pub txn: Option<(OwnedDeviceId, String)>,
+    /// The sending client session and its transaction id (idempotency within the
+    /// session, room and event type; `unsigned.transaction_id`).
+    pub txn: Option<(String, String)>,
     /// Timestamp override (appservice timestamp massaging).
     pub ts: Option<u64>,
 }
@@ -83,6 +84,12 @@ impl NewEvent {
             txn: None,
             ts: None,
         }
+    }
+
+    /// The idempotency key of a transaction id: the same id may be reused in another room
+    /// or for another event type (the spec scopes it to the request path).
+    fn txn_key(&self, txn_id: &str) -> String {
+        format!("{}\u{1f}{}\u{1f}{txn_id}", self.room_id, self.kind)
     }
 
     pub fn state(room_id: &RoomId, sender: &UserId, kind: StateEventType, key: &str, content: Value) -> Self {
@@ -258,11 +265,10 @@ impl Rooms {
     pub async fn send(&self, new: NewEvent) -> Result<OwnedEventId> {
         let lock = self.room_lock(&new.room_id);
         let _guard = lock.lock().await;
-        if let Some((device_id, txn_id)) = &new.txn {
-            let db = self.core.db.clone();
-            if let Some(event_id) = db.txn_event(&new.sender, device_id, txn_id)? {
-                return Ok(event_id);
-            }
+        if let Some((session_id, txn_id)) = &new.txn
+            && let Some(event_id) = self.core.db.txn_event(&new.sender, session_id, &new.txn_key(txn_id))?
+        {
+            return Ok(event_id);
         }
         let record = self.room_record(&new.room_id)?;
         let head = self.core.db.room_head(&new.room_id)?;
@@ -419,7 +425,7 @@ impl Rooms {
             extremities: vec![event_id.clone()],
             depth,
             membership,
-            txn_key: new.txn.map(|(device, txn)| (new.sender.clone(), device, txn)),
+            txn_key: new.txn.as_ref().map(|(session, txn)| (new.sender.clone(), session.clone(), new.txn_key(txn))),
             redact,
         };
         let redacted_id = append.redact.as_ref().map(|(id, _)| id.clone());
@@ -559,15 +565,15 @@ impl Rooms {
     pub fn client_event(
         &self,
         pdu: &Pdu,
-        viewer: Option<(&UserId, Option<&ruma::DeviceId>)>,
+        viewer: Option<(&UserId, Option<&str>)>,
         with_room_id: bool,
     ) -> Map<String, Value> {
         let mut event = pdu.client_json(with_room_id);
         let mut unsigned = Map::new();
         unsigned.insert("age".into(), Value::from(now_ms().saturating_sub(pdu.origin_server_ts.get().into())));
-        if let (Some((user, Some(device))), Some((txn_device, txn_id))) = (viewer, &pdu.stored.txn)
+        if let (Some((user, Some(session))), Some((txn_session, txn_id))) = (viewer, &pdu.stored.txn)
             && user == pdu.sender
-            && device == txn_device
+            && session == txn_session
         {
             unsigned.insert("transaction_id".into(), Value::String(txn_id.clone()));
         }
@@ -607,7 +613,7 @@ struct AppendEventOwned {
     extremities: Vec<OwnedEventId>,
     depth: u64,
     membership: Option<(OwnedUserId, String)>,
-    txn_key: Option<(OwnedUserId, OwnedDeviceId, String)>,
+    txn_key: Option<(OwnedUserId, String, String)>,
     redact: Option<(OwnedEventId, StoredEvent)>,
 }
 

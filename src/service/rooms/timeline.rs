@@ -206,7 +206,8 @@ impl Rooms {
 
     /// An event the user may see, or M_NOT_FOUND.
     pub fn visible_event(&self, user_id: &UserId, room_id: &RoomId, event_id: &EventId) -> Result<Arc<Pdu>> {
-        let access = self.access(user_id, room_id)?;
+        // Outsiders get the same answer for existing and missing events (no probing).
+        let access = self.access(user_id, room_id).map_err(|_| Error::not_found("Event not found."))?;
         let pdu = self
             .pdu(event_id)?
             .filter(|pdu| pdu.room_id == room_id && !pdu.stored.rejected && !pdu.stored.soft_failed)

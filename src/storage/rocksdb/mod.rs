@@ -372,10 +372,10 @@ impl RoomStore for RocksStorage {
                     batch.delete_cf(self.cf(cf::FORGOTTEN), join(&[user_id.as_bytes(), room]));
                 }
             }
-            if let Some((user_id, device_id, txn_id)) = &append.txn_key {
+            if let Some((user_id, session_id, txn_key)) = &append.txn_key {
                 batch.put_cf(
                     self.cf(cf::TXNS),
-                    join(&[user_id.as_bytes(), device_id.as_bytes(), txn_id.as_bytes()]),
+                    join(&[user_id.as_bytes(), session_id.as_bytes(), txn_key.as_bytes()]),
                     append.event_id.as_bytes(),
                 );
             }
@@ -478,8 +478,8 @@ impl RoomStore for RocksStorage {
         Ok(self.get(cf::FORGOTTEN, &join(&[user_id.as_bytes(), room_id.as_bytes()]))?.is_some())
     }
 
-    fn txn_event(&self, user_id: &UserId, device_id: &DeviceId, txn_id: &str) -> Result<Option<OwnedEventId>> {
-        match self.get(cf::TXNS, &join(&[user_id.as_bytes(), device_id.as_bytes(), txn_id.as_bytes()]))? {
+    fn txn_event(&self, user_id: &UserId, session_id: &str, txn_key: &str) -> Result<Option<OwnedEventId>> {
+        match self.get(cf::TXNS, &join(&[user_id.as_bytes(), session_id.as_bytes(), txn_key.as_bytes()]))? {
             Some(bytes) => parse_id(cf::TXNS, &bytes).map(Some),
             None => Ok(None),
         }

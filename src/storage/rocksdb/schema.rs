@@ -29,7 +29,7 @@ pub const USER_ROOMS: &str = "user_rooms";
 pub const ROOM_MEMBERS: &str = "room_members";
 /// `user_id 0xFF room_id` -> empty. Rooms a user has forgotten.
 pub const FORGOTTEN: &str = "forgotten";
-/// `user_id 0xFF device_id 0xFF txn_id` -> event_id.
+/// `user_id 0xFF session_id 0xFF txn_key` -> event_id (txn_key names room, type and txn id).
 pub const TXNS: &str = "txns";
 /// `alias` -> `room_id 0xFF creator`.
 pub const ALIASES: &str = "aliases";
