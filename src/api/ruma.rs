@@ -37,6 +37,8 @@ pub struct Ruma<R> {
     pub session: Option<Session>,
     /// The client's address (for rate limits and device last-seen).
     pub client_addr: Option<SocketAddr>,
+    /// The request had no body at all (endpoints whose body is required refuse that).
+    pub empty_body: bool,
 }
 
 impl<R> Ruma<R> {
@@ -192,19 +194,33 @@ where
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (parts, bytes) = request.into_parts();
     let body = parse::<R>(parts, &bytes, &args)?;
-    Ok(Ruma { body, session, client_addr })
+    Ok(Ruma { body, session, client_addr, empty_body: bytes.is_empty() })
 }
 
 /// Parses the ruma request. Many clients send no body at all where every field is
 /// optional (nio's `/join/{roomIdOrAlias}`); like Synapse we read that as `{}`.
 fn parse<R: IncomingRequest>(parts: http::request::Parts, bytes: &[u8], args: &[&str]) -> Result<R> {
-    match R::try_from_http_request(http::Request::from_parts(parts.clone(), bytes), args) {
+    match parse_guarded::<R>(parts.clone(), bytes, args)? {
         Ok(request) => Ok(request),
         Err(_) if bytes.is_empty() && parts.method != http::Method::GET => {
-            R::try_from_http_request(http::Request::from_parts(parts, b"{}".as_slice()), args).map_err(request_error)
+            parse_guarded::<R>(parts, b"{}", args)?.map_err(request_error)
         }
         Err(error) => Err(request_error(error)),
     }
+}
+
+/// ruma's parsers are trusted with hostile input, but a few index JSON maps and can panic
+/// on a missing field (`/login` without `type`): such a panic is a 400, not a dropped
+/// connection.
+fn parse_guarded<R: IncomingRequest>(
+    parts: http::request::Parts,
+    bytes: &[u8],
+    args: &[&str],
+) -> Result<Result<R, FromHttpRequestError>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        R::try_from_http_request(http::Request::from_parts(parts, bytes), args)
+    }))
+    .map_err(|_| Error::bad_json("The request body is missing required fields."))
 }
 
 /// Adds endpoint `R` (all its paths) to the router, served by `handler`.
@@ -277,7 +293,7 @@ where
                     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
                     let (parts, bytes) = request.into_parts();
                     let body = parse::<R>(parts, &bytes, &refs)?;
-                    handler(app.clone(), Ruma { body, session, client_addr }).await
+                    handler(app.clone(), Ruma { body, session, client_addr, empty_body: bytes.is_empty() }).await
                 }
                 .await;
                 match result {

@@ -8,6 +8,12 @@ use serde_json::{Map, Value, value::RawValue};
 use super::{Core, rooms::raw};
 use crate::error::{Error, Result};
 
+/// The `m.push_rules` account data: the user's rules (the spec's defaults until rules can
+/// be edited).
+pub fn push_rules_content(user_id: &UserId) -> Result<Box<RawValue>> {
+    raw(&serde_json::json!({ "global": ruma::push::Ruleset::server_default(user_id) }))
+}
+
 /// Types that have their own endpoints and may not be written as account data.
 const RESERVED: &[&str] = &["m.fully_read", "m.push_rules"];
 
@@ -46,10 +52,13 @@ impl AccountData {
     }
 
     pub fn get(&self, user_id: &UserId, room_id: Option<&RoomId>, kind: &str) -> Result<Box<RawValue>> {
-        self.core
-            .db
-            .account_data(user_id, room_id, kind)?
-            .ok_or_else(|| Error::not_found("No account data of that type."))
+        if let Some(content) = self.core.db.account_data(user_id, room_id, kind)? {
+            return Ok(content);
+        }
+        if room_id.is_none() && kind == "m.push_rules" {
+            return push_rules_content(user_id);
+        }
+        Err(Error::not_found("No account data of that type."))
     }
 
     /// The room's tags (`m.tag` content's `tags` object).

@@ -5,7 +5,10 @@ use std::sync::Arc;
 use ruma::{OwnedRoomAliasId, OwnedRoomId, RoomAliasId, RoomId, UserId, events::StateEventType};
 use serde_json::Value;
 
-use super::{Core, rooms::Rooms};
+use super::{
+    Core,
+    rooms::{NewEvent, Rooms},
+};
 use crate::error::{Error, Result};
 
 /// One entry of the public room directory.
@@ -63,7 +66,8 @@ impl Directory {
     }
 
     /// `DELETE /directory/room/{alias}`: the alias creator, a room admin, or a server admin.
-    pub fn delete_alias(&self, user_id: &UserId, alias: &RoomAliasId) -> Result<()> {
+    /// A canonical alias (or alt alias) that named it is updated so it does not dangle.
+    pub async fn delete_alias(&self, user_id: &UserId, alias: &RoomAliasId) -> Result<()> {
         let (room_id, creator) = self.core.db.alias(alias)?.ok_or_else(|| Error::not_found("Unknown alias."))?;
         let server_admin = self.core.db.user(user_id)?.is_some_and(|u| u.admin);
         let room_admin = match (self.rooms.current_state(&room_id)?, self.rooms.room_version(&room_id)?) {
@@ -76,7 +80,33 @@ impl Directory {
         if creator != user_id && !server_admin && !room_admin {
             return Err(Error::forbidden("You may not delete this alias."));
         }
-        Ok(self.core.db.delete_alias(alias)?)
+        self.core.db.delete_alias(alias)?;
+        self.drop_from_canonical_alias(user_id, &room_id, alias).await;
+        Ok(())
+    }
+
+    async fn drop_from_canonical_alias(&self, user_id: &UserId, room_id: &RoomId, alias: &RoomAliasId) {
+        let Ok(Some(event)) = self.rooms.current_state_pdu(room_id, &StateEventType::RoomCanonicalAlias, "") else {
+            return;
+        };
+        let mut content = event.content_value();
+        let mut changed = false;
+        if content.get("alias").and_then(Value::as_str) == Some(alias.as_str()) {
+            content.remove("alias");
+            changed = true;
+        }
+        if let Some(Value::Array(alt)) = content.get_mut("alt_aliases") {
+            let before = alt.len();
+            alt.retain(|a| a.as_str() != Some(alias.as_str()));
+            changed |= alt.len() != before;
+        }
+        if changed {
+            let new = NewEvent::state(room_id, user_id, StateEventType::RoomCanonicalAlias, "", Value::Object(content));
+            // Like Synapse: a deleter without power over the room state leaves it as it is.
+            if let Err(error) = self.rooms.send(new).await {
+                tracing::info!(%room_id, %alias, %error, "canonical alias not updated after alias deletion");
+            }
+        }
     }
 
     pub fn room_aliases(&self, user_id: &UserId, room_id: &RoomId) -> Result<Vec<OwnedRoomAliasId>> {

@@ -279,6 +279,14 @@ impl Sync {
                 _ => {}
             }
         }
+        // Push rules are account data too; clients expect them in an initial sync.
+        if since.is_none() && filter.account_data.matches_type("m.push_rules") {
+            let content = super::account_data::push_rules_content(user_id)?;
+            let mut event = Map::new();
+            event.insert("type".into(), Value::String("m.push_rules".into()));
+            event.insert("content".into(), serde_json::from_str(content.get()).unwrap_or_default());
+            response.account_data.events.push(raw_event(&event)?);
+        }
         if let Some(limit) = filter.account_data.limit {
             response.account_data.events.truncate(limit);
         }
@@ -637,7 +645,11 @@ impl Sync {
                 if pdu.sender == user_id || pdu.stored.redacted_because.is_some() {
                     continue;
                 }
-                if matches!(pdu.kind, TimelineEventType::RoomMessage | TimelineEventType::RoomEncrypted | TimelineEventType::Sticker) {
+                // The default rule .m.rule.suppress_notices: bot notices do not notify.
+                let notice = pdu.kind == TimelineEventType::RoomMessage && pdu.content_str("msgtype").as_deref() == Some("m.notice");
+                if !notice
+                    && matches!(pdu.kind, TimelineEventType::RoomMessage | TimelineEventType::RoomEncrypted | TimelineEventType::Sticker)
+                {
                     state.notifications += 1;
                     if mentions(&pdu, user_id) {
                         state.highlights += 1;

@@ -158,8 +158,14 @@ pub async fn joined_members(app: App, req: Ruma<joined_members::v3::Request>) ->
 /// `GET /_matrix/client/v3/rooms/{roomId}/members`
 pub async fn get_member_events(app: App, req: Ruma<get_member_events::v3::Request>) -> Result<get_member_events::v3::Response> {
     let session = req.user()?;
-    let membership = req.body.membership.as_ref().map(|m| m.to_string());
-    let not_membership = req.body.not_membership.as_ref().map(|m| m.to_string());
+    let known = |m: &ruma::events::room::member::MembershipState| -> Result<String> {
+        match m.as_str() {
+            value @ ("join" | "invite" | "knock" | "leave" | "ban") => Ok(value.to_owned()),
+            other => Err(Error::invalid_param(format!("Unknown membership {other:?}"))),
+        }
+    };
+    let membership = req.body.membership.as_ref().map(known).transpose()?;
+    let not_membership = req.body.not_membership.as_ref().map(known).transpose()?;
     let events = app.rooms.member_events(
         &session.user_id,
         &req.body.room_id,
@@ -178,6 +184,9 @@ pub async fn send_message_event(
 ) -> Result<send_message_event::v3::Response> {
     let session = req.user()?;
     app.ratelimit.check(Limit::Message, session.user_id.as_str())?;
+    if req.empty_body {
+        return Err(Error::not_json("An event needs a JSON object as its content."));
+    }
     let kind = TimelineEventType::from(req.body.event_type.to_string());
     if matches!(kind, TimelineEventType::RoomRedaction) || is_state_only(&kind) {
         return Err(Error::bad_json(format!("{kind} events must be sent with their own endpoint.")));
@@ -196,6 +205,9 @@ fn is_state_only(kind: &TimelineEventType) -> bool {
 pub async fn send_state_event(app: App, req: Ruma<send_state_event::v3::Request>) -> Result<send_state_event::v3::Response> {
     let session = req.user()?;
     app.ratelimit.check(Limit::Message, session.user_id.as_str())?;
+    if req.empty_body {
+        return Err(Error::not_json("A state event needs a JSON object as its content."));
+    }
     let kind = req.body.event_type.clone();
     let content = content_object(req.body.body.json())?;
     if kind == StateEventType::RoomCreate {
@@ -381,7 +393,7 @@ pub async fn get_alias(app: App, req: Ruma<get_alias::v3::Request>) -> Result<ge
 
 /// `DELETE /_matrix/client/v3/directory/room/{roomAlias}`
 pub async fn delete_alias(app: App, req: Ruma<delete_alias::v3::Request>) -> Result<delete_alias::v3::Response> {
-    app.directory.delete_alias(&req.user()?.user_id, &req.body.room_alias)?;
+    app.directory.delete_alias(&req.user()?.user_id, &req.body.room_alias).await?;
     Ok(delete_alias::v3::Response::new())
 }
 

@@ -73,12 +73,12 @@ pub async fn typing(app: App, req: Ruma<create_typing_event::v3::Request>) -> Re
     Ok(create_typing_event::v3::Response::new())
 }
 
-fn thread_id(thread: &ReceiptThread) -> Option<String> {
+fn thread_id(thread: &ReceiptThread) -> Result<Option<String>> {
     match thread {
-        ReceiptThread::Unthreaded => None,
-        ReceiptThread::Main => Some("main".into()),
-        ReceiptThread::Thread(event_id) => Some(event_id.to_string()),
-        _ => None,
+        ReceiptThread::Unthreaded => Ok(None),
+        ReceiptThread::Main => Ok(Some("main".into())),
+        ReceiptThread::Thread(event_id) => Ok(Some(event_id.to_string())),
+        _ => Err(Error::invalid_param("thread_id must be \"main\" or the event id of a thread root.")),
     }
 }
 
@@ -99,9 +99,11 @@ pub async fn receipt(app: App, req: Ruma<create_receipt::v3::Request>) -> Result
             app.account_data.put_unchecked(&session.user_id, Some(room_id), "m.fully_read", &content).await?;
         }
         kind @ (ReceiptType::Read | ReceiptType::ReadPrivate) => {
-            app.ephemeral
-                .set_receipt(room_id, &session.user_id, kind.as_str(), &req.body.event_id, thread_id(&req.body.thread))
-                .await?;
+            let thread = thread_id(&req.body.thread)?;
+            if let ReceiptThread::Thread(root) = &req.body.thread {
+                app.rooms.check_in_thread(&session.user_id, room_id, &req.body.event_id, root)?;
+            }
+            app.ephemeral.set_receipt(room_id, &session.user_id, kind.as_str(), &req.body.event_id, thread).await?;
         }
         other => return Err(Error::invalid_param(format!("Unknown receipt type {}", other.as_str()))),
     }

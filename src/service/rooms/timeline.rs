@@ -223,6 +223,22 @@ impl Rooms {
         Ok(pdu)
     }
 
+    /// Threaded receipts: `event_id` must be the thread's root or an event in that thread.
+    pub fn check_in_thread(&self, user_id: &UserId, room_id: &RoomId, event_id: &EventId, root: &EventId) -> Result<()> {
+        if event_id == root {
+            return Ok(());
+        }
+        let pdu = self.visible_event(user_id, room_id, event_id)?;
+        let relation = pdu.content_value().get("m.relates_to").cloned().unwrap_or_default();
+        let in_thread = relation.get("rel_type").and_then(Value::as_str) == Some("m.thread")
+            && relation.get("event_id").and_then(Value::as_str) == Some(root.as_str());
+        if in_thread {
+            Ok(())
+        } else {
+            Err(Error::invalid_param(format!("{event_id} is not in the thread of {root}.")))
+        }
+    }
+
     /// The state a user may read: current state when joined, the state at their leave
     /// otherwise.
     pub fn readable_state(&self, user_id: &UserId, room_id: &RoomId) -> Result<Arc<StateMap>> {
