@@ -39,6 +39,17 @@ pub struct Ruma<R> {
     pub client_addr: Option<SocketAddr>,
     /// The request had no body at all (endpoints whose body is required refuse that).
     pub empty_body: bool,
+    /// The body as sent, for the few endpoints that keep fields ruma's types drop.
+    pub raw_body: Bytes,
+}
+
+impl<R> Ruma<R> {
+    /// Top-level fields of a JSON object body that are not in `known` (empty otherwise).
+    pub fn extra_fields(&self, known: &[&str]) -> serde_json::Map<String, serde_json::Value> {
+        let mut fields: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&self.raw_body).unwrap_or_default();
+        fields.retain(|key, _| !known.contains(&key.as_str()));
+        fields
+    }
 }
 
 impl<R> Ruma<R> {
@@ -194,7 +205,7 @@ where
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (parts, bytes) = request.into_parts();
     let body = parse::<R>(parts, &bytes, &args)?;
-    Ok(Ruma { body, session, client_addr, empty_body: bytes.is_empty() })
+    Ok(Ruma { body, session, client_addr, empty_body: bytes.is_empty(), raw_body: bytes })
 }
 
 /// Parses the ruma request. Many clients send no body at all where every field is
@@ -293,7 +304,7 @@ where
                     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
                     let (parts, bytes) = request.into_parts();
                     let body = parse::<R>(parts, &bytes, &refs)?;
-                    handler(app.clone(), Ruma { body, session, client_addr, empty_body: bytes.is_empty() }).await
+                    handler(app.clone(), Ruma { body, session, client_addr, empty_body: bytes.is_empty(), raw_body: bytes }).await
                 }
                 .await;
                 match result {

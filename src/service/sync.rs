@@ -642,7 +642,13 @@ impl Sync {
             for (pos, event_id, _) in &batch {
                 cursor = *pos;
                 let Some(pdu) = self.rooms.pdu(event_id)? else { continue };
-                if pdu.sender == user_id || pdu.stored.redacted_because.is_some() {
+                if pdu.sender == user_id {
+                    // Sending a message implies having read everything before it.
+                    state.notifications = 0;
+                    state.highlights = 0;
+                    continue;
+                }
+                if pdu.stored.redacted_because.is_some() {
                     continue;
                 }
                 // The default rule .m.rule.suppress_notices: bot notices do not notify.

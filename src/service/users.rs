@@ -222,7 +222,11 @@ impl Users {
         let now = now_ms();
         let device = DeviceRecord {
             device_id: device_id.clone(),
-            display_name: display_name.or_else(|| existing.as_ref().and_then(|d| d.display_name.clone())),
+            // initial_device_display_name is ignored for a device that already exists.
+            display_name: match &existing {
+                Some(device) => device.display_name.clone(),
+                None => display_name,
+            },
             created_ts: existing.as_ref().map(|d| d.created_ts).unwrap_or(now),
             last_seen_ts: Some(now),
             last_seen_ip: client_ip,

@@ -51,6 +51,10 @@ fn content_object(raw_content: &serde_json::value::RawValue) -> Result<Map<Strin
     }
 }
 
+/// Join body fields with a meaning; other fields are copied into the member event, as
+/// Synapse does (clients use this for custom membership content).
+const JOIN_FIELDS: &[&str] = &["reason", "third_party_signed", "membership", "join_authorised_via_users_server"];
+
 /// `POST /_matrix/client/v3/createRoom`
 pub async fn create_room(app: App, req: Ruma<create_room::v3::Request>) -> Result<create_room::v3::Response> {
     let session = req.user()?.clone();
@@ -62,7 +66,8 @@ pub async fn create_room(app: App, req: Ruma<create_room::v3::Request>) -> Resul
 /// `POST /_matrix/client/v3/rooms/{roomId}/join`
 pub async fn join_room_by_id(app: App, req: Ruma<join_room_by_id::v3::Request>) -> Result<join_room_by_id::v3::Response> {
     let session = req.user()?;
-    let room_id = app.rooms.join(&session.user_id, &req.body.room_id, req.body.reason.as_deref()).await?;
+    let extra = req.extra_fields(JOIN_FIELDS);
+    let room_id = app.rooms.join(&session.user_id, &req.body.room_id, req.body.reason.as_deref(), extra).await?;
     Ok(join_room_by_id::v3::Response::new(room_id))
 }
 
@@ -73,7 +78,8 @@ pub async fn join_room_by_id_or_alias(
 ) -> Result<join_room_by_id_or_alias::v3::Response> {
     let session = req.user()?;
     let room_id = app.rooms.resolve_room(&req.body.room_id_or_alias)?;
-    let room_id = app.rooms.join(&session.user_id, &room_id, req.body.reason.as_deref()).await?;
+    let extra = req.extra_fields(JOIN_FIELDS);
+    let room_id = app.rooms.join(&session.user_id, &room_id, req.body.reason.as_deref(), extra).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 

@@ -35,7 +35,14 @@ impl Rooms {
     }
 
     /// Joins a local user to a room this server knows.
-    pub async fn join(&self, user_id: &UserId, room_id: &RoomId, reason: Option<&str>) -> Result<OwnedRoomId> {
+    /// Joins a local user; `extra` fields (custom content) go into the member event.
+    pub async fn join(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        reason: Option<&str>,
+        extra: serde_json::Map<String, Value>,
+    ) -> Result<OwnedRoomId> {
         if self.room_record(room_id)?.is_none() {
             return Err(Error::not_found(
                 "This server does not know that room, and federation is not enabled to join it.",
@@ -45,6 +52,11 @@ impl Rooms {
             return Ok(room_id.to_owned());
         }
         let mut content = self.profile_content(user_id, "join")?;
+        if let Value::Object(map) = &mut content {
+            for (key, value) in extra {
+                map.entry(key).or_insert(value);
+            }
+        }
         add_reason(&mut content, reason);
         if self.membership_of(room_id, user_id)?.as_deref() != Some("invite")
             && let Some(authoriser) = self.restricted_join_authoriser(room_id)?
@@ -216,7 +228,10 @@ impl Rooms {
                 self.send_member(room_id, sender, target, Value::Object(content)).await
             }
             "join" if own => {
-                self.join(sender, room_id, reason.as_deref()).await?;
+                let mut extra = content.clone();
+                extra.remove("membership");
+                extra.remove("reason");
+                self.join(sender, room_id, reason.as_deref(), extra).await?;
                 self.last_membership_event(room_id, target)
             }
             "invite" if !own => {

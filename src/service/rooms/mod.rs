@@ -275,6 +275,15 @@ impl Rooms {
         let (Some(record), Some(head)) = (record, head) else {
             return Err(Error::forbidden(format!("Unknown room {}", new.room_id)));
         };
+        // Re-sending the current state unchanged is a no-op that answers the existing
+        // event, as Synapse does (clients retry state changes freely).
+        if let Some(key) = &new.state_key
+            && let Some(current) = self.state_pdu(&*self.state(head.state_group)?, &new.kind.to_string().into(), key)?
+            && current.sender == new.sender
+            && current.content_value() == new.content
+        {
+            return Ok(current.event_id.clone());
+        }
         self.append_locked(new, &record.room_version, Some(head)).await.map(|(id, _)| id)
     }
 
