@@ -158,10 +158,9 @@ fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<SocketA
     }
     match OneOrMany::deserialize(deserializer)? {
         OneOrMany::Many(list) => Ok(list),
-        OneOrMany::One(text) => text
-            .split(',')
-            .map(|part| part.trim().parse().map_err(serde::de::Error::custom))
-            .collect(),
+        OneOrMany::One(text) => {
+            text.split(',').map(|part| part.trim().parse().map_err(serde::de::Error::custom)).collect()
+        }
     }
 }
 
@@ -184,10 +183,8 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-                let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
-                    origin: path.display().to_string(),
-                    message: e.to_string(),
-                })?;
+                let table: toml::Table = toml::from_str(&text)
+                    .map_err(|e| ConfigError::Invalid { origin: path.display().to_string(), message: e.to_string() })?;
                 (table, path.display().to_string())
             }
             None => (dev_defaults(), "development defaults".to_owned()),

@@ -110,11 +110,13 @@ async fn run(cli: Cli) -> Result<(), String> {
                 Some(password) => password,
                 None => read_password()?,
             };
-            let db = storage::open(&storage::StorageConfig {
-                path: config.storage.path.clone(),
-                sync_writes: true,
-            })
-            .map_err(|e| format!("cannot open the database at {}: {e}. Stop the server first.", config.storage.path.display()))?;
+            let db = storage::open(&storage::StorageConfig { path: config.storage.path.clone(), sync_writes: true })
+                .map_err(|e| {
+                    format!(
+                        "cannot open the database at {}: {e}. Stop the server first.",
+                        config.storage.path.display()
+                    )
+                })?;
             let services = Services::new(config, db).map_err(|e| e.to_string())?;
             let user_id = services
                 .users

@@ -144,7 +144,11 @@ pub struct FederationClient {
 }
 
 impl FederationClient {
-    pub fn new(origin: OwnedServerName, key: Arc<Ed25519KeyPair>, config: ClientConfig) -> Result<Self, FederationError> {
+    pub fn new(
+        origin: OwnedServerName,
+        key: Arc<Ed25519KeyPair>,
+        config: ClientConfig,
+    ) -> Result<Self, FederationError> {
         let addresses = Arc::new(AddressBook::default());
         let build = |verify: bool| {
             reqwest::Client::builder()
@@ -172,8 +176,11 @@ impl FederationClient {
     }
 
     async fn destination(&self, server: &ServerName) -> Result<(String, Destination), FederationError> {
-        let destination =
-            self.resolver.resolve(server.as_str()).await.ok_or_else(|| FederationError::Unresolvable(server.to_string()))?;
+        let destination = self
+            .resolver
+            .resolve(server.as_str())
+            .await
+            .ok_or_else(|| FederationError::Unresolvable(server.to_string()))?;
         let url_host = match &destination.tls_name {
             Some(name) => {
                 let ips = self.resolver.lookup().lookup_ips(&destination.connect_host).await;
@@ -200,9 +207,9 @@ impl FederationClient {
         }
         let (base_url, destination) = self.destination(server).await?;
         let input = XMatrixSigningInput::new(self.origin.clone(), server.to_owned(), &self.key);
-        let http_request = request
-            .try_into_http_request::<Vec<u8>>(&base_url, input, ())
-            .map_err(|e| FederationError::BadResponse { server: server.to_string(), detail: format!("cannot build request: {e}") })?;
+        let http_request = request.try_into_http_request::<Vec<u8>>(&base_url, input, ()).map_err(|e| {
+            FederationError::BadResponse { server: server.to_string(), detail: format!("cannot build request: {e}") }
+        })?;
         let client = if self.config.skip_verify.contains(server.as_str()) { &self.unverified } else { &self.verified };
         let (parts, body) = http_request.into_parts();
         let mut headers = parts.headers;

@@ -187,12 +187,7 @@ mod tests {
     }
 
     fn dest(connect: &str, port: u16, host: &str, tls: Option<&str>) -> Destination {
-        Destination {
-            connect_host: connect.into(),
-            port,
-            host_header: host.into(),
-            tls_name: tls.map(Into::into),
-        }
+        Destination { connect_host: connect.into(), port, host_header: host.into(), tls_name: tls.map(Into::into) }
     }
 
     #[tokio::test]
@@ -210,9 +205,15 @@ mod tests {
             ("1.2.3.4:80", dest("1.2.3.4", 80, "1.2.3.4:80", None)),
             ("[::1]:8448", dest("::1", 8448, "[::1]:8448", None)),
             ("example.test:1234", dest("example.test", 1234, "example.test:1234", Some("example.test"))),
-            ("delegated.test", dest("matrix.delegated.test", 8443, "matrix.delegated.test:8443", Some("matrix.delegated.test"))),
+            (
+                "delegated.test",
+                dest("matrix.delegated.test", 8443, "matrix.delegated.test:8443", Some("matrix.delegated.test")),
+            ),
             ("delegated-ip.test", dest("10.0.0.9", 8448, "10.0.0.9", None)),
-            ("delegated-srv.test", dest("box.delegated-srv.test", 9000, "hs.delegated-srv.test", Some("hs.delegated-srv.test"))),
+            (
+                "delegated-srv.test",
+                dest("box.delegated-srv.test", 9000, "hs.delegated-srv.test", Some("hs.delegated-srv.test")),
+            ),
             ("srv.test", dest("node.srv.test", 7000, "srv.test", Some("srv.test"))),
             ("oldsrv.test", dest("node.oldsrv.test", 7001, "oldsrv.test", Some("oldsrv.test"))),
             ("plain.test", dest("plain.test", 8448, "plain.test", Some("plain.test"))),

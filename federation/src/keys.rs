@@ -48,7 +48,9 @@ pub fn signed_key_document(
     document.verify_keys.insert(key_id, VerifyKey::new(Base64::new(key.public_key().to_vec())));
     for old in old_keys {
         let expired = MilliSecondsSinceUnixEpoch(ruma::UInt::try_from(old.expired_ts).unwrap_or(ruma::UInt::MAX));
-        document.old_verify_keys.insert(old.key_id.clone(), OldVerifyKey::new(expired, Base64::new(old.public_key.clone())));
+        document
+            .old_verify_keys
+            .insert(old.key_id.clone(), OldVerifyKey::new(expired, Base64::new(old.public_key.clone())));
     }
     let mut object: CanonicalJsonObject = ruma::canonical_json::to_canonical_value(&document)
         .ok()
@@ -89,8 +91,11 @@ pub fn verify_key_document(document: &str, expected: &ServerName, now_ms: u64) -
     if valid_until <= now_ms {
         return Err(KeyError::Expired(valid_until));
     }
-    let old_keys =
-        parsed.old_verify_keys.iter().map(|(id, old)| (id.to_string(), (old.key.clone(), old.expired_ts.get().into()))).collect();
+    let old_keys = parsed
+        .old_verify_keys
+        .iter()
+        .map(|(id, old)| (id.to_string(), (old.key.clone(), old.expired_ts.get().into())))
+        .collect();
     Ok(VerifiedKeys { server_name: parsed.server_name, keys, old_keys, valid_until })
 }
 
@@ -157,8 +162,10 @@ mod tests {
     fn the_spec_signing_vector() {
         // Appendix "Signing JSON": seed YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1, key ed25519:1,
         // the empty object signs to K8280/U9SSy9IVtjBuVeLr+HpOB4BQFWbg+UZaADMtTdGYI7Geitb76LTrr5QV/7Xg4ahLwYGYZzuHGZKM5ZAQ.
-        let seed = Base64::<ruma::serde::base64::Standard>::parse("YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1").unwrap();
-        let mut der = vec![0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+        let seed =
+            Base64::<ruma::serde::base64::Standard>::parse("YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1").unwrap();
+        let mut der =
+            vec![0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
         der.extend_from_slice(seed.as_bytes());
         let key = Ed25519KeyPair::from_der(&der, "1".into()).unwrap();
         let mut object = CanonicalJsonObject::new();

@@ -37,7 +37,11 @@ pub async fn register_with_secret(State(app): State<App>, body: axum::body::Byte
             return Err(Error::bad_json("Shared secret registration is not enabled."));
         };
         let request: AdminRegister = serde_json::from_slice(&body).map_err(|e| {
-            if e.is_syntax() || e.is_eof() { Error::not_json("Content not JSON.") } else { Error::bad_json(e.to_string()) }
+            if e.is_syntax() || e.is_eof() {
+                Error::not_json("Content not JSON.")
+            } else {
+                Error::bad_json(e.to_string())
+            }
         })?;
         if !app.users.take_admin_nonce(&request.nonce) {
             return Err(Error::forbidden("Unrecognised nonce."));

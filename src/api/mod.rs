@@ -28,11 +28,8 @@ pub fn router(app: App) -> Router {
 /// Every client (browser-based ones too) may call the API: answer CORS preflights and
 /// mark every response as shareable.
 async fn cors(request: Request, next: Next) -> Response {
-    let mut response = if request.method() == Method::OPTIONS {
-        StatusCode::OK.into_response()
-    } else {
-        next.run(request).await
-    };
+    let mut response =
+        if request.method() == Method::OPTIONS { StatusCode::OK.into_response() } else { next.run(request).await };
     let headers = response.headers_mut();
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"));

@@ -1,6 +1,9 @@
 //! The route table: one line per endpoint, grouped as in the spec.
 
-use axum::{Router, routing::{get, post}};
+use axum::{
+    Router,
+    routing::{get, post},
+};
 use ruma::api::client::{
     self as c,
     state::{get_state_event_for_key, send_state_event},
@@ -24,7 +27,10 @@ pub fn client_routes() -> Router<App> {
     // Accounts and sessions.
     let r = route::<c::account::register::v3::Request, _, _>(r, account::register);
     let r = route::<c::account::get_username_availability::v3::Request, _, _>(r, account::username_available);
-    let r = route::<c::account::check_registration_token_validity::v1::Request, _, _>(r, account::registration_token_validity);
+    let r = route::<c::account::check_registration_token_validity::v1::Request, _, _>(
+        r,
+        account::registration_token_validity,
+    );
     let r = route::<c::session::get_login_types::v3::Request, _, _>(r, account::login_types);
     let r = route::<c::session::login::v3::Request, _, _>(r, account::login);
     let r = route::<c::session::refresh_token::v3::Request, _, _>(r, account::refresh);
@@ -99,9 +105,15 @@ fn empty_state_key_routes(r: Router<App>) -> Router<App> {
     let mut r = r;
     for prefix in PREFIXES {
         for suffix in ["", "/"] {
-            let path: &'static str = Box::leak(format!("{prefix}/rooms/{{room_id}}/state/{{event_type}}{suffix}").into_boxed_str());
+            let path: &'static str =
+                Box::leak(format!("{prefix}/rooms/{{room_id}}/state/{{event_type}}{suffix}").into_boxed_str());
             r = route_extra::<send_state_event::v3::Request, _, _>(r, path, &[""], room::send_state_event);
-            r = route_extra::<get_state_event_for_key::v3::Request, _, _>(r, path, &[""], room::get_state_event_for_key);
+            r = route_extra::<get_state_event_for_key::v3::Request, _, _>(
+                r,
+                path,
+                &[""],
+                room::get_state_event_for_key,
+            );
         }
     }
     r

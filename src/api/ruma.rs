@@ -7,9 +7,10 @@
 use std::{future::Future, net::SocketAddr};
 
 use axum::{
-    Router, http,
+    Router,
     body::{Body, Bytes},
     extract::{ConnectInfo, FromRequestParts, Path, Request, State},
+    http,
     response::{IntoResponse, Response},
     routing::{MethodFilter, on},
 };
@@ -46,7 +47,8 @@ pub struct Ruma<R> {
 impl<R> Ruma<R> {
     /// Top-level fields of a JSON object body that are not in `known` (empty otherwise).
     pub fn extra_fields(&self, known: &[&str]) -> serde_json::Map<String, serde_json::Value> {
-        let mut fields: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&self.raw_body).unwrap_or_default();
+        let mut fields: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&self.raw_body).unwrap_or_default();
         fields.retain(|key, _| !known.contains(&key.as_str()));
         fields
     }
@@ -168,7 +170,14 @@ pub type Reshape = fn(Vec<u8>) -> Vec<u8>;
 
 fn success_response<T: OutgoingResponse>(response: T, reshape: Option<Reshape>) -> Response {
     match response.try_into_http_response::<Vec<u8>>() {
-        Ok(response) => response.map(|body| Body::from(match reshape { Some(f) => f(body), None => body })).into_response(),
+        Ok(response) => response
+            .map(|body| {
+                Body::from(match reshape {
+                    Some(f) => f(body),
+                    None => body,
+                })
+            })
+            .into_response(),
         Err(error) => error_response(Error::internal(format!("cannot serialise response: {error}"))),
     }
 }
@@ -277,7 +286,12 @@ where
 
 /// Like `route`, for an extra path (e.g. a state URL with an empty trailing state key),
 /// with fixed trailing path arguments appended.
-pub fn route_extra<R, F, Fut>(router: Router<App>, path: &'static str, extra_args: &'static [&'static str], handler: F) -> Router<App>
+pub fn route_extra<R, F, Fut>(
+    router: Router<App>,
+    path: &'static str,
+    extra_args: &'static [&'static str],
+    handler: F,
+) -> Router<App>
 where
     R: IncomingRequest + Send + 'static,
     R::Authentication: Authenticate,
@@ -304,7 +318,11 @@ where
                     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
                     let (parts, bytes) = request.into_parts();
                     let body = parse::<R>(parts, &bytes, &refs)?;
-                    handler(app.clone(), Ruma { body, session, client_addr, empty_body: bytes.is_empty(), raw_body: bytes }).await
+                    handler(
+                        app.clone(),
+                        Ruma { body, session, client_addr, empty_body: bytes.is_empty(), raw_body: bytes },
+                    )
+                    .await
                 }
                 .await;
                 match result {

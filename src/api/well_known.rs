@@ -22,22 +22,32 @@ use ruma::{
 use crate::{api::ruma::Ruma, app::App, error::Result, service::rooms::SUPPORTED_CREATE_VERSIONS};
 
 /// Spec versions this server implements the client-server API of.
-const VERSIONS: &[&str] = &["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12"];
+const VERSIONS: &[&str] =
+    &["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12"];
 
 /// `GET /_matrix/client/versions`
-pub async fn versions(_app: App, _req: Ruma<get_supported_versions::Request>) -> Result<get_supported_versions::Response> {
+pub async fn versions(
+    _app: App,
+    _req: Ruma<get_supported_versions::Request>,
+) -> Result<get_supported_versions::Response> {
     let mut response = get_supported_versions::Response::new(VERSIONS.iter().map(|v| v.to_string()).collect());
     response.unstable_features = BTreeMap::from([("org.matrix.msc2285.stable".to_owned(), true)]);
     Ok(response)
 }
 
 /// `GET /.well-known/matrix/client`
-pub async fn well_known_client(app: App, _req: Ruma<discover_homeserver::Request>) -> Result<discover_homeserver::Response> {
+pub async fn well_known_client(
+    app: App,
+    _req: Ruma<discover_homeserver::Request>,
+) -> Result<discover_homeserver::Response> {
     Ok(discover_homeserver::Response::new(HomeserverInfo::new(app.core.config.public_baseurl())))
 }
 
 /// `GET /_matrix/client/v3/capabilities`
-pub async fn capabilities(app: App, req: Ruma<get_capabilities::v3::Request>) -> Result<get_capabilities::v3::Response> {
+pub async fn capabilities(
+    app: App,
+    req: Ruma<get_capabilities::v3::Request>,
+) -> Result<get_capabilities::v3::Response> {
     req.user()?;
     let mut available = BTreeMap::new();
     for version in [
@@ -62,7 +72,10 @@ pub async fn capabilities(app: App, req: Ruma<get_capabilities::v3::Request>) ->
 }
 
 /// `GET /_matrix/client/v3/pushrules/`: the spec's default rules for the user.
-pub async fn push_rules(_app: App, req: Ruma<get_pushrules_all::v3::Request>) -> Result<get_pushrules_all::v3::Response> {
+pub async fn push_rules(
+    _app: App,
+    req: Ruma<get_pushrules_all::v3::Request>,
+) -> Result<get_pushrules_all::v3::Response> {
     let session = req.user()?;
     Ok(get_pushrules_all::v3::Response::new(Ruleset::server_default(&session.user_id)))
 }

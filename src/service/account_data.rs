@@ -39,7 +39,13 @@ impl AccountData {
     }
 
     /// Writes account data, including the reserved types (read markers, tags).
-    pub async fn put_unchecked(&self, user_id: &UserId, room_id: Option<&RoomId>, kind: &str, content: &RawValue) -> Result<()> {
+    pub async fn put_unchecked(
+        &self,
+        user_id: &UserId,
+        room_id: Option<&RoomId>,
+        kind: &str,
+        content: &RawValue,
+    ) -> Result<()> {
         if !content.get().trim_start().starts_with('{') {
             return Err(Error::bad_json("Account data content must be a JSON object."));
         }

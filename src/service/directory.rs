@@ -120,7 +120,10 @@ impl Directory {
         let state = self.rooms.current_state(room_id)?.ok_or_else(|| Error::not_found("Unknown room."))?;
         let server_admin = self.core.db.user(user_id)?.is_some_and(|u| u.admin);
         let allowed = self.rooms.is_joined(room_id, user_id)?
-            && self.rooms.power_levels(&state, &version)?.user_can_send_state(user_id, StateEventType::RoomCanonicalAlias);
+            && self
+                .rooms
+                .power_levels(&state, &version)?
+                .user_can_send_state(user_id, StateEventType::RoomCanonicalAlias);
         if !allowed && !server_admin {
             return Err(Error::forbidden("You may not change this room's visibility."));
         }
@@ -147,14 +150,16 @@ impl Directory {
             let room = PublicRoom {
                 name: field(StateEventType::RoomName, "name"),
                 topic: field(StateEventType::RoomTopic, "topic"),
-                canonical_alias: field(StateEventType::RoomCanonicalAlias, "alias").and_then(|a| RoomAliasId::parse(a).ok()),
+                canonical_alias: field(StateEventType::RoomCanonicalAlias, "alias")
+                    .and_then(|a| RoomAliasId::parse(a).ok()),
                 avatar_url: field(StateEventType::RoomAvatar, "url"),
                 joined_members: self.core.db.members(&room_id)?.iter().filter(|(_, m)| m == "join").count() as u64,
                 world_readable: field(StateEventType::RoomHistoryVisibility, "history_visibility").as_deref()
                     == Some("world_readable"),
                 guest_can_join: field(StateEventType::RoomGuestAccess, "guest_access").as_deref() == Some("can_join"),
                 join_rule: field(StateEventType::RoomJoinRules, "join_rule"),
-                room_type: create.and_then(|c| c.content_value().get("type").and_then(Value::as_str).map(str::to_owned)),
+                room_type: create
+                    .and_then(|c| c.content_value().get("type").and_then(Value::as_str).map(str::to_owned)),
                 room_id,
             };
             if let Some(term) = &term {

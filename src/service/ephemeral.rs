@@ -100,7 +100,8 @@ impl Ephemeral {
             return None;
         }
         let now = Instant::now();
-        let mut users: Vec<&OwnedUserId> = room.users.iter().filter(|(_, until)| **until > now).map(|(u, _)| u).collect();
+        let mut users: Vec<&OwnedUserId> =
+            room.users.iter().filter(|(_, until)| **until > now).map(|(u, _)| u).collect();
         users.sort();
         Some(json!({ "type": "m.typing", "content": { "user_ids": users } }))
     }
@@ -171,7 +172,8 @@ impl Ephemeral {
     pub fn last_read(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<ReceiptRecord>> {
         let public = self.core.db.receipt(room_id, "m.read", user_id, None)?;
         let private = self.core.db.receipt(room_id, "m.read.private", user_id, None)?;
-        let position = |r: &ReceiptRecord| self.core.db.event(&r.event_id).ok().flatten().and_then(|e| e.pos).unwrap_or(0);
+        let position =
+            |r: &ReceiptRecord| self.core.db.event(&r.event_id).ok().flatten().and_then(|e| e.pos).unwrap_or(0);
         Ok(match (public, private) {
             (Some(a), Some(b)) => Some(if position(&a) >= position(&b) { a } else { b }),
             (a, b) => a.or(b),

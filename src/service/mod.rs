@@ -92,8 +92,7 @@ fn load_or_create_signing_key(db: &dyn Storage, server_name: &ServerName) -> Res
     let (version, document) = match db.server_value(SIGNING_KEY)? {
         Some(stored) => {
             let text = String::from_utf8(stored).map_err(|e| Error::internal(e.to_string()))?;
-            let (version, b64) =
-                text.split_once(' ').ok_or_else(|| Error::internal("malformed stored signing key"))?;
+            let (version, b64) = text.split_once(' ').ok_or_else(|| Error::internal("malformed stored signing key"))?;
             let document = ruma::serde::Base64::<ruma::serde::base64::Standard>::parse(b64)
                 .map_err(|e| Error::internal(format!("stored signing key: {e}")))?;
             (version.to_owned(), document.into_inner())

@@ -18,8 +18,8 @@ use ruma::{
         sync::sync_events::{
             UnreadNotificationsCount,
             v3::{
-                Ephemeral, InviteState, InvitedRoom, JoinedRoom, KnockState, KnockedRoom,
-                LeftRoom, Response, RoomAccountData, RoomSummary, State, StateEvents, Timeline,
+                Ephemeral, InviteState, InvitedRoom, JoinedRoom, KnockState, KnockedRoom, LeftRoom, Response,
+                RoomAccountData, RoomSummary, State, StateEvents, Timeline,
             },
         },
     },
@@ -99,7 +99,9 @@ impl EventFilter {
 
     pub fn matches(&self, pdu: &Pdu) -> bool {
         let sender = pdu.sender.as_str();
-        if self.not_senders.iter().any(|s| s == sender) || self.senders.as_ref().is_some_and(|s| !s.iter().any(|x| x == sender)) {
+        if self.not_senders.iter().any(|s| s == sender)
+            || self.senders.as_ref().is_some_and(|s| !s.iter().any(|x| x == sender))
+        {
             return false;
         }
         if let Some(want_url) = self.contains_url {
@@ -214,7 +216,11 @@ impl Sync {
     }
 
     /// Resolves `filter` (inline JSON or stored id) into a `SyncFilter`.
-    pub fn resolve_filter(&self, user_id: &UserId, filter: Option<&ruma::api::client::sync::sync_events::v3::Filter>) -> Result<SyncFilter> {
+    pub fn resolve_filter(
+        &self,
+        user_id: &UserId,
+        filter: Option<&ruma::api::client::sync::sync_events::v3::Filter>,
+    ) -> Result<SyncFilter> {
         use ruma::api::client::sync::sync_events::v3::Filter;
         match filter {
             None => Ok(SyncFilter::default()),
@@ -245,7 +251,8 @@ impl Sync {
             positions.borrow_and_update();
             typing.borrow_and_update();
             let response = self.compute(session, since, &params)?;
-            let done = since.is_none() || params.full_state || !is_empty(&response) || tokio::time::Instant::now() >= deadline;
+            let done =
+                since.is_none() || params.full_state || !is_empty(&response) || tokio::time::Instant::now() >= deadline;
             if done {
                 return Ok(response);
             }
@@ -264,7 +271,8 @@ impl Sync {
         let mut response = Response::new(now.render());
         let filter = &params.filter;
 
-        let mut room_account_data: HashMap<OwnedRoomId, Vec<Raw<ruma::events::AnyRoomAccountDataEvent>>> = HashMap::new();
+        let mut room_account_data: HashMap<OwnedRoomId, Vec<Raw<ruma::events::AnyRoomAccountDataEvent>>> =
+            HashMap::new();
         for (room_id, kind, content) in self.core.db.account_data_since(user_id, since_or_zero.pos)? {
             let mut event = Map::new();
             event.insert("type".into(), Value::String(kind.clone()));
@@ -299,7 +307,9 @@ impl Sync {
             match record.membership.as_str() {
                 "join" => {
                     let account_data = room_account_data.remove(&room_id).unwrap_or_default();
-                    if let Some(room) = self.joined_room(session, &room_id, since, now, record.pos, params, account_data)? {
+                    if let Some(room) =
+                        self.joined_room(session, &room_id, since, now, record.pos, params, account_data)?
+                    {
                         response.rooms.join.insert(room_id, room);
                     }
                 }
@@ -380,7 +390,11 @@ impl Sync {
                 }
                 cursor = *pos;
                 let Some(pdu) = self.rooms.pdu(event_id)? else { continue };
-                if pdu.stored.rejected || pdu.stored.soft_failed || !filter.matches(&pdu) || !self.rooms.can_see(user_id, &pdu)? {
+                if pdu.stored.rejected
+                    || pdu.stored.soft_failed
+                    || !filter.matches(&pdu)
+                    || !self.rooms.can_see(user_id, &pdu)?
+                {
                     continue;
                 }
                 if collected.len() == limit {
@@ -407,7 +421,8 @@ impl Sync {
 
     /// State events in `to` that differ from `from`.
     fn state_delta(&self, from: &StateMap, to: &StateMap) -> Vec<ruma::OwnedEventId> {
-        let mut delta: Vec<_> = to.iter().filter(|(key, id)| from.get(*key) != Some(*id)).map(|(_, id)| id.clone()).collect();
+        let mut delta: Vec<_> =
+            to.iter().filter(|(key, id)| from.get(*key) != Some(*id)).map(|(_, id)| id.clone()).collect();
         delta.sort();
         delta
     }
@@ -520,7 +535,8 @@ impl Sync {
         let full = newly_joined || params.full_state;
         let after = if newly_joined { 0 } else { since.map(|s| s.pos).unwrap_or(0) };
         let (timeline, limited) = self.timeline_window(user_id, room_id, after, now.pos, &params.filter.timeline)?;
-        let limited = limited || (newly_joined && timeline.first().is_some_and(|p| p.kind != TimelineEventType::RoomCreate));
+        let limited =
+            limited || (newly_joined && timeline.first().is_some_and(|p| p.kind != TimelineEventType::RoomCreate));
 
         let mut ephemeral = Vec::new();
         if params.filter.ephemeral.matches_type("m.typing")
@@ -552,7 +568,11 @@ impl Sync {
             None => position_token(now.pos),
         });
         for pdu in &timeline {
-            room.timeline.events.push(raw_event(&self.rooms.client_event(pdu, Some((user_id, Some(&session.session_id))), false))?);
+            room.timeline.events.push(raw_event(&self.rooms.client_event(
+                pdu,
+                Some((user_id, Some(&session.session_id))),
+                false,
+            ))?);
         }
         room.state = state;
         room.account_data = RoomAccountData::new();
@@ -587,7 +607,11 @@ impl Sync {
         room.timeline.limited = limited;
         room.timeline.prev_batch = timeline.first().and_then(|p| p.stored.pos).map(|pos| position_token(pos - 1));
         for pdu in &timeline {
-            room.timeline.events.push(raw_event(&self.rooms.client_event(pdu, Some((user_id, Some(&session.session_id))), false))?);
+            room.timeline.events.push(raw_event(&self.rooms.client_event(
+                pdu,
+                Some((user_id, Some(&session.session_id))),
+                false,
+            ))?);
         }
         room.account_data = RoomAccountData::new();
         room.account_data.events = account_data;
@@ -634,7 +658,11 @@ impl Sync {
         let key = (room_id.to_owned(), user_id.to_owned());
         let mut state = {
             let cache = self.unread.lock().unwrap_or_else(|e| e.into_inner());
-            cache.get(&key).copied().filter(|s| s.read_pos == read_pos).unwrap_or(Unread { read_pos, counted_to: read_pos, ..Unread::default() })
+            cache.get(&key).copied().filter(|s| s.read_pos == read_pos).unwrap_or(Unread {
+                read_pos,
+                counted_to: read_pos,
+                ..Unread::default()
+            })
         };
         let mut cursor = state.counted_to;
         loop {
@@ -652,9 +680,13 @@ impl Sync {
                     continue;
                 }
                 // The default rule .m.rule.suppress_notices: bot notices do not notify.
-                let notice = pdu.kind == TimelineEventType::RoomMessage && pdu.content_str("msgtype").as_deref() == Some("m.notice");
+                let notice = pdu.kind == TimelineEventType::RoomMessage
+                    && pdu.content_str("msgtype").as_deref() == Some("m.notice");
                 if !notice
-                    && matches!(pdu.kind, TimelineEventType::RoomMessage | TimelineEventType::RoomEncrypted | TimelineEventType::Sticker)
+                    && matches!(
+                        pdu.kind,
+                        TimelineEventType::RoomMessage | TimelineEventType::RoomEncrypted | TimelineEventType::Sticker
+                    )
                 {
                     state.notifications += 1;
                     if mentions(&pdu, user_id) {

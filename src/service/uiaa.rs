@@ -91,7 +91,12 @@ impl Uiaa {
         Err(Error::Uiaa(Box::new(info)))
     }
 
-    async fn check_stage(&self, users: &Users, auth: &AuthData, checks: &Checks<'_>) -> Result<AuthType, StandardErrorBody> {
+    async fn check_stage(
+        &self,
+        users: &Users,
+        auth: &AuthData,
+        checks: &Checks<'_>,
+    ) -> Result<AuthType, StandardErrorBody> {
         let forbidden = |message: &str| StandardErrorBody::new(ErrorKind::Forbidden, message.to_owned());
         match auth {
             AuthData::Dummy(_) => Ok(AuthType::Dummy),
@@ -103,7 +108,9 @@ impl Uiaa {
                 }
             }
             AuthData::Password(password) => {
-                let Some(expected) = checks.user else { return Err(forbidden("Password authentication is not offered here.")) };
+                let Some(expected) = checks.user else {
+                    return Err(forbidden("Password authentication is not offered here."));
+                };
                 let claimed = match &password.identifier {
                     UserIdentifier::Matrix(id) => {
                         UserId::parse_with_server_name(id.user.as_str(), expected.server_name()).ok()

@@ -110,11 +110,11 @@ impl Users {
     fn parse_new_localpart(&self, localpart: &str) -> Result<OwnedUserId> {
         let localpart = localpart.to_lowercase();
         if localpart.is_empty()
-            || !localpart.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'))
+            || !localpart
+                .bytes()
+                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'))
         {
-            return Err(Error::invalid_username(
-                "User IDs may only contain a-z, 0-9, and the characters . _ = - / +",
-            ));
+            return Err(Error::invalid_username("User IDs may only contain a-z, 0-9, and the characters . _ = - / +"));
         }
         let user_id = UserId::parse_with_server_name(localpart.as_str(), self.core.server_name())
             .map_err(|e| Error::invalid_username(format!("Invalid user ID: {e}")))?;
@@ -251,13 +251,7 @@ impl Users {
         self.core
             .blocking(move |db| Ok(db.put_device_with_tokens(&owner, &device, &access, refresh.as_ref())?))
             .await?;
-        Ok(LoginResult {
-            user_id: user_id.to_owned(),
-            device_id,
-            access_token,
-            refresh_token,
-            expires_in_ms: lifetime,
-        })
+        Ok(LoginResult { user_id: user_id.to_owned(), device_id, access_token, refresh_token, expires_in_ms: lifetime })
     }
 
     /// Exchanges a refresh token for a new token pair on the same device.

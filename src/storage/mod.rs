@@ -7,8 +7,8 @@
 use std::{path::Path, sync::Arc};
 
 use ruma::{
-    OwnedDeviceId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId,
-    UserId, events::StateEventType,
+    OwnedDeviceId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId,
+    events::StateEventType,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -216,11 +216,7 @@ pub trait RoomStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<(StreamPos, OwnedEventId, StateGroupId)>>;
     /// The latest timeline entry at or before `pos`.
-    fn timeline_at(
-        &self,
-        room_id: &RoomId,
-        pos: StreamPos,
-    ) -> Result<Option<(StreamPos, OwnedEventId, StateGroupId)>>;
+    fn timeline_at(&self, room_id: &RoomId, pos: StreamPos) -> Result<Option<(StreamPos, OwnedEventId, StateGroupId)>>;
     /// Every room a user has a membership in, with that membership.
     fn rooms_of_user(&self, user_id: &UserId) -> Result<Vec<(OwnedRoomId, MembershipRecord)>>;
     fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<MembershipRecord>>;
@@ -245,8 +241,7 @@ pub struct RoomHead {
 pub trait MetaStore: Send + Sync {
     fn alias(&self, alias: &RoomAliasId) -> Result<Option<(OwnedRoomId, OwnedUserId)>>;
     /// Creates an alias if free; returns false if it already exists.
-    fn create_alias(&self, alias: &RoomAliasId, room_id: &RoomId, creator: &UserId)
-    -> Result<bool>;
+    fn create_alias(&self, alias: &RoomAliasId, room_id: &RoomId, creator: &UserId) -> Result<bool>;
     fn delete_alias(&self, alias: &RoomAliasId) -> Result<()>;
     fn aliases_of_room(&self, room_id: &RoomId) -> Result<Vec<OwnedRoomAliasId>>;
     fn set_public(&self, room_id: &RoomId, public: bool) -> Result<()>;
@@ -261,12 +256,7 @@ pub trait MetaStore: Send + Sync {
         kind: &str,
         content: &RawValue,
     ) -> Result<StreamPos>;
-    fn account_data(
-        &self,
-        user_id: &UserId,
-        room_id: Option<&RoomId>,
-        kind: &str,
-    ) -> Result<Option<Box<RawValue>>>;
+    fn account_data(&self, user_id: &UserId, room_id: Option<&RoomId>, kind: &str) -> Result<Option<Box<RawValue>>>;
     /// Account data changed after `since`: (room, type, content).
     fn account_data_since(
         &self,

@@ -37,7 +37,10 @@ async fn put_global(client: &Client, kind: &str, content: Value) {
 
 async fn get_global(client: &Client, kind: &str) -> Value {
     let response = client
-        .send(get_global_account_data::v3::Request::new(client.user_id().to_owned(), GlobalAccountDataEventType::from(kind)))
+        .send(get_global_account_data::v3::Request::new(
+            client.user_id().to_owned(),
+            GlobalAccountDataEventType::from(kind),
+        ))
         .await;
     serde_json::from_str(response.account_data.json().get()).unwrap()
 }
@@ -219,7 +222,10 @@ async fn room_account_data_appears_in_sync() {
     let data = events(&joined(&initial, &room_id)["account_data"]);
     let event = data.iter().find(|e| e["type"] == "org.example.room").unwrap_or_else(|| panic!("{initial}"));
     assert_eq!(event["content"], json!({"v": 1}));
-    assert!(events(&initial["account_data"]).iter().all(|e| e["type"] != "org.example.room"), "room data leaked into global");
+    assert!(
+        events(&initial["account_data"]).iter().all(|e| e["type"] != "org.example.room"),
+        "room data leaked into global"
+    );
 
     put_room(&alice, &room_id, "org.example.room", json!({"v": 2})).await;
     let body = sync(&alice, &[("since", &next_batch(&initial))]).await;
@@ -258,7 +264,9 @@ async fn tags_of(client: &Client, room_id: &OwnedRoomId) -> Value {
 async fn tag(client: &Client, room_id: &OwnedRoomId, name: &str, order: Option<f64>) {
     let mut info = TagInfo::new();
     info.order = order;
-    client.send(create_tag::v3::Request::new(client.user_id().to_owned(), room_id.clone(), name.to_owned(), info)).await;
+    client
+        .send(create_tag::v3::Request::new(client.user_id().to_owned(), room_id.clone(), name.to_owned(), info))
+        .await;
 }
 
 #[tokio::test]
@@ -273,7 +281,8 @@ async fn tags_can_be_created_listed_and_deleted() {
     assert_eq!(tags_of(&alice, &room_id).await, json!({"u.work": {"order": 0.25}, "m.favourite": {}}));
 
     // Raw wire format of GET .../tags.
-    let path = format!("/_matrix/client/v3/user/{}/rooms/{}/tags", enc(alice.user_id().as_str()), enc(room_id.as_str()));
+    let path =
+        format!("/_matrix/client/v3/user/{}/rooms/{}/tags", enc(alice.user_id().as_str()), enc(room_id.as_str()));
     let (status, body) = alice.raw("GET", &path, None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["tags"]["u.work"]["order"], 0.25, "{body}");
@@ -292,11 +301,13 @@ async fn tags_are_per_user() {
     tag(&alice, &room_id, "u.alice", None).await;
 
     assert_eq!(tags_of(&bob, &room_id).await, json!({}), "alice's tags are hers alone");
-    let path = format!("/_matrix/client/v3/user/{}/rooms/{}/tags/u.bob", enc(alice.user_id().as_str()), enc(room_id.as_str()));
+    let path =
+        format!("/_matrix/client/v3/user/{}/rooms/{}/tags/u.bob", enc(alice.user_id().as_str()), enc(room_id.as_str()));
     let (status, body) = bob.raw("PUT", &path, Some("{}")).await;
     assert_eq!(status, 403, "bob tagging for alice: {body}");
     assert_eq!(body["errcode"], "M_FORBIDDEN", "{body}");
-    let path = format!("/_matrix/client/v3/user/{}/rooms/{}/tags", enc(alice.user_id().as_str()), enc(room_id.as_str()));
+    let path =
+        format!("/_matrix/client/v3/user/{}/rooms/{}/tags", enc(alice.user_id().as_str()), enc(room_id.as_str()));
     let (status, body) = bob.raw("GET", &path, None).await;
     assert_eq!(status, 403, "bob reading alice's tags: {body}");
 }
@@ -311,7 +322,8 @@ async fn tags_appear_in_sync_as_m_tag() {
     tag(&alice, &room_id, "u.project", Some(0.5)).await;
     let body = sync(&alice, &[("since", &token)]).await;
     let data = events(&joined(&body, &room_id)["account_data"]);
-    let m_tag = data.iter().find(|e| e["type"] == "m.tag").unwrap_or_else(|| panic!("no m.tag in room account_data: {body}"));
+    let m_tag =
+        data.iter().find(|e| e["type"] == "m.tag").unwrap_or_else(|| panic!("no m.tag in room account_data: {body}"));
     assert_eq!(m_tag["content"], json!({"tags": {"u.project": {"order": 0.5}}}));
 
     // Deleting sends the updated (now empty) set.
@@ -344,12 +356,14 @@ async fn filter_can_be_created_and_downloaded() {
         "room": {"timeline": {"limit": 10, "types": ["m.room.message"]}, "state": {"lazy_load_members": true}},
         "account_data": {"types": ["m.push_rules"]}
     });
-    let (status, created) = alice.raw("POST", &filter_path(alice.user_id().as_str()), Some(&definition.to_string())).await;
+    let (status, created) =
+        alice.raw("POST", &filter_path(alice.user_id().as_str()), Some(&definition.to_string())).await;
     assert_eq!(status, 200, "{created}");
     let filter_id = created["filter_id"].as_str().unwrap_or_else(|| panic!("{created}")).to_owned();
     assert!(!filter_id.starts_with('{'), "{filter_id}");
 
-    let (status, got) = alice.raw("GET", &format!("{}/{}", filter_path(alice.user_id().as_str()), enc(&filter_id)), None).await;
+    let (status, got) =
+        alice.raw("GET", &format!("{}/{}", filter_path(alice.user_id().as_str()), enc(&filter_id)), None).await;
     assert_eq!(status, 200, "{got}");
     assert_eq!(got["event_fields"], definition["event_fields"], "{got}");
     assert_eq!(got["room"]["timeline"]["limit"], 10, "{got}");
@@ -384,11 +398,9 @@ async fn invalid_filter_is_rejected_with_bad_json() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
     let path = filter_path(alice.user_id().as_str());
-    for body in [
-        r#"{"room":{"timeline":{"limit":"ten"}}}"#,
-        r#"{"room":{"rooms":"!notalist:ieum.test"}}"#,
-        r#"[1,2,3]"#,
-    ] {
+    for body in
+        [r#"{"room":{"timeline":{"limit":"ten"}}}"#, r#"{"room":{"rooms":"!notalist:ieum.test"}}"#, r#"[1,2,3]"#]
+    {
         let (status, response) = alice.raw("POST", &path, Some(body)).await;
         assert_eq!(status, 400, "POST filter {body}: {response}");
         assert_eq!(response["errcode"], "M_BAD_JSON", "POST filter {body}: {response}");
@@ -409,7 +421,10 @@ async fn filters_belong_to_their_user() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
-    let id = alice.send(create_filter::v3::Request::new(alice.user_id().to_owned(), FilterDefinition::default())).await.filter_id;
+    let id = alice
+        .send(create_filter::v3::Request::new(alice.user_id().to_owned(), FilterDefinition::default()))
+        .await
+        .filter_id;
 
     let (status, body) = bob.raw("POST", &filter_path(alice.user_id().as_str()), Some("{}")).await;
     assert_eq!(status, 403, "bob creating a filter for alice: {body}");
@@ -449,6 +464,9 @@ async fn push_rules_come_down_in_initial_sync() {
     let alice = server.register("alice").await;
     let body = sync(&alice, &[]).await;
     let data = events(&body["account_data"]);
-    let rules = data.iter().find(|e| e["type"] == "m.push_rules").unwrap_or_else(|| panic!("no m.push_rules in initial sync: {body}"));
+    let rules = data
+        .iter()
+        .find(|e| e["type"] == "m.push_rules")
+        .unwrap_or_else(|| panic!("no m.push_rules in initial sync: {body}"));
     assert!(rules["content"]["global"]["underride"].is_array(), "{rules}");
 }

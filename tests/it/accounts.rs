@@ -3,11 +3,10 @@
 //! discovery (/versions, /.well-known, /capabilities) and login/registration rate limits.
 
 use ruma::{
-    OwnedDeviceId, OwnedUserId,
+    OwnedDeviceId, OwnedUserId, RoomVersionId,
     api::client::{
         account::{
-            change_password, check_registration_token_validity, deactivate, get_username_availability, register,
-            whoami,
+            change_password, check_registration_token_validity, deactivate, get_username_availability, register, whoami,
         },
         device::{delete_device, delete_devices, get_device, get_devices, update_device},
         discovery::{discover_homeserver, get_capabilities, get_supported_versions},
@@ -23,7 +22,6 @@ use ruma::{
     },
     events::StateEventType,
     profile::{ProfileFieldName, ProfileFieldValue},
-    RoomVersionId,
 };
 use serde_json::{Value, json};
 
@@ -61,7 +59,8 @@ fn with_token(client: &Client, token: &str) -> Client {
 }
 
 fn uiaa_password(user: &OwnedUserId, password: &str, session: &str) -> AuthData {
-    let mut auth = UiaaPassword::new(UserIdentifier::Matrix(MatrixUserIdentifier::new(user.to_string())), password.into());
+    let mut auth =
+        UiaaPassword::new(UserIdentifier::Matrix(MatrixUserIdentifier::new(user.to_string())), password.into());
     auth.session = Some(session.to_owned());
     AuthData::Password(auth)
 }
@@ -260,7 +259,8 @@ async fn register_is_forbidden_when_registration_is_disabled() {
 #[tokio::test]
 async fn register_with_registration_token_flow() {
     let server =
-        TestServer::start_with(&[("IEUM_REGISTRATION__ENABLED", "false"), ("IEUM_REGISTRATION__TOKENS", "[\"tok\"]")]).await;
+        TestServer::start_with(&[("IEUM_REGISTRATION__ENABLED", "false"), ("IEUM_REGISTRATION__TOKENS", "[\"tok\"]")])
+            .await;
     let client = server.client();
     let error = client.try_send(register_request("tokenuser", "password")).await.unwrap_err();
     let session = uia_session(&error);
@@ -297,7 +297,8 @@ async fn register_with_registration_token_flow() {
 #[tokio::test]
 async fn registration_token_validity_endpoint() {
     let server =
-        TestServer::start_with(&[("IEUM_REGISTRATION__ENABLED", "false"), ("IEUM_REGISTRATION__TOKENS", "[\"tok\"]")]).await;
+        TestServer::start_with(&[("IEUM_REGISTRATION__ENABLED", "false"), ("IEUM_REGISTRATION__TOKENS", "[\"tok\"]")])
+            .await;
     let client = server.client();
     let valid = client.send(check_registration_token_validity::v1::Request::new("tok".into())).await;
     assert!(valid.valid);
@@ -316,14 +317,16 @@ async fn register_available_for_unregistered_name() {
 async fn register_available_is_m_user_in_use_for_registered_name() {
     let server = TestServer::start().await;
     server.register_exact("usedname").await;
-    let error = server.client().try_send(get_username_availability::v3::Request::new("usedname".into())).await.unwrap_err();
+    let error =
+        server.client().try_send(get_username_availability::v3::Request::new("usedname".into())).await.unwrap_err();
     assert_eq!((error.status, error.errcode()), (400, "M_USER_IN_USE"), "{}", error.body);
 }
 
 #[tokio::test]
 async fn register_available_is_m_invalid_username_for_invalid_name() {
     let server = TestServer::start().await;
-    let error = server.client().try_send(get_username_availability::v3::Request::new("not valid!".into())).await.unwrap_err();
+    let error =
+        server.client().try_send(get_username_availability::v3::Request::new("not valid!".into())).await.unwrap_err();
     assert_eq!((error.status, error.errcode()), (400, "M_INVALID_USERNAME"), "{}", error.body);
 }
 
@@ -541,7 +544,8 @@ async fn login_ignores_an_access_token_header_for_password_login() {
 async fn login_with_legacy_user_field() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
-    let body = json!({ "type": "m.login.password", "user": alice.user_id().localpart(), "password": "password" }).to_string();
+    let body =
+        json!({ "type": "m.login.password", "user": alice.user_id().localpart(), "password": "password" }).to_string();
     let (status, body) = server.client().raw("POST", "/_matrix/client/v3/login", Some(&body)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["user_id"], alice.user_id().as_str());
@@ -732,7 +736,11 @@ async fn deactivated_account_cannot_log_in_or_use_tokens() {
     let error = whoami_status(&alice).await.unwrap_err();
     assert_eq!((error.status, error.errcode()), (401, "M_UNKNOWN_TOKEN"), "{}", error.body);
     // The user id is not reusable.
-    let error = server.client().try_send(get_username_availability::v3::Request::new(user.localpart().into())).await.unwrap_err();
+    let error = server
+        .client()
+        .try_send(get_username_availability::v3::Request::new(user.localpart().into()))
+        .await
+        .unwrap_err();
     assert_eq!(error.errcode(), "M_USER_IN_USE");
 }
 
@@ -887,7 +895,10 @@ async fn delete_devices_in_bulk_behind_uia() {
 
 async fn set_displayname(client: &Client, name: &str) {
     client
-        .send(set_profile_field::v3::Request::new(client.user_id().to_owned(), ProfileFieldValue::DisplayName(name.into())))
+        .send(set_profile_field::v3::Request::new(
+            client.user_id().to_owned(),
+            ProfileFieldValue::DisplayName(name.into()),
+        ))
         .await;
 }
 
@@ -910,7 +921,10 @@ async fn avatar_url_set_and_publicly_readable() {
     let alice = server.register("alice").await;
     let url: ruma::OwnedMxcUri = "mxc://ieum.test/avatar1".into();
     alice
-        .send(set_profile_field::v3::Request::new(alice.user_id().to_owned(), ProfileFieldValue::AvatarUrl(url.clone())))
+        .send(set_profile_field::v3::Request::new(
+            alice.user_id().to_owned(),
+            ProfileFieldValue::AvatarUrl(url.clone()),
+        ))
         .await;
     let response = server
         .client()
@@ -939,7 +953,10 @@ async fn cannot_set_another_users_displayname() {
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     let error = alice
-        .try_send(set_profile_field::v3::Request::new(bob.user_id().to_owned(), ProfileFieldValue::DisplayName("pwned".into())))
+        .try_send(set_profile_field::v3::Request::new(
+            bob.user_id().to_owned(),
+            ProfileFieldValue::DisplayName("pwned".into()),
+        ))
         .await
         .unwrap_err();
     assert_eq!((error.status, error.errcode()), (403, "M_FORBIDDEN"), "{}", error.body);
@@ -959,7 +976,13 @@ async fn displayname_change_updates_member_event_in_rooms() {
     create.preset = Some(create_room::v3::RoomPreset::PublicChat);
     let room_id = alice.send(create).await.room_id;
     bob.send(join_room_by_id::v3::Request::new(room_id.clone())).await;
-    let request = || get_state_event_for_key::v3::Request::new(room_id.clone(), StateEventType::RoomMember, bob.user_id().to_string());
+    let request = || {
+        get_state_event_for_key::v3::Request::new(
+            room_id.clone(),
+            StateEventType::RoomMember,
+            bob.user_id().to_string(),
+        )
+    };
     let before = alice.send(request()).await;
     let before: Value = serde_json::from_str(before.event_or_content.get()).unwrap();
 
@@ -985,7 +1008,11 @@ async fn avatar_change_updates_member_event_in_rooms() {
         ))
         .await;
     let member = alice
-        .send(get_state_event_for_key::v3::Request::new(room_id, StateEventType::RoomMember, alice.user_id().to_string()))
+        .send(get_state_event_for_key::v3::Request::new(
+            room_id,
+            StateEventType::RoomMember,
+            alice.user_id().to_string(),
+        ))
         .await;
     let content: Value = serde_json::from_str(member.event_or_content.get()).unwrap();
     assert_eq!(content["avatar_url"], "mxc://ieum.test/newavatar", "{content}");
@@ -998,7 +1025,11 @@ async fn new_room_member_event_carries_the_profile() {
     set_displayname(&alice, "Alice Prime").await;
     let room_id = alice.send(create_room::v3::Request::new()).await.room_id;
     let member = alice
-        .send(get_state_event_for_key::v3::Request::new(room_id, StateEventType::RoomMember, alice.user_id().to_string()))
+        .send(get_state_event_for_key::v3::Request::new(
+            room_id,
+            StateEventType::RoomMember,
+            alice.user_id().to_string(),
+        ))
         .await;
     let content: Value = serde_json::from_str(member.event_or_content.get()).unwrap();
     assert_eq!(content["displayname"], "Alice Prime", "{content}");

@@ -36,8 +36,23 @@ struct Case {
     errcodes: &'static [&'static str],
 }
 
-fn case(name: &'static str, method: &'static str, path: &str, body: Option<&str>, status: u16, errcodes: &'static [&'static str]) -> Case {
-    Case { name, method, path: path.to_owned(), body: body.map(|b| b.as_bytes().to_vec()), auth: Auth::Valid, status, errcodes }
+fn case(
+    name: &'static str,
+    method: &'static str,
+    path: &str,
+    body: Option<&str>,
+    status: u16,
+    errcodes: &'static [&'static str],
+) -> Case {
+    Case {
+        name,
+        method,
+        path: path.to_owned(),
+        body: body.map(|b| b.as_bytes().to_vec()),
+        auth: Auth::Valid,
+        status,
+        errcodes,
+    }
 }
 
 impl Case {
@@ -70,14 +85,17 @@ async fn fixture() -> Fixture {
 
 impl Fixture {
     fn fill(&self, text: &str) -> String {
-        text.replace("{room}", &self.room).replace("{other}", &self.other).replace("{user}", self.alice.user_id().as_str())
+        text.replace("{room}", &self.room)
+            .replace("{other}", &self.other)
+            .replace("{user}", self.alice.user_id().as_str())
     }
 
     /// Sends one case. A dropped connection (e.g. a panic in the handler) is reported as
     /// status 0 so the remaining cases still run.
     async fn run(&self, case: &Case) -> (u16, Value) {
         let path = self.fill(&case.path);
-        let mut request = self.http.request(case.method.parse().expect("method"), format!("{}{path}", self.server.base));
+        let mut request =
+            self.http.request(case.method.parse().expect("method"), format!("{}{path}", self.server.base));
         match case.auth {
             Auth::Valid => request = request.bearer_auth(self.alice.token.as_deref().expect("token")),
             Auth::Missing => {}
@@ -109,7 +127,12 @@ impl Fixture {
             if status != case.status || !case.errcodes.contains(&errcode) {
                 failures.push(format!(
                     "{}: {} {} -> {status} {errcode} (want {} {:?}); body {}",
-                    case.name, case.method, case.path, case.status, case.errcodes, truncate(&body)
+                    case.name,
+                    case.method,
+                    case.path,
+                    case.status,
+                    case.errcodes,
+                    truncate(&body)
                 ));
             }
         }
@@ -153,14 +176,38 @@ fn not_json_cases() -> Vec<Case> {
         case("trailing garbage", "POST", CREATE, Some("{} x"), 400, &["M_NOT_JSON"]),
         case("empty body for an event", "PUT", &format!("{SEND}/nj1"), Some(""), 400, &["M_NOT_JSON"]),
         case("malformed event content", "PUT", &format!("{SEND}/nj2"), Some("{\"body\": }"), 400, &["M_NOT_JSON"]),
-        case("malformed register body", "POST", "/_matrix/client/v3/register", Some("{"), 400, &["M_NOT_JSON"]).auth(Auth::Missing),
-        case("malformed login body", "POST", "/_matrix/client/v3/login", Some("{\"type\""), 400, &["M_NOT_JSON"]).auth(Auth::Missing),
-        case("Infinity", "PUT", "/_matrix/client/v3/rooms/{room}/send/complement.dummy/inf", Some("{\"body\": Infinity}"), 400, &["M_NOT_JSON"]),
-        case("-Infinity", "PUT", "/_matrix/client/v3/rooms/{room}/send/complement.dummy/ninf", Some("{\"body\": -Infinity}"), 400, &["M_NOT_JSON"]),
-        case("NaN", "PUT", "/_matrix/client/v3/rooms/{room}/send/complement.dummy/nan", Some("{\"body\": NaN}"), 400, &["M_NOT_JSON"]),
+        case("malformed register body", "POST", "/_matrix/client/v3/register", Some("{"), 400, &["M_NOT_JSON"])
+            .auth(Auth::Missing),
+        case("malformed login body", "POST", "/_matrix/client/v3/login", Some("{\"type\""), 400, &["M_NOT_JSON"])
+            .auth(Auth::Missing),
+        case(
+            "Infinity",
+            "PUT",
+            "/_matrix/client/v3/rooms/{room}/send/complement.dummy/inf",
+            Some("{\"body\": Infinity}"),
+            400,
+            &["M_NOT_JSON"],
+        ),
+        case(
+            "-Infinity",
+            "PUT",
+            "/_matrix/client/v3/rooms/{room}/send/complement.dummy/ninf",
+            Some("{\"body\": -Infinity}"),
+            400,
+            &["M_NOT_JSON"],
+        ),
+        case(
+            "NaN",
+            "PUT",
+            "/_matrix/client/v3/rooms/{room}/send/complement.dummy/nan",
+            Some("{\"body\": NaN}"),
+            400,
+            &["M_NOT_JSON"],
+        ),
         case("invalid utf-8 in event", "PUT", &format!("{SEND}/utf8"), None, 400, &["M_NOT_JSON"])
             .bytes(b"{\"msgtype\":\"m.text\",\"body\":\"\xff\xfe\"}".to_vec()),
-        case("invalid utf-8 in createRoom", "POST", CREATE, None, 400, &["M_NOT_JSON"]).bytes(b"{\"name\":\"\xc3\x28\"}".to_vec()),
+        case("invalid utf-8 in createRoom", "POST", CREATE, None, 400, &["M_NOT_JSON"])
+            .bytes(b"{\"name\":\"\xc3\x28\"}".to_vec()),
     ]
 }
 
@@ -168,15 +215,57 @@ fn bad_json_cases() -> Vec<Case> {
     vec![
         case("createRoom body is an array", "POST", CREATE, Some("[]"), 400, &["M_BAD_JSON"]),
         case("createRoom name is a number", "POST", CREATE, Some(r#"{"name": 42}"#), 400, &["M_BAD_JSON"]),
-        case("createRoom invite is not a list", "POST", CREATE, Some(r#"{"invite": "notalist"}"#), 400, &["M_BAD_JSON"]),
+        case(
+            "createRoom invite is not a list",
+            "POST",
+            CREATE,
+            Some(r#"{"invite": "notalist"}"#),
+            400,
+            &["M_BAD_JSON"],
+        ),
         case("createRoom is_direct is a string", "POST", CREATE, Some(r#"{"is_direct": "yes"}"#), 400, &["M_BAD_JSON"]),
         case("event content is a string", "PUT", &format!("{SEND}/bj1"), Some("\"str\""), 400, &["M_BAD_JSON"]),
         case("event content is an array", "PUT", &format!("{SEND}/bj2"), Some("[1,2]"), 400, &["M_BAD_JSON"]),
-        case("state content is a number", "PUT", "/_matrix/client/v3/rooms/{room}/state/m.room.topic/", Some("42"), 400, &["M_BAD_JSON"]),
-        case("integer above 2^53", "PUT", "/_matrix/client/v3/rooms/{room}/send/complement.dummy/n1", Some(r#"{"body": 9007199254740992}"#), 400, &["M_BAD_JSON"]),
-        case("integer below -2^53", "PUT", "/_matrix/client/v3/rooms/{room}/send/complement.dummy/n2", Some(r#"{"body": -9007199254740992}"#), 400, &["M_BAD_JSON"]),
-        case("float in event content", "PUT", "/_matrix/client/v3/rooms/{room}/send/complement.dummy/n3", Some(r#"{"body": 1.1}"#), 400, &["M_BAD_JSON"]),
-        case("float in state content", "PUT", "/_matrix/client/v3/rooms/{room}/state/complement.dummy/", Some(r#"{"v": 0.5}"#), 400, &["M_BAD_JSON"]),
+        case(
+            "state content is a number",
+            "PUT",
+            "/_matrix/client/v3/rooms/{room}/state/m.room.topic/",
+            Some("42"),
+            400,
+            &["M_BAD_JSON"],
+        ),
+        case(
+            "integer above 2^53",
+            "PUT",
+            "/_matrix/client/v3/rooms/{room}/send/complement.dummy/n1",
+            Some(r#"{"body": 9007199254740992}"#),
+            400,
+            &["M_BAD_JSON"],
+        ),
+        case(
+            "integer below -2^53",
+            "PUT",
+            "/_matrix/client/v3/rooms/{room}/send/complement.dummy/n2",
+            Some(r#"{"body": -9007199254740992}"#),
+            400,
+            &["M_BAD_JSON"],
+        ),
+        case(
+            "float in event content",
+            "PUT",
+            "/_matrix/client/v3/rooms/{room}/send/complement.dummy/n3",
+            Some(r#"{"body": 1.1}"#),
+            400,
+            &["M_BAD_JSON"],
+        ),
+        case(
+            "float in state content",
+            "PUT",
+            "/_matrix/client/v3/rooms/{room}/state/complement.dummy/",
+            Some(r#"{"v": 0.5}"#),
+            400,
+            &["M_BAD_JSON"],
+        ),
         case(
             "login user is a number",
             "POST",
@@ -186,13 +275,55 @@ fn bad_json_cases() -> Vec<Case> {
             &["M_BAD_JSON"],
         )
         .auth(Auth::Missing),
-        case("login without type", "POST", "/_matrix/client/v3/login", Some(r#"{"password":"x"}"#), 400, &["M_BAD_JSON", "M_MISSING_PARAM"])
-            .auth(Auth::Missing),
-        case("alias without room_id", "PUT", "/_matrix/client/v3/directory/room/%23noroom:ieum.test", Some("{}"), 400, &["M_BAD_JSON", "M_MISSING_PARAM"]),
-        case("displayname is a number", "PUT", "/_matrix/client/v3/profile/{user}/displayname", Some(r#"{"displayname": 5}"#), 400, &["M_BAD_JSON"]),
-        case("kick without user_id", "POST", "/_matrix/client/v3/rooms/{room}/kick", Some("{}"), 400, &["M_BAD_JSON", "M_MISSING_PARAM"]),
-        case("room visibility is a number", "PUT", "/_matrix/client/v3/directory/list/room/{room}", Some(r#"{"visibility": 1}"#), 400, &["M_BAD_JSON"]),
-        case("change password without new_password", "POST", "/_matrix/client/v3/account/password", Some("{}"), 400, &["M_BAD_JSON", "M_MISSING_PARAM"]),
+        case(
+            "login without type",
+            "POST",
+            "/_matrix/client/v3/login",
+            Some(r#"{"password":"x"}"#),
+            400,
+            &["M_BAD_JSON", "M_MISSING_PARAM"],
+        )
+        .auth(Auth::Missing),
+        case(
+            "alias without room_id",
+            "PUT",
+            "/_matrix/client/v3/directory/room/%23noroom:ieum.test",
+            Some("{}"),
+            400,
+            &["M_BAD_JSON", "M_MISSING_PARAM"],
+        ),
+        case(
+            "displayname is a number",
+            "PUT",
+            "/_matrix/client/v3/profile/{user}/displayname",
+            Some(r#"{"displayname": 5}"#),
+            400,
+            &["M_BAD_JSON"],
+        ),
+        case(
+            "kick without user_id",
+            "POST",
+            "/_matrix/client/v3/rooms/{room}/kick",
+            Some("{}"),
+            400,
+            &["M_BAD_JSON", "M_MISSING_PARAM"],
+        ),
+        case(
+            "room visibility is a number",
+            "PUT",
+            "/_matrix/client/v3/directory/list/room/{room}",
+            Some(r#"{"visibility": 1}"#),
+            400,
+            &["M_BAD_JSON"],
+        ),
+        case(
+            "change password without new_password",
+            "POST",
+            "/_matrix/client/v3/account/password",
+            Some("{}"),
+            400,
+            &["M_BAD_JSON", "M_MISSING_PARAM"],
+        ),
     ]
 }
 
@@ -214,7 +345,10 @@ fn unknown_endpoint_cases() -> Vec<Case> {
     ] {
         cases.push(case("unknown endpoint", "GET", path, None, 404, &["M_UNRECOGNIZED"]));
     }
-    cases.push(case("unknown endpoint without token", "GET", "/_matrix/client/v3/unknown", None, 404, &["M_UNRECOGNIZED"]).auth(Auth::Missing));
+    cases.push(
+        case("unknown endpoint without token", "GET", "/_matrix/client/v3/unknown", None, 404, &["M_UNRECOGNIZED"])
+            .auth(Auth::Missing),
+    );
     cases
 }
 
@@ -224,7 +358,14 @@ fn wrong_method_cases() -> Vec<Case> {
         case("DELETE /createRoom", "DELETE", CREATE, None, 405, &["M_UNRECOGNIZED"]),
         case("POST /account/whoami", "POST", "/_matrix/client/v3/account/whoami", Some("{}"), 405, &["M_UNRECOGNIZED"]),
         case("GET /send/{txn}", "GET", &format!("{SEND}/m1"), None, 405, &["M_UNRECOGNIZED"]),
-        case("POST /send/{txn}", "POST", &format!("{SEND}/m2"), Some(r#"{"body":"x","msgtype":"m.text"}"#), 405, &["M_UNRECOGNIZED"]),
+        case(
+            "POST /send/{txn}",
+            "POST",
+            &format!("{SEND}/m2"),
+            Some(r#"{"body":"x","msgtype":"m.text"}"#),
+            405,
+            &["M_UNRECOGNIZED"],
+        ),
         case("PUT /joined_rooms", "PUT", "/_matrix/client/v3/joined_rooms", Some("{}"), 405, &["M_UNRECOGNIZED"]),
         case("DELETE /versions", "DELETE", "/_matrix/client/versions", None, 405, &["M_UNRECOGNIZED"]),
     ]
@@ -236,67 +377,269 @@ fn too_large_cases() -> Vec<Case> {
     vec![
         case("createRoom over 1 MiB", "POST", CREATE, Some(&huge_name), 413, &["M_TOO_LARGE"]),
         case("event over 1 MiB", "PUT", &format!("{SEND}/big"), Some(&huge_event), 413, &["M_TOO_LARGE"]),
-        case("login over 1 MiB", "POST", "/_matrix/client/v3/login", Some(&huge_name), 413, &["M_TOO_LARGE"]).auth(Auth::Missing),
+        case("login over 1 MiB", "POST", "/_matrix/client/v3/login", Some(&huge_name), 413, &["M_TOO_LARGE"])
+            .auth(Auth::Missing),
     ]
 }
 
 fn token_cases() -> Vec<Case> {
     vec![
-        case("no token: joined_rooms", "GET", "/_matrix/client/v3/joined_rooms", None, 401, &["M_MISSING_TOKEN"]).auth(Auth::Missing),
+        case("no token: joined_rooms", "GET", "/_matrix/client/v3/joined_rooms", None, 401, &["M_MISSING_TOKEN"])
+            .auth(Auth::Missing),
         case("no token: createRoom", "POST", CREATE, Some("{}"), 401, &["M_MISSING_TOKEN"]).auth(Auth::Missing),
-        case("no token: room state", "GET", "/_matrix/client/v3/rooms/{room}/state", None, 401, &["M_MISSING_TOKEN"]).auth(Auth::Missing),
-        case("no token: send", "PUT", &format!("{SEND}/t1"), Some(r#"{"body":"x","msgtype":"m.text"}"#), 401, &["M_MISSING_TOKEN"])
+        case("no token: room state", "GET", "/_matrix/client/v3/rooms/{room}/state", None, 401, &["M_MISSING_TOKEN"])
             .auth(Auth::Missing),
+        case(
+            "no token: send",
+            "PUT",
+            &format!("{SEND}/t1"),
+            Some(r#"{"body":"x","msgtype":"m.text"}"#),
+            401,
+            &["M_MISSING_TOKEN"],
+        )
+        .auth(Auth::Missing),
         case("no token: sync", "GET", "/_matrix/client/v3/sync", None, 401, &["M_MISSING_TOKEN"]).auth(Auth::Missing),
-        case("unknown token: whoami", "GET", "/_matrix/client/v3/account/whoami", None, 401, &["M_UNKNOWN_TOKEN"]).auth(Auth::Unknown),
-        case("unknown token: joined_rooms", "GET", "/_matrix/client/v3/joined_rooms", None, 401, &["M_UNKNOWN_TOKEN"]).auth(Auth::Unknown),
-        case("unknown token: send", "PUT", &format!("{SEND}/t2"), Some(r#"{"body":"x","msgtype":"m.text"}"#), 401, &["M_UNKNOWN_TOKEN"])
+        case("unknown token: whoami", "GET", "/_matrix/client/v3/account/whoami", None, 401, &["M_UNKNOWN_TOKEN"])
             .auth(Auth::Unknown),
-        case("unknown token in query", "GET", "/_matrix/client/v3/account/whoami?access_token=nope", None, 401, &["M_UNKNOWN_TOKEN"])
-            .auth(Auth::Missing),
-        case("Basic auth scheme", "GET", "/_matrix/client/v3/account/whoami", None, 401, &["M_MISSING_TOKEN", "M_UNKNOWN_TOKEN"])
-            .auth(Auth::Header("Basic YWxpY2U6cGFzc3dvcmQ=")),
-        case("Bearer without token", "GET", "/_matrix/client/v3/account/whoami", None, 401, &["M_MISSING_TOKEN", "M_UNKNOWN_TOKEN"])
-            .auth(Auth::Header("Bearer")),
+        case("unknown token: joined_rooms", "GET", "/_matrix/client/v3/joined_rooms", None, 401, &["M_UNKNOWN_TOKEN"])
+            .auth(Auth::Unknown),
+        case(
+            "unknown token: send",
+            "PUT",
+            &format!("{SEND}/t2"),
+            Some(r#"{"body":"x","msgtype":"m.text"}"#),
+            401,
+            &["M_UNKNOWN_TOKEN"],
+        )
+        .auth(Auth::Unknown),
+        case(
+            "unknown token in query",
+            "GET",
+            "/_matrix/client/v3/account/whoami?access_token=nope",
+            None,
+            401,
+            &["M_UNKNOWN_TOKEN"],
+        )
+        .auth(Auth::Missing),
+        case(
+            "Basic auth scheme",
+            "GET",
+            "/_matrix/client/v3/account/whoami",
+            None,
+            401,
+            &["M_MISSING_TOKEN", "M_UNKNOWN_TOKEN"],
+        )
+        .auth(Auth::Header("Basic YWxpY2U6cGFzc3dvcmQ=")),
+        case(
+            "Bearer without token",
+            "GET",
+            "/_matrix/client/v3/account/whoami",
+            None,
+            401,
+            &["M_MISSING_TOKEN", "M_UNKNOWN_TOKEN"],
+        )
+        .auth(Auth::Header("Bearer")),
     ]
 }
 
 fn unknown_room_cases() -> Vec<Case> {
     vec![
-        case("state of unknown room", "GET", "/_matrix/client/v3/rooms/!nope:ieum.test/state", None, 403, &["M_FORBIDDEN"]),
-        case("messages of unknown room", "GET", "/_matrix/client/v3/rooms/!nope:ieum.test/messages?dir=b", None, 403, &["M_FORBIDDEN"]),
-        case("send to unknown room", "PUT", "/_matrix/client/v3/rooms/!nope:ieum.test/send/m.room.message/u1", Some(r#"{"body":"x","msgtype":"m.text"}"#), 403, &["M_FORBIDDEN"]),
-        case("join unknown room", "POST", "/_matrix/client/v3/rooms/!nope:ieum.test/join", Some("{}"), 404, &["M_NOT_FOUND"]),
-        case("join unknown alias", "POST", "/_matrix/client/v3/join/%23nope:ieum.test", Some("{}"), 404, &["M_NOT_FOUND"]),
-        case("joined_members of unknown room", "GET", "/_matrix/client/v3/rooms/!nope:ieum.test/joined_members", None, 403, &["M_FORBIDDEN"]),
-        case("members of unknown room", "GET", "/_matrix/client/v3/rooms/!nope:ieum.test/members", None, 403, &["M_FORBIDDEN"]),
-        case("invite into unknown room", "POST", "/_matrix/client/v3/rooms/!nope:ieum.test/invite", Some(r#"{"user_id":"{user}"}"#), 403, &["M_FORBIDDEN"]),
-        case("leave unknown room", "POST", "/_matrix/client/v3/rooms/!nope:ieum.test/leave", Some("{}"), 403, &["M_FORBIDDEN", "M_NOT_FOUND"]),
+        case(
+            "state of unknown room",
+            "GET",
+            "/_matrix/client/v3/rooms/!nope:ieum.test/state",
+            None,
+            403,
+            &["M_FORBIDDEN"],
+        ),
+        case(
+            "messages of unknown room",
+            "GET",
+            "/_matrix/client/v3/rooms/!nope:ieum.test/messages?dir=b",
+            None,
+            403,
+            &["M_FORBIDDEN"],
+        ),
+        case(
+            "send to unknown room",
+            "PUT",
+            "/_matrix/client/v3/rooms/!nope:ieum.test/send/m.room.message/u1",
+            Some(r#"{"body":"x","msgtype":"m.text"}"#),
+            403,
+            &["M_FORBIDDEN"],
+        ),
+        case(
+            "join unknown room",
+            "POST",
+            "/_matrix/client/v3/rooms/!nope:ieum.test/join",
+            Some("{}"),
+            404,
+            &["M_NOT_FOUND"],
+        ),
+        case(
+            "join unknown alias",
+            "POST",
+            "/_matrix/client/v3/join/%23nope:ieum.test",
+            Some("{}"),
+            404,
+            &["M_NOT_FOUND"],
+        ),
+        case(
+            "joined_members of unknown room",
+            "GET",
+            "/_matrix/client/v3/rooms/!nope:ieum.test/joined_members",
+            None,
+            403,
+            &["M_FORBIDDEN"],
+        ),
+        case(
+            "members of unknown room",
+            "GET",
+            "/_matrix/client/v3/rooms/!nope:ieum.test/members",
+            None,
+            403,
+            &["M_FORBIDDEN"],
+        ),
+        case(
+            "invite into unknown room",
+            "POST",
+            "/_matrix/client/v3/rooms/!nope:ieum.test/invite",
+            Some(r#"{"user_id":"{user}"}"#),
+            403,
+            &["M_FORBIDDEN"],
+        ),
+        case(
+            "leave unknown room",
+            "POST",
+            "/_matrix/client/v3/rooms/!nope:ieum.test/leave",
+            Some("{}"),
+            403,
+            &["M_FORBIDDEN", "M_NOT_FOUND"],
+        ),
     ]
 }
 
 fn invalid_id_cases() -> Vec<Case> {
     vec![
-        case("room id without sigil", "GET", "/_matrix/client/v3/rooms/notaroomid/state", None, 400, &["M_INVALID_PARAM"]),
-        case("room id without sigil: send", "PUT", "/_matrix/client/v3/rooms/notaroomid/send/m.room.message/i1", Some(r#"{"body":"x","msgtype":"m.text"}"#), 400, &["M_INVALID_PARAM"]),
-        case("room id without sigil: messages", "GET", "/_matrix/client/v3/rooms/notaroomid/messages?dir=b", None, 400, &["M_INVALID_PARAM"]),
+        case(
+            "room id without sigil",
+            "GET",
+            "/_matrix/client/v3/rooms/notaroomid/state",
+            None,
+            400,
+            &["M_INVALID_PARAM"],
+        ),
+        case(
+            "room id without sigil: send",
+            "PUT",
+            "/_matrix/client/v3/rooms/notaroomid/send/m.room.message/i1",
+            Some(r#"{"body":"x","msgtype":"m.text"}"#),
+            400,
+            &["M_INVALID_PARAM"],
+        ),
+        case(
+            "room id without sigil: messages",
+            "GET",
+            "/_matrix/client/v3/rooms/notaroomid/messages?dir=b",
+            None,
+            400,
+            &["M_INVALID_PARAM"],
+        ),
         case("room id with bad escape", "GET", "/_matrix/client/v3/rooms/%ZZ/state", None, 400, &["M_INVALID_PARAM"]),
-        case("alias without sigil: join", "POST", "/_matrix/client/v3/join/notanalias", Some("{}"), 400, &["M_INVALID_PARAM"]),
-        case("alias without sigil: resolve", "GET", "/_matrix/client/v3/directory/room/notanalias", None, 400, &["M_INVALID_PARAM"]),
-        case("alias too long", "GET", &format!("/_matrix/client/v3/directory/room/%23{}:ieum.test", "a".repeat(300)), None, 400, &["M_INVALID_PARAM"]),
-        case("user id without sigil: profile", "GET", "/_matrix/client/v3/profile/notauser", None, 400, &["M_INVALID_PARAM"]),
-        case("user id without server: profile", "GET", "/_matrix/client/v3/profile/@bad", None, 400, &["M_INVALID_PARAM"]),
-        case("user id in invite body", "POST", "/_matrix/client/v3/rooms/{room}/invite", Some(r#"{"user_id":"notauser"}"#), 400, &["M_INVALID_PARAM", "M_BAD_JSON"]),
-        case("user id in ban body", "POST", "/_matrix/client/v3/rooms/{room}/ban", Some(r#"{"user_id":"@nope"}"#), 400, &["M_INVALID_PARAM", "M_BAD_JSON"]),
-        case("event id without sigil", "GET", "/_matrix/client/v3/rooms/{room}/event/notanevent", None, 400, &["M_INVALID_PARAM"]),
-        case("event id without sigil: context", "GET", "/_matrix/client/v3/rooms/{room}/context/notanevent", None, 400, &["M_INVALID_PARAM"]),
-        case("event id without sigil: redact", "PUT", "/_matrix/client/v3/rooms/{room}/redact/notanevent/r1", Some("{}"), 400, &["M_INVALID_PARAM"]),
+        case(
+            "alias without sigil: join",
+            "POST",
+            "/_matrix/client/v3/join/notanalias",
+            Some("{}"),
+            400,
+            &["M_INVALID_PARAM"],
+        ),
+        case(
+            "alias without sigil: resolve",
+            "GET",
+            "/_matrix/client/v3/directory/room/notanalias",
+            None,
+            400,
+            &["M_INVALID_PARAM"],
+        ),
+        case(
+            "alias too long",
+            "GET",
+            &format!("/_matrix/client/v3/directory/room/%23{}:ieum.test", "a".repeat(300)),
+            None,
+            400,
+            &["M_INVALID_PARAM"],
+        ),
+        case(
+            "user id without sigil: profile",
+            "GET",
+            "/_matrix/client/v3/profile/notauser",
+            None,
+            400,
+            &["M_INVALID_PARAM"],
+        ),
+        case(
+            "user id without server: profile",
+            "GET",
+            "/_matrix/client/v3/profile/@bad",
+            None,
+            400,
+            &["M_INVALID_PARAM"],
+        ),
+        case(
+            "user id in invite body",
+            "POST",
+            "/_matrix/client/v3/rooms/{room}/invite",
+            Some(r#"{"user_id":"notauser"}"#),
+            400,
+            &["M_INVALID_PARAM", "M_BAD_JSON"],
+        ),
+        case(
+            "user id in ban body",
+            "POST",
+            "/_matrix/client/v3/rooms/{room}/ban",
+            Some(r#"{"user_id":"@nope"}"#),
+            400,
+            &["M_INVALID_PARAM", "M_BAD_JSON"],
+        ),
+        case(
+            "event id without sigil",
+            "GET",
+            "/_matrix/client/v3/rooms/{room}/event/notanevent",
+            None,
+            400,
+            &["M_INVALID_PARAM"],
+        ),
+        case(
+            "event id without sigil: context",
+            "GET",
+            "/_matrix/client/v3/rooms/{room}/context/notanevent",
+            None,
+            400,
+            &["M_INVALID_PARAM"],
+        ),
+        case(
+            "event id without sigil: redact",
+            "PUT",
+            "/_matrix/client/v3/rooms/{room}/redact/notanevent/r1",
+            Some("{}"),
+            400,
+            &["M_INVALID_PARAM"],
+        ),
     ]
 }
 
 fn query_param_cases() -> Vec<Case> {
     vec![
-        case("register/available without username", "GET", "/_matrix/client/v3/register/available", None, 400, &["M_MISSING_PARAM"]).auth(Auth::Missing),
+        case(
+            "register/available without username",
+            "GET",
+            "/_matrix/client/v3/register/available",
+            None,
+            400,
+            &["M_MISSING_PARAM"],
+        )
+        .auth(Auth::Missing),
         case(
             "token validity without token",
             "GET",
@@ -306,25 +649,123 @@ fn query_param_cases() -> Vec<Case> {
             &["M_MISSING_PARAM"],
         )
         .auth(Auth::Missing),
-        case("messages with bad dir", "GET", "/_matrix/client/v3/rooms/{room}/messages?dir=sideways", None, 400, &["M_INVALID_PARAM"]),
-        case("messages with non-numeric limit", "GET", "/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=abc", None, 400, &["M_INVALID_PARAM"]),
-        case("messages with negative limit", "GET", "/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=-1", None, 400, &["M_INVALID_PARAM"]),
-        case("messages with bad from token", "GET", "/_matrix/client/v3/rooms/{room}/messages?dir=b&from=%00%01", None, 400, &["M_INVALID_PARAM"]),
-        case("messages with non-JSON filter", "GET", "/_matrix/client/v3/rooms/{room}/messages?dir=b&filter=%7Bnope", None, 400, &["M_INVALID_PARAM", "M_NOT_JSON", "M_BAD_JSON"]),
-        case("members with bad membership", "GET", "/_matrix/client/v3/rooms/{room}/members?membership=sleeping", None, 400, &["M_INVALID_PARAM"]),
-        case("publicRooms with bad limit", "GET", "/_matrix/client/v3/publicRooms?limit=many", None, 400, &["M_INVALID_PARAM"]),
+        case(
+            "messages with bad dir",
+            "GET",
+            "/_matrix/client/v3/rooms/{room}/messages?dir=sideways",
+            None,
+            400,
+            &["M_INVALID_PARAM"],
+        ),
+        case(
+            "messages with non-numeric limit",
+            "GET",
+            "/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=abc",
+            None,
+            400,
+            &["M_INVALID_PARAM"],
+        ),
+        case(
+            "messages with negative limit",
+            "GET",
+            "/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=-1",
+            None,
+            400,
+            &["M_INVALID_PARAM"],
+        ),
+        case(
+            "messages with bad from token",
+            "GET",
+            "/_matrix/client/v3/rooms/{room}/messages?dir=b&from=%00%01",
+            None,
+            400,
+            &["M_INVALID_PARAM"],
+        ),
+        case(
+            "messages with non-JSON filter",
+            "GET",
+            "/_matrix/client/v3/rooms/{room}/messages?dir=b&filter=%7Bnope",
+            None,
+            400,
+            &["M_INVALID_PARAM", "M_NOT_JSON", "M_BAD_JSON"],
+        ),
+        case(
+            "members with bad membership",
+            "GET",
+            "/_matrix/client/v3/rooms/{room}/members?membership=sleeping",
+            None,
+            400,
+            &["M_INVALID_PARAM"],
+        ),
+        case(
+            "publicRooms with bad limit",
+            "GET",
+            "/_matrix/client/v3/publicRooms?limit=many",
+            None,
+            400,
+            &["M_INVALID_PARAM"],
+        ),
     ]
 }
 
 fn not_in_room_cases() -> Vec<Case> {
     vec![
-        case("send to a room you are not in", "PUT", "/_matrix/client/v3/rooms/{other}/send/m.room.message/o1", Some(r#"{"body":"x","msgtype":"m.text"}"#), 403, &["M_FORBIDDEN"]),
-        case("state into a room you are not in", "PUT", "/_matrix/client/v3/rooms/{other}/state/m.room.topic/", Some(r#"{"topic":"x"}"#), 403, &["M_FORBIDDEN"]),
-        case("read messages of a room you are not in", "GET", "/_matrix/client/v3/rooms/{other}/messages?dir=b", None, 403, &["M_FORBIDDEN"]),
-        case("read state of a room you are not in", "GET", "/_matrix/client/v3/rooms/{other}/state", None, 403, &["M_FORBIDDEN"]),
-        case("join invite-only room", "POST", "/_matrix/client/v3/rooms/{other}/join", Some("{}"), 403, &["M_FORBIDDEN"]),
-        case("invite into a room you are not in", "POST", "/_matrix/client/v3/rooms/{other}/invite", Some(r#"{"user_id":"{user}"}"#), 403, &["M_FORBIDDEN"]),
-        case("redact in a room you are not in", "PUT", "/_matrix/client/v3/rooms/{other}/redact/$abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG/r1", Some("{}"), 403, &["M_FORBIDDEN"]),
+        case(
+            "send to a room you are not in",
+            "PUT",
+            "/_matrix/client/v3/rooms/{other}/send/m.room.message/o1",
+            Some(r#"{"body":"x","msgtype":"m.text"}"#),
+            403,
+            &["M_FORBIDDEN"],
+        ),
+        case(
+            "state into a room you are not in",
+            "PUT",
+            "/_matrix/client/v3/rooms/{other}/state/m.room.topic/",
+            Some(r#"{"topic":"x"}"#),
+            403,
+            &["M_FORBIDDEN"],
+        ),
+        case(
+            "read messages of a room you are not in",
+            "GET",
+            "/_matrix/client/v3/rooms/{other}/messages?dir=b",
+            None,
+            403,
+            &["M_FORBIDDEN"],
+        ),
+        case(
+            "read state of a room you are not in",
+            "GET",
+            "/_matrix/client/v3/rooms/{other}/state",
+            None,
+            403,
+            &["M_FORBIDDEN"],
+        ),
+        case(
+            "join invite-only room",
+            "POST",
+            "/_matrix/client/v3/rooms/{other}/join",
+            Some("{}"),
+            403,
+            &["M_FORBIDDEN"],
+        ),
+        case(
+            "invite into a room you are not in",
+            "POST",
+            "/_matrix/client/v3/rooms/{other}/invite",
+            Some(r#"{"user_id":"{user}"}"#),
+            403,
+            &["M_FORBIDDEN"],
+        ),
+        case(
+            "redact in a room you are not in",
+            "PUT",
+            "/_matrix/client/v3/rooms/{other}/redact/$abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG/r1",
+            Some("{}"),
+            403,
+            &["M_FORBIDDEN"],
+        ),
     ]
 }
 
@@ -423,7 +864,10 @@ async fn login_without_type_is_a_400_not_a_dropped_connection() {
     let fixture = fixture().await;
     for _ in 0..3 {
         let (status, body) = fixture
-            .run(&case("login without type", "POST", "/_matrix/client/v3/login", Some(r#"{"password":"x"}"#), 400, &[]).auth(Auth::Missing))
+            .run(
+                &case("login without type", "POST", "/_matrix/client/v3/login", Some(r#"{"password":"x"}"#), 400, &[])
+                    .auth(Auth::Missing),
+            )
             .await;
         assert_eq!(status, 400, "{}", truncate(&body));
         assert!(matches!(body["errcode"].as_str(), Some("M_BAD_JSON" | "M_MISSING_PARAM")), "{}", truncate(&body));
@@ -436,10 +880,12 @@ async fn deeply_nested_json_is_rejected_without_crashing() {
     let fixture = fixture().await;
     let depth = 100_000;
     let body = format!("{{\"creation_content\":{{\"x\":{}1{}}}}}", "[".repeat(depth), "]".repeat(depth));
-    let (status, body) = fixture.run(&case("deep nesting", "POST", CREATE, Some(&body), 400, &["M_NOT_JSON", "M_BAD_JSON"])).await;
+    let (status, body) =
+        fixture.run(&case("deep nesting", "POST", CREATE, Some(&body), 400, &["M_NOT_JSON", "M_BAD_JSON"])).await;
     assert_eq!(status, 400, "{}", truncate(&body));
     assert!(matches!(body["errcode"].as_str(), Some("M_NOT_JSON" | "M_BAD_JSON")), "{}", truncate(&body));
-    let body = format!("{{\"msgtype\":\"m.text\",\"body\":\"x\",\"deep\":{}1{}}}", "[".repeat(depth), "]".repeat(depth));
+    let body =
+        format!("{{\"msgtype\":\"m.text\",\"body\":\"x\",\"deep\":{}1{}}}", "[".repeat(depth), "]".repeat(depth));
     let (status, _) = fixture.run(&case("deep event", "PUT", &format!("{SEND}/deep"), Some(&body), 400, &[])).await;
     assert_eq!(status, 400);
     fixture.assert_still_works().await;

@@ -16,7 +16,10 @@ use serde_json::json;
 
 use crate::{
     harness::{Client, MatrixError, TestServer},
-    rooms::{create_private_room, create_public_room, create_room_with, join, put_state, raw, state, try_put_state, try_state},
+    rooms::{
+        create_private_room, create_public_room, create_room_with, join, put_state, raw, state, try_put_state,
+        try_state,
+    },
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -206,7 +209,8 @@ async fn alias_creator_can_delete_canonical_alias_without_power() {
     let room_id = create_public_room(&alice).await;
     join(&bob, &room_id).await;
     try_create_alias(&bob, "#no_ops_delete_canonical:ieum.test", &room_id).await.unwrap();
-    put_state(&alice, &room_id, "m.room.canonical_alias", "", json!({ "alias": "#no_ops_delete_canonical:ieum.test" })).await;
+    put_state(&alice, &room_id, "m.room.canonical_alias", "", json!({ "alias": "#no_ops_delete_canonical:ieum.test" }))
+        .await;
     try_delete_alias(&bob, "#no_ops_delete_canonical:ieum.test").await.unwrap();
     assert_eq!(try_resolve(&alice, "#no_ops_delete_canonical:ieum.test").await.unwrap_err().status, 404);
 }
@@ -325,9 +329,10 @@ async fn canonical_alias_rejects_missing_aliases() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
     let room_id = create_private_room(&alice).await;
-    let error = try_put_state(&alice, &room_id, "m.room.canonical_alias", "", json!({ "alias": "#rejects_missing:ieum.test" }))
-        .await
-        .unwrap_err();
+    let error =
+        try_put_state(&alice, &room_id, "m.room.canonical_alias", "", json!({ "alias": "#rejects_missing:ieum.test" }))
+            .await
+            .unwrap_err();
     assert_eq!((error.status, error.errcode()), (400, "M_BAD_ALIAS"), "{}", error.body);
     try_create_alias(&alice, "#present:ieum.test", &room_id).await.unwrap();
     let error = try_put_state(
@@ -348,9 +353,10 @@ async fn canonical_alias_rejects_invalid_aliases() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
     let room_id = create_private_room(&alice).await;
-    let error = try_put_state(&alice, &room_id, "m.room.canonical_alias", "", json!({ "alias": "%invalid_aliases:ieum.test" }))
-        .await
-        .unwrap_err();
+    let error =
+        try_put_state(&alice, &room_id, "m.room.canonical_alias", "", json!({ "alias": "%invalid_aliases:ieum.test" }))
+            .await
+            .unwrap_err();
     assert_eq!((error.status, error.errcode()), (400, "M_INVALID_PARAM"), "{}", error.body);
     try_create_alias(&alice, "#valid_main:ieum.test", &room_id).await.unwrap();
     let error = try_put_state(
@@ -372,9 +378,10 @@ async fn canonical_alias_rejects_deleted_aliases() {
     let room_id = create_private_room(&alice).await;
     try_create_alias(&alice, "#deleted_aliases:ieum.test", &room_id).await.unwrap();
     try_delete_alias(&alice, "#deleted_aliases:ieum.test").await.unwrap();
-    let error = try_put_state(&alice, &room_id, "m.room.canonical_alias", "", json!({ "alias": "#deleted_aliases:ieum.test" }))
-        .await
-        .unwrap_err();
+    let error =
+        try_put_state(&alice, &room_id, "m.room.canonical_alias", "", json!({ "alias": "#deleted_aliases:ieum.test" }))
+            .await
+            .unwrap_err();
     assert_eq!((error.status, error.errcode()), (400, "M_BAD_ALIAS"), "{}", error.body);
 }
 

@@ -141,9 +141,8 @@ async fn sigkill_mid_stream_loses_no_acknowledged_event() {
     // Retrying an acknowledged transaction returns the same event (the txn map survived).
     let (txn_id, event_id) = &acknowledged[0];
     let content = RoomMessageEventContent::text_plain("retry");
-    let retry = client
-        .send(send_message_event::v3::Request::new(room_id.clone(), txn_id.clone(), &content).unwrap())
-        .await;
+    let retry =
+        client.send(send_message_event::v3::Request::new(room_id.clone(), txn_id.clone(), &content).unwrap()).await;
     assert_eq!(&retry.event_id, event_id);
     // And the room still takes new events.
     let content = RoomMessageEventContent::text_plain("after restart");

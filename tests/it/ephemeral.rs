@@ -151,12 +151,17 @@ async fn typing_expires_after_its_timeout() {
 async fn cannot_set_typing_for_another_user() {
     let server = TestServer::start().await;
     let (alice, bob, room_id) = two_members(&server).await;
-    let (status, body) = bob.raw("PUT", &typing_path(&room_id, alice.user_id().as_str()), Some(r#"{"typing":true,"timeout":30000}"#)).await;
+    let (status, body) = bob
+        .raw("PUT", &typing_path(&room_id, alice.user_id().as_str()), Some(r#"{"typing":true,"timeout":30000}"#))
+        .await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["errcode"], "M_FORBIDDEN", "{body}");
     // And nobody is shown as typing.
     let synced = sync(&bob, &[]).await;
-    assert!(ephemeral_of(joined(&synced, &room_id), "m.typing").iter().all(|e| e["content"]["user_ids"] == json!([])), "{synced}");
+    assert!(
+        ephemeral_of(joined(&synced, &room_id), "m.typing").iter().all(|e| e["content"]["user_ids"] == json!([])),
+        "{synced}"
+    );
 }
 
 #[tokio::test]
@@ -164,7 +169,9 @@ async fn cannot_set_typing_in_a_room_not_joined() {
     let server = TestServer::start().await;
     let (_alice, _bob, room_id) = two_members(&server).await;
     let carol = server.register("carol").await;
-    let (status, body) = carol.raw("PUT", &typing_path(&room_id, carol.user_id().as_str()), Some(r#"{"typing":true,"timeout":30000}"#)).await;
+    let (status, body) = carol
+        .raw("PUT", &typing_path(&room_id, carol.user_id().as_str()), Some(r#"{"typing":true,"timeout":30000}"#))
+        .await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["errcode"], "M_FORBIDDEN", "{body}");
 }
@@ -189,7 +196,10 @@ async fn read_receipt_is_seen_by_other_member() {
 
     // Also in a fresh initial sync.
     let initial = sync(&alice, &[]).await;
-    assert!(receipts(&initial, &room_id)[event_id.as_str()]["m.read"][bob.user_id().as_str()]["ts"].is_u64(), "{initial}");
+    assert!(
+        receipts(&initial, &room_id)[event_id.as_str()]["m.read"][bob.user_id().as_str()]["ts"].is_u64(),
+        "{initial}"
+    );
 }
 
 #[tokio::test]
@@ -204,7 +214,10 @@ async fn private_read_receipt_is_visible_only_to_its_owner() {
 
     let own = sync(&bob, &[("since", &bob_token)]).await;
     let content = receipts(&own, &room_id);
-    assert!(content[event_id.as_str()]["m.read.private"][bob.user_id().as_str()]["ts"].is_u64(), "owner must see it: {own}");
+    assert!(
+        content[event_id.as_str()]["m.read.private"][bob.user_id().as_str()]["ts"].is_u64(),
+        "owner must see it: {own}"
+    );
 
     for body in [sync(&alice, &[("since", &alice_token)]).await, sync(&alice, &[]).await] {
         let content = receipts(&body, &room_id);
@@ -318,7 +331,8 @@ async fn read_markers_set_fully_read_and_read_receipt() {
     // ...and pushed down the owner's sync.
     let body = sync(&bob, &[("since", &bob_token)]).await;
     let data = events(&joined(&body, &room_id)["account_data"]);
-    let marker = data.iter().find(|e| e["type"] == "m.fully_read").unwrap_or_else(|| panic!("no m.fully_read in sync: {body}"));
+    let marker =
+        data.iter().find(|e| e["type"] == "m.fully_read").unwrap_or_else(|| panic!("no m.fully_read in sync: {body}"));
     assert_eq!(marker["content"]["event_id"], event_id.as_str());
     // The m.read part is an ordinary receipt.
     let body = sync(&alice, &[("since", &alice_token)]).await;
@@ -438,13 +452,15 @@ async fn receipt_in_a_thread_is_accepted_and_carries_the_root() {
     let (alice, bob, room_id) = two_members(&server).await;
     let root = send_text(&alice, &room_id, "thread root").await;
     let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/reply1", enc(room_id.as_str()));
-    let reply = json!({"msgtype": "m.text", "body": "in thread", "m.relates_to": {"rel_type": "m.thread", "event_id": root}});
+    let reply =
+        json!({"msgtype": "m.text", "body": "in thread", "m.relates_to": {"rel_type": "m.thread", "event_id": root}});
     let (status, sent) = alice.raw("PUT", &path, Some(&reply.to_string())).await;
     assert_eq!(status, 200, "{sent}");
     let reply_id = sent["event_id"].as_str().expect("event_id").to_owned();
 
-    let (status, body) =
-        bob.raw("POST", &receipt_path(&room_id, "m.read", &reply_id), Some(&json!({"thread_id": root}).to_string())).await;
+    let (status, body) = bob
+        .raw("POST", &receipt_path(&room_id, "m.read", &reply_id), Some(&json!({"thread_id": root}).to_string()))
+        .await;
     assert_eq!(status, 200, "{body}");
     let content = receipts(&sync(&alice, &[]).await, &room_id);
     assert_eq!(content[reply_id.as_str()]["m.read"][bob.user_id().as_str()]["thread_id"], root.as_str(), "{content}");
@@ -458,8 +474,13 @@ async fn receipt_for_event_outside_the_named_thread_is_rejected() {
     let unrelated = send_text(&alice, &room_id, "main timeline message").await;
 
     // "The event_id is not related to the thread_id" is a 400 (receipts.yaml).
-    let (status, body) =
-        bob.raw("POST", &receipt_path(&room_id, "m.read", unrelated.as_str()), Some(&json!({"thread_id": root}).to_string())).await;
+    let (status, body) = bob
+        .raw(
+            "POST",
+            &receipt_path(&room_id, "m.read", unrelated.as_str()),
+            Some(&json!({"thread_id": root}).to_string()),
+        )
+        .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["errcode"], "M_INVALID_PARAM", "{body}");
 }

@@ -1,15 +1,25 @@
 //! Test harness: real `Server`s on 127.0.0.1:0 with temp dirs, and a client that sends
 //! ruma request types over HTTP and parses ruma responses.
 
-use std::{borrow::Cow, collections::BTreeMap, sync::atomic::{AtomicU32, Ordering}};
+use std::{
+    borrow::Cow,
+    collections::BTreeMap,
+    sync::atomic::{AtomicU32, Ordering},
+};
 
 use ieum::{Config, Server};
 use ruma::{
     OwnedDeviceId, OwnedUserId,
     api::{
         IncomingResponseExt, OutgoingRequest, OutgoingRequestExt, SupportedVersions,
-        auth_scheme::{AccessToken, AccessTokenOptional, AppserviceTokenOptional, AuthScheme, NoAccessToken, NoAuthentication, SendAccessToken},
-        client::{account::register, uiaa::{AuthData, Dummy}},
+        auth_scheme::{
+            AccessToken, AccessTokenOptional, AppserviceTokenOptional, AuthScheme, NoAccessToken, NoAuthentication,
+            SendAccessToken,
+        },
+        client::{
+            account::register,
+            uiaa::{AuthData, Dummy},
+        },
         path_builder::{PathBuilder, SinglePath, VersionHistory},
     },
 };
@@ -167,7 +177,11 @@ impl Client {
         R::PathBuilder: TestPath,
     {
         let http_request = request
-            .try_into_http_request::<Vec<u8>>(&self.base, R::Authentication::input(self.token.as_deref()), R::PathBuilder::input())
+            .try_into_http_request::<Vec<u8>>(
+                &self.base,
+                R::Authentication::input(self.token.as_deref()),
+                R::PathBuilder::input(),
+            )
             .expect("request serialises");
         let (parts, body) = http_request.into_parts();
         let response = self
@@ -202,10 +216,21 @@ impl Client {
         R::PathBuilder: TestPath,
     {
         let http_request = request
-            .try_into_http_request::<Vec<u8>>(&self.base, R::Authentication::input(self.token.as_deref()), R::PathBuilder::input())
+            .try_into_http_request::<Vec<u8>>(
+                &self.base,
+                R::Authentication::input(self.token.as_deref()),
+                R::PathBuilder::input(),
+            )
             .ok()?;
         let (parts, body) = http_request.into_parts();
-        let response = self.http.request(parts.method, parts.uri.to_string()).headers(parts.headers).body(body).send().await.ok()?;
+        let response = self
+            .http
+            .request(parts.method, parts.uri.to_string())
+            .headers(parts.headers)
+            .body(body)
+            .send()
+            .await
+            .ok()?;
         if !response.status().is_success() {
             return None;
         }

@@ -8,8 +8,8 @@ use ruma::{
         filter::FilterDefinition,
         knock::knock_room,
         membership::{
-            ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias, joined_members,
-            joined_rooms, kick_user, leave_room, unban_user,
+            ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias,
+            joined_members, joined_rooms, kick_user, leave_room, unban_user,
         },
         message::get_message_events,
         room::create_room,
@@ -22,7 +22,10 @@ use serde_json::{Value, json};
 
 use crate::{
     harness::{Client, MatrixError, TestServer},
-    rooms::{create_private_room, create_public_room, create_room_with, join, json_of, put_state, send_text, state, state_event, try_state},
+    rooms::{
+        create_private_room, create_public_room, create_room_with, join, json_of, put_state, send_text, state,
+        state_event, try_state,
+    },
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -330,7 +333,10 @@ async fn invited_user_sees_room_metadata_in_sync() {
     let invited = sync.rooms.invite.get(&room_id).expect("room in invite section");
     let events: Vec<Value> = invited.invite_state.events.iter().map(json_of).collect();
     assert!(events.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Secret club"), "{events:?}");
-    assert!(events.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id().as_str()), "{events:?}");
+    assert!(
+        events.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id().as_str()),
+        "{events:?}"
+    );
 }
 
 #[tokio::test]
@@ -654,7 +660,8 @@ async fn unban_of_user_who_is_not_banned_fails() {
     let bob = server.register("bob").await;
     let room_id = create_public_room(&alice).await;
     join(&bob, &room_id).await;
-    let error = alice.try_send(unban_user::v3::Request::new(room_id.clone(), bob.user_id().to_owned())).await.unwrap_err();
+    let error =
+        alice.try_send(unban_user::v3::Request::new(room_id.clone(), bob.user_id().to_owned())).await.unwrap_err();
     assert_eq!(error.status, 403, "{}", error.body);
     assert_eq!(membership(&alice, &room_id, bob.user_id()).await["membership"], "join");
 }

@@ -24,15 +24,20 @@ use serde_json::{Value, json};
 use crate::{
     harness::{Client, MatrixError, TestServer},
     rooms::{
-        create_private_room, create_public_room, create_room_with, get_event, join, json_of, raw, send_event, send_text,
-        try_get_event,
+        create_private_room, create_public_room, create_room_with, get_event, join, json_of, raw, send_event,
+        send_text, try_get_event,
     },
 };
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-async fn send_with_txn(client: &Client, room_id: &RoomId, txn: &TransactionId, body: &str) -> Result<OwnedEventId, MatrixError> {
+async fn send_with_txn(
+    client: &Client,
+    room_id: &RoomId,
+    txn: &TransactionId,
+    body: &str,
+) -> Result<OwnedEventId, MatrixError> {
     let content = RoomMessageEventContent::text_plain(body);
     let request = send_message_event::v3::Request::new(room_id.to_owned(), txn.to_owned(), &content).unwrap();
     client.try_send(request).await.map(|r| r.event_id)
@@ -74,7 +79,11 @@ async fn messages(client: &Client, room_id: &RoomId, dir: Direction, from: Optio
 }
 
 fn bodies(events: &[Value]) -> Vec<String> {
-    events.iter().filter(|e| e["type"] == "m.room.message").map(|e| e["content"]["body"].as_str().unwrap().to_owned()).collect()
+    events
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| e["content"]["body"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 fn ids(events: &[Value]) -> Vec<String> {
@@ -108,7 +117,13 @@ async fn sync_token(client: &Client) -> String {
 fn encode(value: &str) -> String {
     value
         .bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -128,7 +143,10 @@ async fn room_with_visibility(client: &Client, visibility: &str) -> OwnedRoomId 
 }
 
 async fn login_again(server: &TestServer, user: &ruma::UserId, device: Option<&str>) -> Client {
-    use ruma::api::client::{session::login, uiaa::{MatrixUserIdentifier, UserIdentifier}};
+    use ruma::api::client::{
+        session::login,
+        uiaa::{MatrixUserIdentifier, UserIdentifier},
+    };
     let mut request = login::v3::Request::new(login::v3::LoginInfo::Password(login::v3::Password::new(
         UserIdentifier::Matrix(MatrixUserIdentifier::new(user.to_string())),
         "password".into(),
@@ -331,9 +349,12 @@ async fn messages_respects_the_to_token() {
     send_text(&alice, &room_id, "b").await;
     let to = sync_token(&alice).await;
     send_text(&alice, &room_id, "after").await;
-    let page = try_messages(&alice, &room_id, Direction::Forward, Some(&from), 50, |r| r.to = Some(to.clone())).await.unwrap();
+    let page =
+        try_messages(&alice, &room_id, Direction::Forward, Some(&from), 50, |r| r.to = Some(to.clone())).await.unwrap();
     assert_eq!(bodies(&page.chunk), vec!["a", "b"]);
-    let page = try_messages(&alice, &room_id, Direction::Backward, Some(&to), 50, |r| r.to = Some(from.clone())).await.unwrap();
+    let page = try_messages(&alice, &room_id, Direction::Backward, Some(&to), 50, |r| r.to = Some(from.clone()))
+        .await
+        .unwrap();
     assert_eq!(bodies(&page.chunk), vec!["b", "a"]);
 }
 
@@ -422,7 +443,11 @@ async fn messages_filter_not_types() {
     .await
     .unwrap();
     assert!(!page.chunk.is_empty());
-    assert!(page.chunk.iter().all(|e| e["type"] != "m.room.message" && e["type"] != "m.room.member"), "{:?}", page.chunk);
+    assert!(
+        page.chunk.iter().all(|e| e["type"] != "m.room.message" && e["type"] != "m.room.member"),
+        "{:?}",
+        page.chunk
+    );
     assert!(page.chunk.iter().any(|e| e["type"] == "org.example.other"));
 }
 

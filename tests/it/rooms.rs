@@ -55,7 +55,9 @@ pub(crate) async fn try_state(client: &Client, room_id: &RoomId, kind: &str, key
 }
 
 pub(crate) async fn state(client: &Client, room_id: &RoomId, kind: &str, key: &str) -> Value {
-    try_state(client, room_id, kind, key).await.unwrap_or_else(|e| panic!("state {kind}/{key}: {} {}", e.status, e.body))
+    try_state(client, room_id, kind, key)
+        .await
+        .unwrap_or_else(|e| panic!("state {kind}/{key}: {} {}", e.status, e.body))
 }
 
 /// The whole state event (format=event).
@@ -76,7 +78,13 @@ pub(crate) async fn try_put_state(
     client.try_send(request).await.map(|r| r.event_id)
 }
 
-pub(crate) async fn put_state(client: &Client, room_id: &RoomId, kind: &str, key: &str, content: Value) -> OwnedEventId {
+pub(crate) async fn put_state(
+    client: &Client,
+    room_id: &RoomId,
+    kind: &str,
+    key: &str,
+    content: Value,
+) -> OwnedEventId {
     try_put_state(client, room_id, kind, key, content)
         .await
         .unwrap_or_else(|e| panic!("put state {kind}/{key}: {} {}", e.status, e.body))
@@ -84,7 +92,8 @@ pub(crate) async fn put_state(client: &Client, room_id: &RoomId, kind: &str, key
 
 pub(crate) async fn try_send_text(client: &Client, room_id: &RoomId, body: &str) -> Result<OwnedEventId, MatrixError> {
     let content = RoomMessageEventContent::text_plain(body);
-    let request = send_message_event::v3::Request::new(room_id.to_owned(), TransactionId::new(), &content).expect("content");
+    let request =
+        send_message_event::v3::Request::new(room_id.to_owned(), TransactionId::new(), &content).expect("content");
     client.try_send(request).await.map(|r| r.event_id)
 }
 
@@ -102,7 +111,11 @@ pub(crate) async fn send_event(client: &Client, room_id: &RoomId, kind: &str, co
     client.send(request).await.event_id
 }
 
-pub(crate) async fn try_get_event(client: &Client, room_id: &RoomId, event_id: &ruma::EventId) -> Result<Value, MatrixError> {
+pub(crate) async fn try_get_event(
+    client: &Client,
+    room_id: &RoomId,
+    event_id: &ruma::EventId,
+) -> Result<Value, MatrixError> {
     let request = get_room_event::v3::Request::new(room_id.to_owned(), event_id.to_owned());
     client.try_send(request).await.map(|r| json_of(&r.event))
 }
@@ -115,7 +128,12 @@ pub(crate) async fn join(client: &Client, room_id: &RoomId) {
     client.send(join_room_by_id::v3::Request::new(room_id.to_owned())).await;
 }
 
-async fn redact(client: &Client, room_id: &RoomId, event_id: &ruma::EventId, reason: Option<&str>) -> Result<OwnedEventId, MatrixError> {
+async fn redact(
+    client: &Client,
+    room_id: &RoomId,
+    event_id: &ruma::EventId,
+    reason: Option<&str>,
+) -> Result<OwnedEventId, MatrixError> {
     let mut request = redact_event::v3::Request::new(room_id.to_owned(), event_id.to_owned(), TransactionId::new());
     request.reason = reason.map(str::to_owned);
     client.try_send(request).await.map(|r| r.event_id)
@@ -255,7 +273,8 @@ async fn create_room_with_topic_via_initial_state() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
     let room_id = create_room_with(&alice, |r| {
-        r.initial_state = vec![raw(json!({ "type": "m.room.topic", "state_key": "", "content": { "topic": "Initial" } }))];
+        r.initial_state =
+            vec![raw(json!({ "type": "m.room.topic", "state_key": "", "content": { "topic": "Initial" } }))];
     })
     .await;
     let topic = state(&alice, &room_id, "m.room.topic", "").await;
@@ -269,7 +288,8 @@ async fn create_room_topic_overrides_initial_state_topic() {
     let alice = server.register("alice").await;
     let room_id = create_room_with(&alice, |r| {
         r.topic = Some("Test Room".into());
-        r.initial_state = vec![raw(json!({ "type": "m.room.topic", "state_key": "", "content": { "topic": "Shenanigans" } }))];
+        r.initial_state =
+            vec![raw(json!({ "type": "m.room.topic", "state_key": "", "content": { "topic": "Shenanigans" } }))];
     })
     .await;
     assert_eq!(state(&alice, &room_id, "m.room.topic", "").await["topic"], "Test Room");
@@ -297,7 +317,8 @@ async fn create_room_with_invite_list() {
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     let charlie = server.register("charlie").await;
-    let room_id = create_room_with(&alice, |r| r.invite = vec![bob.user_id().to_owned(), charlie.user_id().to_owned()]).await;
+    let room_id =
+        create_room_with(&alice, |r| r.invite = vec![bob.user_id().to_owned(), charlie.user_id().to_owned()]).await;
     for invitee in [&bob, &charlie] {
         let member = state(&alice, &room_id, "m.room.member", invitee.user_id().as_str()).await;
         assert_eq!(member["membership"], "invite", "{member}");
@@ -439,8 +460,10 @@ async fn create_room_with_creation_content_type_space() {
 async fn create_room_ignores_room_version_in_creation_content() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
-    let room_id =
-        create_room_with(&alice, |r| r.creation_content = Some(raw(json!({ "test": "azerty", "room_version": "test" })))).await;
+    let room_id = create_room_with(&alice, |r| {
+        r.creation_content = Some(raw(json!({ "test": "azerty", "room_version": "test" })))
+    })
+    .await;
     let create = state(&alice, &room_id, "m.room.create", "").await;
     assert_eq!(create["room_version"], "12", "{create}");
     assert_eq!(create["test"], "azerty", "{create}");
@@ -579,9 +602,15 @@ async fn v12_creator_cannot_set_self_in_power_levels() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
     let room_id = create_versioned(&alice, "12").await;
-    let error = try_put_state(&alice, &room_id, "m.room.power_levels", "", json!({ "users": { alice.user_id().as_str(): 100 } }))
-        .await
-        .unwrap_err();
+    let error = try_put_state(
+        &alice,
+        &room_id,
+        "m.room.power_levels",
+        "",
+        json!({ "users": { alice.user_id().as_str(): 100 } }),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(error.status, 400, "{}", error.body);
 }
 
@@ -592,11 +621,16 @@ async fn v12_creator_can_kick_admin_and_admin_cannot_kick_creator() {
     let bob = server.register("bob").await;
     let room_id = create_versioned(&alice, "12").await;
     join(&bob, &room_id).await;
-    put_state(&alice, &room_id, "m.room.power_levels", "", json!({ "users": { bob.user_id().as_str(): 9007199254740991_i64 } })).await;
-    let error = bob
-        .try_send(kick_user::v3::Request::new(room_id.clone(), alice.user_id().to_owned()))
-        .await
-        .unwrap_err();
+    put_state(
+        &alice,
+        &room_id,
+        "m.room.power_levels",
+        "",
+        json!({ "users": { bob.user_id().as_str(): 9007199254740991_i64 } }),
+    )
+    .await;
+    let error =
+        bob.try_send(kick_user::v3::Request::new(room_id.clone(), alice.user_id().to_owned())).await.unwrap_err();
     assert_eq!((error.status, error.errcode()), (403, "M_FORBIDDEN"), "{}", error.body);
     alice.send(kick_user::v3::Request::new(room_id.clone(), bob.user_id().to_owned())).await;
     assert_eq!(state(&alice, &room_id, "m.room.member", bob.user_id().as_str()).await["membership"], "leave");
@@ -614,12 +648,14 @@ async fn v12_additional_creator_cannot_be_kicked_and_is_privileged() {
     })
     .await;
     join(&bob, &room_id).await;
-    let error = alice.try_send(kick_user::v3::Request::new(room_id.clone(), bob.user_id().to_owned())).await.unwrap_err();
+    let error =
+        alice.try_send(kick_user::v3::Request::new(room_id.clone(), bob.user_id().to_owned())).await.unwrap_err();
     assert_eq!((error.status, error.errcode()), (403, "M_FORBIDDEN"), "{}", error.body);
     put_state(&bob, &room_id, "m.room.name", "", json!({ "name": "Bob's room name" })).await;
-    let error = try_put_state(&alice, &room_id, "m.room.power_levels", "", json!({ "users": { bob.user_id().as_str(): 100 } }))
-        .await
-        .unwrap_err();
+    let error =
+        try_put_state(&alice, &room_id, "m.room.power_levels", "", json!({ "users": { bob.user_id().as_str(): 100 } }))
+            .await
+            .unwrap_err();
     assert_eq!(error.status, 400, "{}", error.body);
 }
 
@@ -720,8 +756,16 @@ async fn get_full_room_state() {
         r.name = Some("Whole".into());
     })
     .await;
-    let events: Vec<Value> = alice.send(get_state_events::v3::Request::new(room_id.clone())).await.room_state.iter().map(json_of).collect();
-    for kind in ["m.room.create", "m.room.member", "m.room.power_levels", "m.room.join_rules", "m.room.history_visibility", "m.room.name"] {
+    let events: Vec<Value> =
+        alice.send(get_state_events::v3::Request::new(room_id.clone())).await.room_state.iter().map(json_of).collect();
+    for kind in [
+        "m.room.create",
+        "m.room.member",
+        "m.room.power_levels",
+        "m.room.join_rules",
+        "m.room.history_visibility",
+        "m.room.name",
+    ] {
         assert!(events.iter().any(|e| e["type"] == kind), "missing {kind}");
     }
     for event in &events {
@@ -976,7 +1020,8 @@ async fn redaction_with_same_txn_id_is_idempotent() {
     let room_id = create_private_room(&alice).await;
     let event_id = send_text(&alice, &room_id, "once").await;
     let txn = TransactionId::new();
-    let first = alice.send(redact_event::v3::Request::new(room_id.clone(), event_id.clone(), txn.clone())).await.event_id;
+    let first =
+        alice.send(redact_event::v3::Request::new(room_id.clone(), event_id.clone(), txn.clone())).await.event_id;
     let second = alice.send(redact_event::v3::Request::new(room_id.clone(), event_id.clone(), txn)).await.event_id;
     assert_eq!(first, second);
 }
@@ -1053,9 +1098,15 @@ async fn power_levels_without_events_or_users_keys_do_not_explode() {
     let room_id = create_versioned(&alice, "12").await;
     put_state(&alice, &room_id, "m.room.power_levels", "", json!({ "users": {} })).await;
     put_state(&alice, &room_id, "m.room.power_levels", "", json!({})).await;
-    let error = try_put_state(&alice, &room_id, "m.room.power_levels", "", json!({ "users": { alice.user_id().as_str(): 100 } }))
-        .await
-        .unwrap_err();
+    let error = try_put_state(
+        &alice,
+        &room_id,
+        "m.room.power_levels",
+        "",
+        json!({ "users": { alice.user_id().as_str(): 100 } }),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(error.status, 400, "{}", error.body);
     let power = state(&alice, &room_id, "m.room.power_levels", "").await;
     assert!(power.get("users").is_none(), "{power}");

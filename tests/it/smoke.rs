@@ -1,6 +1,7 @@
 //! The shortest path through the server: register, create a room, send, sync, restart.
 
 use ruma::{
+    TransactionId,
     api::client::{
         membership::{join_room_by_id, joined_members},
         message::send_message_event,
@@ -8,7 +9,6 @@ use ruma::{
         sync::sync_events,
     },
     events::room::message::RoomMessageEventContent,
-    TransactionId,
 };
 
 use crate::harness::TestServer;
@@ -33,6 +33,7 @@ async fn join_public_room_and_see_messages_after_restart() {
     server.restart().await;
     let sync = alice.send(sync_events::v3::Request::new()).await;
     let room = &sync.rooms.join[&room_id];
-    let ids: Vec<String> = room.timeline.events.iter().map(|e| e.get_field::<String>("event_id").unwrap().unwrap()).collect();
+    let ids: Vec<String> =
+        room.timeline.events.iter().map(|e| e.get_field::<String>("event_id").unwrap().unwrap()).collect();
     assert!(ids.contains(&event_id.to_string()), "{ids:?}");
 }

@@ -113,7 +113,8 @@ pub(crate) async fn create_public_room(client: &Client) -> OwnedRoomId {
 
 pub(crate) async fn create_named_room(client: &Client, name: &str, public: bool) -> OwnedRoomId {
     let mut create = create_room::v3::Request::new();
-    create.preset = Some(if public { create_room::v3::RoomPreset::PublicChat } else { create_room::v3::RoomPreset::PrivateChat });
+    create.preset =
+        Some(if public { create_room::v3::RoomPreset::PublicChat } else { create_room::v3::RoomPreset::PrivateChat });
     create.name = Some(name.to_owned());
     client.send(create).await.room_id
 }
@@ -135,7 +136,12 @@ pub(crate) async fn send_text(client: &Client, room_id: &RoomId, body: &str) -> 
     send_text_txn(client, room_id, body, OwnedTransactionId::from(format!("txn-{}", rand_suffix()))).await
 }
 
-pub(crate) async fn send_text_txn(client: &Client, room_id: &RoomId, body: &str, txn: OwnedTransactionId) -> OwnedEventId {
+pub(crate) async fn send_text_txn(
+    client: &Client,
+    room_id: &RoomId,
+    body: &str,
+    txn: OwnedTransactionId,
+) -> OwnedEventId {
     let content = RoomMessageEventContent::text_plain(body);
     let request = send_message_event::v3::Request::new(room_id.to_owned(), txn, &content).expect("request");
     client.send(request).await.event_id
@@ -146,14 +152,22 @@ fn rand_suffix() -> String {
 }
 
 pub(crate) async fn set_name(client: &Client, room_id: &RoomId, name: &str) -> OwnedEventId {
-    let request = send_state_event::v3::Request::new(room_id.to_owned(), &ruma::events::EmptyStateKey, &RoomNameEventContent::new(name.to_owned()))
-        .expect("request");
+    let request = send_state_event::v3::Request::new(
+        room_id.to_owned(),
+        &ruma::events::EmptyStateKey,
+        &RoomNameEventContent::new(name.to_owned()),
+    )
+    .expect("request");
     client.send(request).await.event_id
 }
 
 pub(crate) async fn set_topic(client: &Client, room_id: &RoomId, topic: &str) -> OwnedEventId {
-    let request =
-        send_state_event::v3::Request::new(room_id.to_owned(), &ruma::events::EmptyStateKey, &RoomTopicEventContent::new(topic.to_owned())).expect("request");
+    let request = send_state_event::v3::Request::new(
+        room_id.to_owned(),
+        &ruma::events::EmptyStateKey,
+        &RoomTopicEventContent::new(topic.to_owned()),
+    )
+    .expect("request");
     client.send(request).await.event_id
 }
 
@@ -183,7 +197,11 @@ async fn paginate_back(client: &Client, room_id: &RoomId, from: &str, page: u32)
     let mut all = Vec::new();
     let mut from = from.to_owned();
     for _ in 0..50 {
-        let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit={page}&from={}", enc(room_id.as_str()), enc(&from));
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit={page}&from={}",
+            enc(room_id.as_str()),
+            enc(&from)
+        );
         let (status, body) = client.raw("GET", &path, None).await;
         assert_eq!(status, 200, "GET {path}: {body}");
         let chunk = body["chunk"].as_array().cloned().unwrap_or_default();
@@ -307,7 +325,10 @@ async fn full_state_returns_all_state_again() {
     for kind in ["m.room.create", "m.room.power_levels", "m.room.join_rules", "m.room.name"] {
         assert!(find_state(&state, kind, "").is_some(), "full_state lacks {kind}: {room}");
     }
-    assert!(find_state(&state, "m.room.member", alice.user_id().as_str()).is_some(), "full_state lacks own member: {room}");
+    assert!(
+        find_state(&state, "m.room.member", alice.user_id().as_str()).is_some(),
+        "full_state lacks own member: {room}"
+    );
 }
 
 #[tokio::test]
@@ -536,10 +557,7 @@ async fn timeline_limit_sets_limited_and_prev_batch_paginates_the_rest_once() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), total, "an event came back twice across sync and /messages");
-    assert!(
-        earlier.iter().any(|e| e["type"] == "m.room.create"),
-        "pagination should reach the start of the room"
-    );
+    assert!(earlier.iter().any(|e| e["type"] == "m.room.create"), "pagination should reach the start of the room");
 }
 
 #[tokio::test]
@@ -553,13 +571,15 @@ async fn gappy_incremental_sync_prev_batch_fills_the_gap() {
         send_text(&alice, &room_id, &format!("n{i}")).await;
     }
 
-    let body = sync(&alice, &[("since", &token), ("filter", &filter(json!({"room": {"timeline": {"limit": 3}}})))]).await;
+    let body =
+        sync(&alice, &[("since", &token), ("filter", &filter(json!({"room": {"timeline": {"limit": 3}}})))]).await;
     let room = joined(&body, &room_id);
     assert_eq!(bodies(&events(&room["timeline"])), vec!["n3", "n4", "n5"], "{room}");
     assert_eq!(room["timeline"]["limited"], true, "{room}");
     let prev_batch = room["timeline"]["prev_batch"].as_str().expect("prev_batch");
 
-    let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=3&from={}", enc(room_id.as_str()), enc(prev_batch));
+    let path =
+        format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=3&from={}", enc(room_id.as_str()), enc(prev_batch));
     let (status, page) = alice.raw("GET", &path, None).await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(bodies(page["chunk"].as_array().expect("chunk")), vec!["n2", "n1", "n0"], "{page}");
@@ -574,10 +594,15 @@ async fn incremental_sync_within_limit_is_not_limited() {
     send_text(&alice, &room_id, "a").await;
     send_text(&alice, &room_id, "b").await;
 
-    let body = sync(&alice, &[("since", &token), ("filter", &filter(json!({"room": {"timeline": {"limit": 2}}})))]).await;
+    let body =
+        sync(&alice, &[("since", &token), ("filter", &filter(json!({"room": {"timeline": {"limit": 2}}})))]).await;
     let room = joined(&body, &room_id);
     assert_eq!(bodies(&events(&room["timeline"])), vec!["a", "b"]);
-    assert_eq!(room["timeline"]["limited"].as_bool().unwrap_or(false), false, "exactly limit new events is no gap: {room}");
+    assert_eq!(
+        room["timeline"]["limited"].as_bool().unwrap_or(false),
+        false,
+        "exactly limit new events is no gap: {room}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -595,13 +620,15 @@ async fn gappy_sync_state_contains_state_changed_in_the_gap() {
     for i in 0..5 {
         send_text(&alice, &room_id, &format!("filler {i}")).await;
     }
-    let body = sync(&alice, &[("since", &token), ("filter", &filter(json!({"room": {"timeline": {"limit": 2}}})))]).await;
+    let body =
+        sync(&alice, &[("since", &token), ("filter", &filter(json!({"room": {"timeline": {"limit": 2}}})))]).await;
     let room = joined(&body, &room_id);
     assert_eq!(room["timeline"]["limited"], true, "{room}");
     let timeline = events(&room["timeline"]);
     assert!(!event_ids(&timeline).contains(&name_event.to_string()), "name change is in the gap, not the timeline");
     let state = events(&room["state"]);
-    let name = find_state(&state, "m.room.name", "").unwrap_or_else(|| panic!("name change from the gap missing in state: {room}"));
+    let name = find_state(&state, "m.room.name", "")
+        .unwrap_or_else(|| panic!("name change from the gap missing in state: {room}"));
     assert_eq!(name["content"]["name"], "After");
     assert_eq!(name["event_id"], name_event.as_str());
     // Only changes since `since`: unchanged state is not repeated.
@@ -645,7 +672,8 @@ async fn use_state_after_returns_state_after_and_omits_state() {
     let room = joined(&body, &room_id);
     assert!(room.get("state").is_none(), "state must be omitted with use_state_after: {room}");
     let after = events(&room["state_after"]);
-    let topic = find_state(&after, "m.room.topic", "").unwrap_or_else(|| panic!("topic change missing from state_after: {room}"));
+    let topic = find_state(&after, "m.room.topic", "")
+        .unwrap_or_else(|| panic!("topic change missing from state_after: {room}"));
     assert_eq!(topic["event_id"], topic_event.as_str());
     assert!(find_state(&after, "m.room.create", "").is_none(), "unchanged state repeated in state_after: {room}");
 }
@@ -663,8 +691,9 @@ async fn stored_filter_id_applies_to_sync() {
         send_text(&alice, &room_id, &format!("s{i}")).await;
     }
     let path = format!("/_matrix/client/v3/user/{}/filter", enc(alice.user_id().as_str()));
-    let (status, created) =
-        alice.raw("POST", &path, Some(&json!({"room": {"timeline": {"limit": 1, "types": ["m.room.message"]}}}).to_string())).await;
+    let (status, created) = alice
+        .raw("POST", &path, Some(&json!({"room": {"timeline": {"limit": 1, "types": ["m.room.message"]}}}).to_string()))
+        .await;
     assert_eq!(status, 200, "{created}");
     let filter_id = created["filter_id"].as_str().expect("filter_id").to_owned();
     assert!(!filter_id.starts_with('{'), "filter ids must not start with '{{': {filter_id}");
@@ -693,7 +722,8 @@ async fn room_filter_rooms_and_not_rooms() {
     assert!(room(&not_a, "join", &room_b).is_some(), "{not_a}");
 
     // not_rooms wins over rooms.
-    let both = sync(&alice, &[("filter", &filter(json!({"room": {"rooms": [room_a, room_b], "not_rooms": [room_a]}})))]).await;
+    let both =
+        sync(&alice, &[("filter", &filter(json!({"room": {"rooms": [room_a, room_b], "not_rooms": [room_a]}})))]).await;
     assert!(room(&both, "join", &room_a).is_none(), "{both}");
     assert!(room(&both, "join", &room_b).is_some(), "{both}");
 }
@@ -709,17 +739,23 @@ async fn timeline_types_and_not_types_filter() {
     assert_eq!(status, 200, "{custom}");
     send_text(&alice, &room_id, "text two").await;
 
-    let only_messages = sync(&alice, &[("filter", &filter(json!({"room": {"timeline": {"types": ["m.room.message"]}}})))]).await;
+    let only_messages =
+        sync(&alice, &[("filter", &filter(json!({"room": {"timeline": {"types": ["m.room.message"]}}})))]).await;
     let timeline = events(&joined(&only_messages, &room_id)["timeline"]);
-    assert!(timeline.iter().all(|e| e["type"] == "m.room.message"), "types filter let other types through: {timeline:?}");
+    assert!(
+        timeline.iter().all(|e| e["type"] == "m.room.message"),
+        "types filter let other types through: {timeline:?}"
+    );
     assert_eq!(bodies(&timeline), vec!["text one", "text two"]);
 
-    let no_messages = sync(&alice, &[("filter", &filter(json!({"room": {"timeline": {"not_types": ["m.room.message"]}}})))]).await;
+    let no_messages =
+        sync(&alice, &[("filter", &filter(json!({"room": {"timeline": {"not_types": ["m.room.message"]}}})))]).await;
     let timeline = events(&joined(&no_messages, &room_id)["timeline"]);
     assert!(timeline.iter().all(|e| e["type"] != "m.room.message"), "not_types let messages through: {timeline:?}");
     assert!(timeline.iter().any(|e| e["type"] == "org.example.custom"), "custom event missing: {timeline:?}");
 
-    let wildcard = sync(&alice, &[("filter", &filter(json!({"room": {"timeline": {"types": ["org.example.*"]}}})))]).await;
+    let wildcard =
+        sync(&alice, &[("filter", &filter(json!({"room": {"timeline": {"types": ["org.example.*"]}}})))]).await;
     let timeline = events(&joined(&wildcard, &room_id)["timeline"]);
     assert_eq!(timeline.len(), 1, "{timeline:?}");
     assert_eq!(timeline[0]["event_id"], custom["event_id"]);
@@ -751,11 +787,17 @@ async fn lazy_load_members_only_includes_timeline_senders() {
     let timeline = events(&room["timeline"]);
     assert_eq!(bodies(&timeline), vec!["from bob", "from alice"], "{room}");
     let state = events(&room["state"]);
-    let members: Vec<&str> =
-        state.iter().filter(|e| e["type"] == "m.room.member").map(|e| e["state_key"].as_str().unwrap_or_default()).collect();
+    let members: Vec<&str> = state
+        .iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .map(|e| e["state_key"].as_str().unwrap_or_default())
+        .collect();
     assert!(members.contains(&bob.user_id().as_str()), "timeline sender bob's membership missing: {members:?}");
     assert!(members.contains(&alice.user_id().as_str()), "own membership missing on initial sync: {members:?}");
-    assert!(!members.contains(&carol.user_id().as_str()), "carol sent nothing (and is no hero) but was loaded: {members:?}");
+    assert!(
+        !members.contains(&carol.user_id().as_str()),
+        "carol sent nothing (and is no hero) but was loaded: {members:?}"
+    );
     // Non-member state still comes through.
     assert!(find_state(&state, "m.room.create", "").is_some(), "{room}");
 
@@ -814,7 +856,8 @@ async fn invited_room_has_stripped_state() {
         let state = events(&invited["invite_state"]);
         let name = find_state(&state, "m.room.name", "").unwrap_or_else(|| panic!("no m.room.name: {invited}"));
         assert_eq!(name["content"]["name"], "Secret Plans");
-        let join_rules = find_state(&state, "m.room.join_rules", "").unwrap_or_else(|| panic!("no join_rules: {invited}"));
+        let join_rules =
+            find_state(&state, "m.room.join_rules", "").unwrap_or_else(|| panic!("no join_rules: {invited}"));
         assert_eq!(join_rules["content"]["join_rule"], "invite");
         let member = find_state(&state, "m.room.member", bob.user_id().as_str()).unwrap_or_else(|| panic!("{invited}"));
         assert_eq!(member["content"]["membership"], "invite");
@@ -891,7 +934,8 @@ async fn include_leave_controls_left_rooms_in_initial_sync() {
     assert!(room(&default, "join", &room_id).is_none(), "{default}");
 
     let body = sync(&bob, &[("filter", &filter(json!({"room": {"include_leave": true}})))]).await;
-    let left = room(&body, "leave", &room_id).unwrap_or_else(|| panic!("include_leave: room not in rooms.leave: {body}"));
+    let left =
+        room(&body, "leave", &room_id).unwrap_or_else(|| panic!("include_leave: room not in rooms.leave: {body}"));
     // The room's state as the client rebuilds it: `state`, then the timeline on top.
     let mut all: Vec<Value> = events(&left["state"]).into_iter().chain(events(&left["timeline"])).collect();
     all.reverse();
@@ -917,7 +961,12 @@ async fn summary_has_heroes_and_member_counts() {
     let summary = &joined(&body, &room_id)["summary"];
     assert_eq!(summary["m.joined_member_count"], 2, "{summary}");
     assert_eq!(summary["m.invited_member_count"], 1, "{summary}");
-    let heroes: Vec<&str> = summary["m.heroes"].as_array().unwrap_or_else(|| panic!("{summary}")).iter().filter_map(Value::as_str).collect();
+    let heroes: Vec<&str> = summary["m.heroes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{summary}"))
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     assert!(heroes.contains(&bob.user_id().as_str()), "{heroes:?}");
     assert!(heroes.contains(&carol.user_id().as_str()), "invited users are heroes too: {heroes:?}");
     assert!(!heroes.contains(&alice.user_id().as_str()), "heroes never include the syncing user: {heroes:?}");
@@ -945,8 +994,12 @@ async fn summary_heroes_are_the_first_five_members_by_join_order() {
     }
     let body = sync(&alice, &[]).await;
     let summary = &joined(&body, &room_id)["summary"];
-    let heroes: Vec<String> =
-        summary["m.heroes"].as_array().unwrap_or_else(|| panic!("{summary}")).iter().filter_map(|h| h.as_str().map(str::to_owned)).collect();
+    let heroes: Vec<String> = summary["m.heroes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{summary}"))
+        .iter()
+        .filter_map(|h| h.as_str().map(str::to_owned))
+        .collect();
     assert!(heroes.len() >= 5, "five heroes when there are six others: {heroes:?}");
     assert_eq!(heroes[..5], joined_order[..5], "heroes should be the first five members by stream ordering");
     assert_eq!(summary["m.joined_member_count"], 7, "{summary}");
@@ -1092,12 +1145,14 @@ async fn timeline_senders_and_not_senders_filter() {
     send_text(&bob, &room_id, "b1").await;
     send_text(&alice, &room_id, "a2").await;
 
-    let only_bob = sync(&alice, &[("filter", &filter(json!({"room": {"timeline": {"senders": [bob.user_id()]}}})))]).await;
+    let only_bob =
+        sync(&alice, &[("filter", &filter(json!({"room": {"timeline": {"senders": [bob.user_id()]}}})))]).await;
     let timeline = events(&joined(&only_bob, &room_id)["timeline"]);
     assert!(timeline.iter().all(|e| e["sender"] == bob.user_id().as_str()), "{timeline:?}");
     assert_eq!(bodies(&timeline), vec!["b1"]);
 
-    let not_bob = sync(&alice, &[("filter", &filter(json!({"room": {"timeline": {"not_senders": [bob.user_id()]}}})))]).await;
+    let not_bob =
+        sync(&alice, &[("filter", &filter(json!({"room": {"timeline": {"not_senders": [bob.user_id()]}}})))]).await;
     let timeline = events(&joined(&not_bob, &room_id)["timeline"]);
     assert!(timeline.iter().all(|e| e["sender"] != bob.user_id().as_str()), "{timeline:?}");
     assert_eq!(bodies(&timeline), vec!["a1", "a2"]);
@@ -1138,8 +1193,9 @@ async fn lazy_loaded_gappy_sync_includes_memberships_from_the_gap() {
     let room = joined(&body, &room_id);
     assert_eq!(room["timeline"]["limited"], true, "{room}");
     let state = events(&room["state"]);
-    let member = find_state(&state, "m.room.member", dave.user_id().as_str())
-        .unwrap_or_else(|| panic!("limited lazy sync MUST return membership events from the gap (dave's join): {room}"));
+    let member = find_state(&state, "m.room.member", dave.user_id().as_str()).unwrap_or_else(|| {
+        panic!("limited lazy sync MUST return membership events from the gap (dave's join): {room}")
+    });
     assert_eq!(member["content"]["membership"], "join");
 }
 
@@ -1159,7 +1215,11 @@ async fn lazy_loaded_incremental_sync_includes_new_senders() {
     let first = sync(&alice, &[("filter", &lazy)]).await;
     let state = events(&joined(&first, &room_id)["state"]);
     let members: Vec<&Value> = state.iter().filter(|e| e["type"] == "m.room.member").collect();
-    assert!(find_state(&state, "m.room.member", bob.user_id().as_str()).is_none(), "bob has not spoken yet: {members:?} {}", joined(&first, &room_id)["summary"]);
+    assert!(
+        find_state(&state, "m.room.member", bob.user_id().as_str()).is_none(),
+        "bob has not spoken yet: {members:?} {}",
+        joined(&first, &room_id)["summary"]
+    );
 
     send_text(&bob, &room_id, "bob speaks").await;
     let body = sync(&alice, &[("since", &next_batch(&first)), ("filter", &lazy)]).await;
@@ -1204,7 +1264,10 @@ async fn history_visibility_shared_shows_earlier_messages_to_new_member() {
     let timeline = events(&joined(&body, &room_id)["timeline"]);
     assert_eq!(bodies(&timeline), vec!["before bob"], "{timeline:?}");
     let last = timeline.last().expect("timeline");
-    assert_eq!((last["type"].as_str(), last["state_key"].as_str()), (Some("m.room.member"), Some(bob.user_id().as_str())));
+    assert_eq!(
+        (last["type"].as_str(), last["state_key"].as_str()),
+        (Some("m.room.member"), Some(bob.user_id().as_str()))
+    );
 }
 
 #[tokio::test]
@@ -1280,7 +1343,10 @@ async fn left_room_in_full_state_sync_with_include_leave() {
     let mut all: Vec<Value> = events(&left["state"]).into_iter().chain(events(&left["timeline"])).collect();
     all.reverse();
     assert!(find_state(&all, "m.room.create", "").is_some(), "full_state leave room has the full state: {left}");
-    assert_eq!(find_state(&all, "m.room.member", alice.user_id().as_str()).expect("membership")["content"]["membership"], "leave");
+    assert_eq!(
+        find_state(&all, "m.room.member", alice.user_id().as_str()).expect("membership")["content"]["membership"],
+        "leave"
+    );
 }
 
 #[tokio::test]
@@ -1307,9 +1373,10 @@ async fn archived_room_only_contains_history_from_before_leaving() {
     let (status, body) = alice.raw("PUT", &state_path, Some(&madeup("after"))).await;
     assert_eq!(status, 200, "{body}");
 
-    for (kind, body) in
-        [("initial", sync(&bob, &[("filter", &bob_filter)]).await), ("incremental", sync(&bob, &[("since", &bob_since), ("filter", &bob_filter)]).await)]
-    {
+    for (kind, body) in [
+        ("initial", sync(&bob, &[("filter", &bob_filter)]).await),
+        ("incremental", sync(&bob, &[("since", &bob_since), ("filter", &bob_filter)]).await),
+    ] {
         let left = room(&body, "leave", &room_id).unwrap_or_else(|| panic!("{kind}: {body}"));
         assert!(events(&left["state"]).is_empty(), "{kind}: the made-up state is in the timeline, not state: {left}");
         let timeline = events(&left["timeline"]);
@@ -1473,7 +1540,8 @@ async fn knocked_room_has_knock_state() {
     assert_eq!(status, 200, "{body}");
     let token = next_batch(&sync(&bob, &[]).await);
 
-    let (status, body) = bob.raw("POST", &format!("/_matrix/client/v3/knock/{}", enc(room_id.as_str())), Some("{}")).await;
+    let (status, body) =
+        bob.raw("POST", &format!("/_matrix/client/v3/knock/{}", enc(room_id.as_str())), Some("{}")).await;
     assert_eq!(status, 200, "{body}");
     let body = sync(&bob, &[("since", &token)]).await;
     let knocked = room(&body, "knock", &room_id).unwrap_or_else(|| panic!("room not in rooms.knock: {body}"));

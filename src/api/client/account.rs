@@ -119,8 +119,10 @@ pub async fn login(app: App, req: Ruma<login::v3::Request>) -> Result<login::v3:
     #[allow(deprecated)]
     let legacy_user = password.user.as_deref();
     let user_id = match (&password.identifier, legacy_user) {
-        (Some(UserIdentifier::Matrix(id)), _) => UserId::parse_with_server_name(id.user.to_lowercase().as_str(), app.server_name())
-            .map_err(|_| Error::bad_login())?,
+        (Some(UserIdentifier::Matrix(id)), _) => {
+            UserId::parse_with_server_name(id.user.to_lowercase().as_str(), app.server_name())
+                .map_err(|_| Error::bad_login())?
+        }
         (None, Some(user)) => UserId::parse_with_server_name(user.to_lowercase().as_str(), app.server_name())
             .map_err(|_| Error::bad_login())?,
         (Some(UserIdentifier::Email(_) | UserIdentifier::Msisdn(_) | UserIdentifier::PhoneNumber(_)), _) => {
@@ -180,7 +182,10 @@ pub async fn whoami(app: App, req: Ruma<whoami::v3::Request>) -> Result<whoami::
 }
 
 /// `POST /_matrix/client/v3/account/password`
-pub async fn change_password(app: App, req: Ruma<change_password::v3::Request>) -> Result<change_password::v3::Response> {
+pub async fn change_password(
+    app: App,
+    req: Ruma<change_password::v3::Request>,
+) -> Result<change_password::v3::Response> {
     let session = req.user()?;
     app.uiaa
         .authenticate(
@@ -234,7 +239,8 @@ fn device_view(device: DeviceRecord) -> ruma::api::client::device::Device {
     let mut view = ruma::api::client::device::Device::new(device.device_id);
     view.display_name = device.display_name;
     view.last_seen_ip = device.last_seen_ip;
-    view.last_seen_ts = device.last_seen_ts.and_then(|ts| ruma::UInt::try_from(ts).ok()).map(ruma::MilliSecondsSinceUnixEpoch);
+    view.last_seen_ts =
+        device.last_seen_ts.and_then(|ts| ruma::UInt::try_from(ts).ok()).map(ruma::MilliSecondsSinceUnixEpoch);
     view
 }
 
@@ -293,7 +299,8 @@ fn local_profile(app: &App, user_id: &UserId) -> Result<(Option<String>, Option<
     if user_id.server_name() != app.server_name() {
         return Err(Error::not_found("Profiles of remote users need federation, which is not enabled."));
     }
-    let user = app.users.get(user_id)?.filter(|u| !u.deactivated).ok_or_else(|| Error::not_found("Profile not found."))?;
+    let user =
+        app.users.get(user_id)?.filter(|u| !u.deactivated).ok_or_else(|| Error::not_found("Profile not found."))?;
     Ok((user.displayname, user.avatar_url))
 }
 
@@ -311,7 +318,10 @@ pub async fn get_profile(app: App, req: Ruma<get_profile::v3::Request>) -> Resul
 }
 
 /// `GET /_matrix/client/v3/profile/{userId}/{field}`
-pub async fn get_profile_field(app: App, req: Ruma<get_profile_field::v3::Request>) -> Result<get_profile_field::v3::Response> {
+pub async fn get_profile_field(
+    app: App,
+    req: Ruma<get_profile_field::v3::Request>,
+) -> Result<get_profile_field::v3::Response> {
     let (displayname, avatar_url) = local_profile(&app, &req.body.user_id)?;
     let value = match req.body.field {
         ProfileFieldName::DisplayName => displayname.map(ProfileFieldValue::DisplayName),
@@ -325,7 +335,10 @@ pub async fn get_profile_field(app: App, req: Ruma<get_profile_field::v3::Reques
 }
 
 /// `PUT /_matrix/client/v3/profile/{userId}/{field}`
-pub async fn set_profile_field(app: App, req: Ruma<set_profile_field::v3::Request>) -> Result<set_profile_field::v3::Response> {
+pub async fn set_profile_field(
+    app: App,
+    req: Ruma<set_profile_field::v3::Request>,
+) -> Result<set_profile_field::v3::Response> {
     let session = req.user()?;
     if req.body.user_id != session.user_id {
         return Err(Error::forbidden("You may only change your own profile."));

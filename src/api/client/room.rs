@@ -7,8 +7,8 @@ use ruma::{
         client::{
             alias::{create_alias, delete_alias, get_alias},
             context::get_context,
-            knock::knock_room,
             directory::{get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility},
+            knock::knock_room,
             membership::{
                 ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias,
                 joined_members, joined_rooms, kick_user, leave_room, unban_user,
@@ -64,7 +64,10 @@ pub async fn create_room(app: App, req: Ruma<create_room::v3::Request>) -> Resul
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/join`
-pub async fn join_room_by_id(app: App, req: Ruma<join_room_by_id::v3::Request>) -> Result<join_room_by_id::v3::Response> {
+pub async fn join_room_by_id(
+    app: App,
+    req: Ruma<join_room_by_id::v3::Request>,
+) -> Result<join_room_by_id::v3::Response> {
     let session = req.user()?;
     let extra = req.extra_fields(JOIN_FIELDS);
     let room_id = app.rooms.join(&session.user_id, &req.body.room_id, req.body.reason.as_deref(), extra).await?;
@@ -162,7 +165,10 @@ pub async fn joined_members(app: App, req: Ruma<joined_members::v3::Request>) ->
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/members`
-pub async fn get_member_events(app: App, req: Ruma<get_member_events::v3::Request>) -> Result<get_member_events::v3::Response> {
+pub async fn get_member_events(
+    app: App,
+    req: Ruma<get_member_events::v3::Request>,
+) -> Result<get_member_events::v3::Response> {
     let session = req.user()?;
     let known = |m: &ruma::events::room::member::MembershipState| -> Result<String> {
         match m.as_str() {
@@ -208,7 +214,10 @@ fn is_state_only(kind: &TimelineEventType) -> bool {
 }
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`
-pub async fn send_state_event(app: App, req: Ruma<send_state_event::v3::Request>) -> Result<send_state_event::v3::Response> {
+pub async fn send_state_event(
+    app: App,
+    req: Ruma<send_state_event::v3::Request>,
+) -> Result<send_state_event::v3::Response> {
     let session = req.user()?;
     app.ratelimit.check(Limit::Message, session.user_id.as_str())?;
     if req.empty_body {
@@ -246,7 +255,8 @@ fn check_canonical_alias(app: &App, room_id: &ruma::RoomId, content: &Map<String
         aliases.extend(list.iter().filter_map(Value::as_str));
     }
     for alias in aliases {
-        let alias = ruma::RoomAliasId::parse(alias).map_err(|_| Error::invalid_param(format!("Invalid alias {alias}")))?;
+        let alias =
+            ruma::RoomAliasId::parse(alias).map_err(|_| Error::invalid_param(format!("Invalid alias {alias}")))?;
         if alias.server_name() == app.server_name() {
             match app.core.db.alias(&alias)? {
                 Some((target, _)) if target == room_id => {}
@@ -282,7 +292,10 @@ pub async fn get_room_event(app: App, req: Ruma<get_room_event::v3::Request>) ->
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/state`
-pub async fn get_state_events(app: App, req: Ruma<get_state_events::v3::Request>) -> Result<get_state_events::v3::Response> {
+pub async fn get_state_events(
+    app: App,
+    req: Ruma<get_state_events::v3::Request>,
+) -> Result<get_state_events::v3::Response> {
     let session = req.user()?;
     let state = app.rooms.readable_state(&session.user_id, &req.body.room_id)?;
     let events = app.rooms.state_events(&state)?;
@@ -376,7 +389,8 @@ pub async fn get_context(app: App, req: Ruma<get_context::v3::Request>) -> Resul
     response.events_before = before.events.iter().map(|pdu| event_json(&app, pdu, session)).collect::<Result<_>>()?;
     response.events_after = after.events.iter().map(|pdu| event_json(&app, pdu, session)).collect::<Result<_>>()?;
     response.state = if filter.lazy_load_members {
-        let all: Vec<_> = before.events.iter().chain(std::iter::once(&event)).chain(after.events.iter()).cloned().collect();
+        let all: Vec<_> =
+            before.events.iter().chain(std::iter::once(&event)).chain(after.events.iter()).cloned().collect();
         lazy_members(&app, session, &state, &all)?
     } else {
         app.rooms.state_events(&state)?.iter().map(|pdu| event_json(&app, pdu, session)).collect::<Result<_>>()?
@@ -445,10 +459,17 @@ fn chunk(room: PublicRoom) -> PublicRoomsChunk {
 }
 
 /// Pages a directory listing: `since` is an offset token.
-fn page(rooms: Vec<PublicRoom>, limit: Option<ruma::UInt>, since: Option<&str>) -> Result<(Vec<PublicRoomsChunk>, Option<String>, Option<String>, usize)> {
+fn page(
+    rooms: Vec<PublicRoom>,
+    limit: Option<ruma::UInt>,
+    since: Option<&str>,
+) -> Result<(Vec<PublicRoomsChunk>, Option<String>, Option<String>, usize)> {
     let total = rooms.len();
     let offset: usize = match since {
-        Some(token) => token.strip_prefix('o').and_then(|n| n.parse().ok()).ok_or_else(|| Error::invalid_param("Invalid since token."))?,
+        Some(token) => token
+            .strip_prefix('o')
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| Error::invalid_param("Invalid since token."))?,
         None => 0,
     };
     let limit = limit.map(|l| usize::try_from(u64::from(l)).unwrap_or(usize::MAX)).unwrap_or(usize::MAX).max(1);
@@ -459,7 +480,10 @@ fn page(rooms: Vec<PublicRoom>, limit: Option<ruma::UInt>, since: Option<&str>) 
 }
 
 /// `GET /_matrix/client/v3/publicRooms`
-pub async fn get_public_rooms(app: App, req: Ruma<get_public_rooms::v3::Request>) -> Result<get_public_rooms::v3::Response> {
+pub async fn get_public_rooms(
+    app: App,
+    req: Ruma<get_public_rooms::v3::Request>,
+) -> Result<get_public_rooms::v3::Response> {
     if req.body.server.as_deref().is_some_and(|s| s != app.server_name()) {
         return Err(Error::not_found("Federation is not enabled; only this server's directory is available."));
     }

@@ -58,7 +58,10 @@ pub fn reshape(body: Vec<u8>) -> Vec<u8> {
 }
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/typing/{userId}`
-pub async fn typing(app: App, req: Ruma<create_typing_event::v3::Request>) -> Result<create_typing_event::v3::Response> {
+pub async fn typing(
+    app: App,
+    req: Ruma<create_typing_event::v3::Request>,
+) -> Result<create_typing_event::v3::Response> {
     let session = req.user()?;
     if req.body.user_id != session.user_id {
         return Err(Error::forbidden("You may only set your own typing state."));
@@ -67,7 +70,9 @@ pub async fn typing(app: App, req: Ruma<create_typing_event::v3::Request>) -> Re
         return Err(Error::forbidden("You are not joined to this room."));
     }
     match req.body.state {
-        Typing::Yes(ref data) => app.ephemeral.set_typing(&req.body.room_id, &session.user_id, true, Some(data.timeout)),
+        Typing::Yes(ref data) => {
+            app.ephemeral.set_typing(&req.body.room_id, &session.user_id, true, Some(data.timeout))
+        }
         _ => app.ephemeral.set_typing(&req.body.room_id, &session.user_id, false, None::<Duration>),
     }
     Ok(create_typing_event::v3::Response::new())

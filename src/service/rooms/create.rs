@@ -64,8 +64,9 @@ impl Rooms {
 
         // 1. m.room.create
         let mut create: Map<String, Value> = match &request.creation_content {
-            Some(raw) => serde_json::from_str(raw.json().get())
-                .map_err(|e| Error::bad_json(format!("creation_content: {e}")))?,
+            Some(raw) => {
+                serde_json::from_str(raw.json().get()).map_err(|e| Error::bad_json(format!("creation_content: {e}")))?
+            }
             None => Map::new(),
         };
         if !rules.authorization.use_room_create_sender {
@@ -178,7 +179,10 @@ impl Rooms {
         for raw in &request.initial_state {
             let event: Map<String, Value> =
                 serde_json::from_str(raw.json().get()).map_err(|e| Error::bad_json(format!("initial_state: {e}")))?;
-            let kind = event.get("type").and_then(Value::as_str).ok_or_else(|| Error::bad_json("initial_state: missing type"))?;
+            let kind = event
+                .get("type")
+                .and_then(Value::as_str)
+                .ok_or_else(|| Error::bad_json("initial_state: missing type"))?;
             if kind == "m.room.create" || kind == "m.room.member" {
                 return Err(Error::bad_json(format!("initial_state may not contain {kind}")));
             }

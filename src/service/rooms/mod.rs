@@ -11,8 +11,8 @@ use std::{
 };
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId,
-    OwnedUserId, RoomId, RoomVersionId, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId,
+    UserId,
     canonical_json::redact,
     events::{
         StateEventType, TimelineEventType,
@@ -38,8 +38,7 @@ pub mod timeline;
 pub use pdu::Pdu;
 
 /// Room versions ieum creates rooms in. Every version 1-12 is authorised on receipt.
-pub const SUPPORTED_CREATE_VERSIONS: &[RoomVersionId] =
-    &[RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12];
+pub const SUPPORTED_CREATE_VERSIONS: &[RoomVersionId] = &[RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12];
 
 /// Room state: (type, state key) -> event id.
 pub type StateMap = HashMap<(StateEventType, String), OwnedEventId>;
@@ -75,15 +74,7 @@ impl NewEvent {
         state_key: Option<String>,
         content: Map<String, Value>,
     ) -> Self {
-        Self {
-            room_id: room_id.to_owned(),
-            sender: sender.to_owned(),
-            kind,
-            state_key,
-            content,
-            txn: None,
-            ts: None,
-        }
+        Self { room_id: room_id.to_owned(), sender: sender.to_owned(), kind, state_key, content, txn: None, ts: None }
     }
 
     /// The idempotency key of a transaction id: the same id may be reused in another room
@@ -110,12 +101,7 @@ pub struct Rooms {
 
 impl Rooms {
     pub fn new(core: Arc<Core>) -> Self {
-        Self {
-            core,
-            pdu_cache: Mutex::default(),
-            state_cache: Mutex::default(),
-            locks: Mutex::default(),
-        }
+        Self { core, pdu_cache: Mutex::default(), state_cache: Mutex::default(), locks: Mutex::default() }
     }
 
     /// An event by id (any room), from the cache or storage.
@@ -150,11 +136,8 @@ impl Rooms {
         let mut chain = Vec::new();
         let mut next = Some(group);
         while let Some(id) = next {
-            let record = self
-                .core
-                .db
-                .state_group(id)?
-                .ok_or_else(|| Error::internal(format!("state group {id} is missing")))?;
+            let record =
+                self.core.db.state_group(id)?.ok_or_else(|| Error::internal(format!("state group {id} is missing")))?;
             next = record.parent;
             chain.push(record);
         }
@@ -366,25 +349,26 @@ impl Rooms {
         let state = self.state(head.state_group)?;
 
         let content_raw = serde_json::value::to_raw_value(&new.content).map_err(|e| Error::bad_json(e.to_string()))?;
-        let auth_types =
-            state_res::auth_types_for_event(&new.kind, &new.sender, new.state_key.as_deref(), &content_raw, &rules.authorization)
-                .map_err(|e| Error::bad_json(format!("Invalid event content: {e}")))?;
-        let mut auth_events: Vec<OwnedEventId> =
-            auth_types.iter().filter_map(|key| state.get(key).cloned()).collect();
+        let auth_types = state_res::auth_types_for_event(
+            &new.kind,
+            &new.sender,
+            new.state_key.as_deref(),
+            &content_raw,
+            &rules.authorization,
+        )
+        .map_err(|e| Error::bad_json(format!("Invalid event content: {e}")))?;
+        let mut auth_events: Vec<OwnedEventId> = auth_types.iter().filter_map(|key| state.get(key).cloned()).collect();
         auth_events.sort();
         auth_events.dedup();
         let prev: Vec<OwnedEventId> = head.extremities.iter().take(MAX_PREV_EVENTS).cloned().collect();
         let depth = head.depth + 1;
-        let (event_id, room_id, object) =
-            self.build(&rules, Some(&new.room_id), &new, &prev, &auth_events, depth)?;
+        let (event_id, room_id, object) = self.build(&rules, Some(&new.room_id), &new, &prev, &auth_events, depth)?;
         let mut pdu = Pdu::from_object(event_id.clone(), &room_id, &object)?;
         self.authorise(&rules, &pdu, &state)?;
 
         // State bookkeeping.
-        let replaces_state = new
-            .state_key
-            .as_ref()
-            .and_then(|key| state.get(&(new.kind.to_string().into(), key.clone())).cloned());
+        let replaces_state =
+            new.state_key.as_ref().and_then(|key| state.get(&(new.kind.to_string().into(), key.clone())).cloned());
         let (state_after, new_group, new_state) = match &new.state_key {
             Some(key) => {
                 let id = self.core.db.next_state_group_id();
@@ -562,8 +546,8 @@ impl Rooms {
         }
         let object: CanonicalJsonObject = serde_json::from_str(target.stored.pdu.get())
             .map_err(|e| Error::internal(format!("stored event does not parse: {e}")))?;
-        let redacted = redact(object, &rules.redaction, None)
-            .map_err(|e| Error::internal(format!("cannot redact: {e}")))?;
+        let redacted =
+            redact(object, &rules.redaction, None).map_err(|e| Error::internal(format!("cannot redact: {e}")))?;
         let mut stored = target.stored.clone();
         stored.pdu = raw(&redacted)?;
         stored.redacted_because = Some(raw(&Value::Object(redaction.client_json(true)))?);
@@ -628,9 +612,7 @@ struct AppendEventOwned {
 
 /// The rules of a room version this server knows.
 pub fn rules_for(version: &RoomVersionId) -> Result<RoomVersionRules> {
-    version
-        .rules()
-        .ok_or_else(|| Error::unsupported_room_version(format!("Room version {version} is not supported.")))
+    version.rules().ok_or_else(|| Error::unsupported_room_version(format!("Room version {version} is not supported.")))
 }
 
 fn int(n: u64) -> Result<ruma::Int> {

@@ -2,8 +2,8 @@
 //! verdicts), the ruma state-res `Event` impl, and the client-format rendering.
 
 use ruma::{
-    CanonicalJsonObject, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId,
-    RoomId, RoomVersionId, UserId, events::TimelineEventType,
+    CanonicalJsonObject, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId,
+    UserId, events::TimelineEventType,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, value::RawValue};
@@ -105,11 +105,7 @@ impl Pdu {
     }
 
     /// Builds a `Pdu` from a freshly signed object (not yet stored).
-    pub fn from_object(
-        event_id: OwnedEventId,
-        room_id: &RoomId,
-        object: &CanonicalJsonObject,
-    ) -> Result<Self> {
+    pub fn from_object(event_id: OwnedEventId, room_id: &RoomId, object: &CanonicalJsonObject) -> Result<Self> {
         let pdu = RawValue::from_string(serde_json::to_string(object).map_err(|e| Error::internal(e.to_string()))?)
             .map_err(|e| Error::internal(e.to_string()))?;
         let stored = StoredEvent {
@@ -149,10 +145,7 @@ impl Pdu {
     pub fn client_json(&self, with_room_id: bool) -> Map<String, Value> {
         let mut event = Map::new();
         event.insert("type".into(), Value::String(self.kind.to_string()));
-        event.insert(
-            "content".into(),
-            serde_json::from_str(self.content.get()).unwrap_or(Value::Object(Map::new())),
-        );
+        event.insert("content".into(), serde_json::from_str(self.content.get()).unwrap_or(Value::Object(Map::new())));
         event.insert("sender".into(), Value::String(self.sender.to_string()));
         event.insert("event_id".into(), Value::String(self.event_id.to_string()));
         event.insert("origin_server_ts".into(), Value::from(u64::from(self.origin_server_ts.get())));

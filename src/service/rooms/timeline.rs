@@ -53,7 +53,9 @@ impl Rooms {
                 "join" => Ok(Access::Joined),
                 "invite" | "knock" => Ok(Access::Pending),
                 // A forgotten room's history is no longer the user's to read.
-                _ if self.core.db.is_forgotten(user_id, room_id)? => Err(Error::forbidden("You have forgotten this room.")),
+                _ if self.core.db.is_forgotten(user_id, room_id)? => {
+                    Err(Error::forbidden("You have forgotten this room."))
+                }
                 _ => Ok(Access::Until(record.pos)),
             },
             None if self.world_readable(room_id)? => Ok(Access::Pending),
@@ -72,8 +74,8 @@ impl Rooms {
     /// History visibility: may `user_id` see `pdu`?
     pub fn can_see(&self, user_id: &UserId, pdu: &Pdu) -> Result<bool> {
         let state = self.state_before(pdu)?;
-        let own_membership_event =
-            pdu.kind == ruma::events::TimelineEventType::RoomMember && pdu.state_key.as_deref() == Some(user_id.as_str());
+        let own_membership_event = pdu.kind == ruma::events::TimelineEventType::RoomMember
+            && pdu.state_key.as_deref() == Some(user_id.as_str());
         let membership = if own_membership_event {
             pdu.membership()
         } else {
@@ -89,8 +91,13 @@ impl Rooms {
         Ok(match visibility.as_str() {
             "world_readable" => true,
             // Shared history: members (current or former, within their window) see it all.
-            "shared" => self.core.db.membership(&pdu.room_id, user_id)?.is_some_and(|m| m.membership != "invite" && m.membership != "knock")
-                || own_membership_event,
+            "shared" => {
+                self.core
+                    .db
+                    .membership(&pdu.room_id, user_id)?
+                    .is_some_and(|m| m.membership != "invite" && m.membership != "knock")
+                    || own_membership_event
+            }
             "invited" => matches!(membership.as_deref(), Some("invite")),
             _ => false,
         })
@@ -193,8 +200,15 @@ impl Rooms {
             before.events.clear();
             before.end = Some(position_token(pos - 1));
         }
-        let mut after =
-            self.messages(user_id, room_id, Some(&position_token(pos)), None, Direction::Forward, after_limit.max(1), filter)?;
+        let mut after = self.messages(
+            user_id,
+            room_id,
+            Some(&position_token(pos)),
+            None,
+            Direction::Forward,
+            after_limit.max(1),
+            filter,
+        )?;
         if after_limit == 0 {
             after.events.clear();
             after.end = Some(position_token(pos));
@@ -224,7 +238,13 @@ impl Rooms {
     }
 
     /// Threaded receipts: `event_id` must be the thread's root or an event in that thread.
-    pub fn check_in_thread(&self, user_id: &UserId, room_id: &RoomId, event_id: &EventId, root: &EventId) -> Result<()> {
+    pub fn check_in_thread(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        event_id: &EventId,
+        root: &EventId,
+    ) -> Result<()> {
         if event_id == root {
             return Ok(());
         }

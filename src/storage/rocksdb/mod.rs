@@ -21,21 +21,18 @@ use std::{
 };
 
 use ::rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, Direction as RDirection,
-    IteratorMode, Options, WriteBatch, WriteOptions,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, Direction as RDirection, IteratorMode, Options,
+    WriteBatch, WriteOptions,
 };
-use ruma::{
-    DeviceId, EventId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId,
-    RoomId, UserId,
-};
+use ruma::{DeviceId, EventId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::value::RawValue;
 use tokio::sync::watch;
 
 use super::{
-    AppendEvent, DeviceRecord, Direction, MembershipRecord, MetaStore, ReceiptRecord, Result,
-    RoomHead, RoomRecord, RoomStore, StateGroup, StateGroupId, StorageError, StoredEvent,
-    StreamPos, StreamStore, TokenRecord, UserRecord, UserStore,
+    AppendEvent, DeviceRecord, Direction, MembershipRecord, MetaStore, ReceiptRecord, Result, RoomHead, RoomRecord,
+    RoomStore, StateGroup, StateGroupId, StorageError, StoredEvent, StreamPos, StreamStore, TokenRecord, UserRecord,
+    UserStore,
 };
 use keys::{join, prefix, trailing_u64, u64_key, with_u64};
 use schema as cf;
@@ -106,21 +103,18 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| StorageError::Corrupt { table, detail: e.to_string() })
+    serde_json::from_slice(bytes).map_err(|e| StorageError::Corrupt { table, detail: e.to_string() })
 }
 
 fn decode_str(table: &'static str, bytes: &[u8]) -> Result<String> {
-    String::from_utf8(bytes.to_vec())
-        .map_err(|e| StorageError::Corrupt { table, detail: e.to_string() })
+    String::from_utf8(bytes.to_vec()).map_err(|e| StorageError::Corrupt { table, detail: e.to_string() })
 }
 
 fn parse_id<T: TryFrom<String>>(table: &'static str, bytes: &[u8]) -> Result<T>
 where
     T::Error: std::fmt::Display,
 {
-    T::try_from(decode_str(table, bytes)?)
-        .map_err(|e| StorageError::Corrupt { table, detail: e.to_string() })
+    T::try_from(decode_str(table, bytes)?).map_err(|e| StorageError::Corrupt { table, detail: e.to_string() })
 }
 
 impl RocksStorage {
@@ -190,11 +184,7 @@ impl RocksStorage {
 
     /// Writes a batch that occupies a fresh stream position; the position becomes
     /// visible once it (and every earlier one) is durable.
-    fn write_at_new_pos(
-        &self,
-        kind: u8,
-        build: impl FnOnce(&mut WriteBatch, StreamPos),
-    ) -> Result<StreamPos> {
+    fn write_at_new_pos(&self, kind: u8, build: impl FnOnce(&mut WriteBatch, StreamPos)) -> Result<StreamPos> {
         let pos = self.positions.allocate();
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(cf::STREAM), u64_key(pos), [kind]);
@@ -217,12 +207,8 @@ impl RocksStorage {
         Ok(out)
     }
 
-    fn decode_timeline_entry(
-        key: &[u8],
-        value: &[u8],
-    ) -> Result<(StreamPos, OwnedEventId, StateGroupId)> {
-        let pos = trailing_u64(key)
-            .ok_or(StorageError::Corrupt { table: cf::TIMELINE, detail: "short key".into() })?;
+    fn decode_timeline_entry(key: &[u8], value: &[u8]) -> Result<(StreamPos, OwnedEventId, StateGroupId)> {
+        let pos = trailing_u64(key).ok_or(StorageError::Corrupt { table: cf::TIMELINE, detail: "short key".into() })?;
         if value.len() < 8 {
             return Err(StorageError::Corrupt { table: cf::TIMELINE, detail: "short value".into() });
         }
@@ -353,21 +339,10 @@ impl RoomStore for RocksStorage {
             };
             batch.put_cf(self.cf(cf::ROOM_HEADS), room, encode(&head));
             if let Some((user_id, membership)) = &append.membership {
-                let record = MembershipRecord {
-                    membership: membership.clone(),
-                    event_id: append.event_id.to_owned(),
-                    pos,
-                };
-                batch.put_cf(
-                    self.cf(cf::USER_ROOMS),
-                    join(&[user_id.as_bytes(), room]),
-                    encode(&record),
-                );
-                batch.put_cf(
-                    self.cf(cf::ROOM_MEMBERS),
-                    join(&[room, user_id.as_bytes()]),
-                    membership.as_bytes(),
-                );
+                let record =
+                    MembershipRecord { membership: membership.clone(), event_id: append.event_id.to_owned(), pos };
+                batch.put_cf(self.cf(cf::USER_ROOMS), join(&[user_id.as_bytes(), room]), encode(&record));
+                batch.put_cf(self.cf(cf::ROOM_MEMBERS), join(&[room, user_id.as_bytes()]), membership.as_bytes());
                 if membership == "join" || membership == "invite" || membership == "knock" {
                     batch.delete_cf(self.cf(cf::FORGOTTEN), join(&[user_id.as_bytes(), room]));
                 }
@@ -433,11 +408,7 @@ impl RoomStore for RocksStorage {
         Ok(out)
     }
 
-    fn timeline_at(
-        &self,
-        room_id: &RoomId,
-        pos: StreamPos,
-    ) -> Result<Option<(StreamPos, OwnedEventId, StateGroupId)>> {
+    fn timeline_at(&self, room_id: &RoomId, pos: StreamPos) -> Result<Option<(StreamPos, OwnedEventId, StateGroupId)>> {
         Ok(self.timeline(room_id, pos.saturating_add(1), Direction::Backward, 1)?.into_iter().next())
     }
 
@@ -460,10 +431,7 @@ impl RoomStore for RocksStorage {
         self.scan_prefix(cf::ROOM_MEMBERS, &room_prefix)?
             .iter()
             .map(|(key, value)| {
-                Ok((
-                    parse_id(cf::ROOM_MEMBERS, &key[room_prefix.len()..])?,
-                    decode_str(cf::ROOM_MEMBERS, value)?,
-                ))
+                Ok((parse_id(cf::ROOM_MEMBERS, &key[room_prefix.len()..])?, decode_str(cf::ROOM_MEMBERS, value)?))
             })
             .collect()
     }
@@ -489,10 +457,10 @@ impl RoomStore for RocksStorage {
 impl MetaStore for RocksStorage {
     fn alias(&self, alias: &RoomAliasId) -> Result<Option<(OwnedRoomId, OwnedUserId)>> {
         let Some(bytes) = self.get(cf::ALIASES, alias.as_bytes())? else { return Ok(None) };
-        let split = bytes.iter().position(|b| *b == keys::SEP).ok_or(StorageError::Corrupt {
-            table: cf::ALIASES,
-            detail: "no separator".into(),
-        })?;
+        let split = bytes
+            .iter()
+            .position(|b| *b == keys::SEP)
+            .ok_or(StorageError::Corrupt { table: cf::ALIASES, detail: "no separator".into() })?;
         Ok(Some((parse_id(cf::ALIASES, &bytes[..split])?, parse_id(cf::ALIASES, &bytes[split + 1..])?)))
     }
 
@@ -581,7 +549,9 @@ impl MetaStore for RocksStorage {
         let user_prefix = prefix(user_id.as_bytes());
         let start = with_u64(user_id.as_bytes(), since.saturating_add(1));
         let mut changed_keys = BTreeSet::new();
-        for item in self.db.iterator_cf(self.cf(cf::ACCOUNT_DATA_STREAM), IteratorMode::From(&start, RDirection::Forward)) {
+        for item in
+            self.db.iterator_cf(self.cf(cf::ACCOUNT_DATA_STREAM), IteratorMode::From(&start, RDirection::Forward))
+        {
             let (key, value) = item.map_err(backend)?;
             if !key.starts_with(&user_prefix) {
                 break;
