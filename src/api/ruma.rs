@@ -195,15 +195,16 @@ fn method_filter(method: &http::Method) -> MethodFilter {
 }
 
 /// Parses and authenticates one request for endpoint `R`.
-async fn extract<R>(app: &App, request: Request) -> Result<Ruma<R>>
+async fn extract<R>(app: &App, request: Request, extra_args: &[&str]) -> Result<Ruma<R>>
 where
     R: IncomingRequest,
     R::Authentication: Authenticate,
 {
     let (mut parts, body) = request.into_parts();
-    let Path(args): Path<Vec<String>> = Path::from_request_parts(&mut parts, app)
+    let Path(mut args): Path<Vec<String>> = Path::from_request_parts(&mut parts, app)
         .await
         .map_err(|e| Error::invalid_param(format!("Invalid path: {e}")))?;
+    args.extend(extra_args.iter().map(|arg| arg.to_string()));
     let client_addr = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     let limit = app.core.config.http.max_request_bytes;
     let bytes = axum::body::to_bytes(body, limit)
@@ -270,7 +271,7 @@ where
             on(filter, move |State(app): State<App>, request: Request| {
                 let handler = handler.clone();
                 async move {
-                    match extract::<R>(&app, request).await {
+                    match extract::<R>(&app, request, &[]).await {
                         Ok(request) => match handler(app, request).await {
                             Ok(response) => success_response(response, reshape),
                             Err(error) => error_response(error),
@@ -301,32 +302,14 @@ where
     let filter = method_filter(&R::METHOD);
     router.route(
         path,
-        on(filter, move |State(app): State<App>, Path(mut args): Path<Vec<String>>, request: Request| {
+        on(filter, move |State(app): State<App>, request: Request| {
             let handler = handler.clone();
             async move {
-                args.extend(extra_args.iter().map(|s| s.to_string()));
-                let (mut parts, body) = request.into_parts();
-                let client_addr = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-                parts.extensions.remove::<ConnectInfo<SocketAddr>>();
-                let limit = app.core.config.http.max_request_bytes;
-                let result = async {
-                    let bytes = axum::body::to_bytes(body, limit)
-                        .await
-                        .map_err(|_| Error::too_large(format!("Request body is larger than {limit} bytes.")))?;
-                    let request = http::Request::from_parts(parts, bytes);
-                    let session = R::Authentication::authenticate(&app, &request)?;
-                    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-                    let (parts, bytes) = request.into_parts();
-                    let body = parse::<R>(parts, &bytes, &refs)?;
-                    handler(
-                        app.clone(),
-                        Ruma { body, session, client_addr, empty_body: bytes.is_empty(), raw_body: bytes },
-                    )
-                    .await
-                }
-                .await;
-                match result {
-                    Ok(response) => success_response(response, None),
+                match extract::<R>(&app, request, extra_args).await {
+                    Ok(request) => match handler(app, request).await {
+                        Ok(response) => success_response(response, None),
+                        Err(error) => error_response(error),
+                    },
                     Err(error) => error_response(error),
                 }
             }

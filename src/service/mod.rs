@@ -1,5 +1,5 @@
-//! Domain logic: ruma types in, ruma types out, storage through traits; never axum, never
-//! rocksdb. `Services` is built once by `server.rs` and shared by every handler.
+//! Domain logic: ruma types in, ruma types out, storage through traits; never the HTTP
+//! framework, never the storage engine. `Services` is built once by `server.rs` and shared by every handler.
 
 use std::sync::Arc;
 

@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 pub mod rocksdb;
+// The one place a backend is chosen (see `open`).
+use self::rocksdb as embedded;
 #[cfg(test)]
 mod tests;
 
@@ -305,7 +307,7 @@ pub struct StorageConfig {
 
 /// Opens the configured backend. Only this function (called from `server.rs`) picks one.
 pub fn open(config: &StorageConfig) -> Result<Arc<dyn Storage>> {
-    Ok(Arc::new(rocksdb::RocksStorage::open(&config.path, config.sync_writes)?))
+    Ok(Arc::new(embedded::RocksStorage::open(&config.path, config.sync_writes)?))
 }
 
 /// Convenience for tests: a RocksDB store in a directory.

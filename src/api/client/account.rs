@@ -181,20 +181,29 @@ pub async fn whoami(app: App, req: Ruma<whoami::v3::Request>) -> Result<whoami::
     Ok(response)
 }
 
+/// Sensitive actions ask the user to confirm their password (user-interactive auth).
+async fn require_password(
+    app: &App,
+    session: &crate::service::users::Session,
+    auth: Option<&ruma::api::client::uiaa::AuthData>,
+) -> Result<()> {
+    app.uiaa
+        .authenticate(
+            &app.users,
+            &[vec![AuthType::Password]],
+            auth,
+            Checks { user: Some(&session.user_id), registration_tokens: &[] },
+        )
+        .await
+}
+
 /// `POST /_matrix/client/v3/account/password`
 pub async fn change_password(
     app: App,
     req: Ruma<change_password::v3::Request>,
 ) -> Result<change_password::v3::Response> {
     let session = req.user()?;
-    app.uiaa
-        .authenticate(
-            &app.users,
-            &[vec![AuthType::Password]],
-            req.body.auth.as_ref(),
-            Checks { user: Some(&session.user_id), registration_tokens: &[] },
-        )
-        .await?;
+    require_password(&app, session, req.body.auth.as_ref()).await?;
     if req.body.new_password.is_empty() {
         return Err(Error::weak_password("The new password may not be empty."));
     }
@@ -208,14 +217,7 @@ pub async fn change_password(
 /// `POST /_matrix/client/v3/account/deactivate`
 pub async fn deactivate(app: App, req: Ruma<deactivate::v3::Request>) -> Result<deactivate::v3::Response> {
     let session = req.user()?;
-    app.uiaa
-        .authenticate(
-            &app.users,
-            &[vec![AuthType::Password]],
-            req.body.auth.as_ref(),
-            Checks { user: Some(&session.user_id), registration_tokens: &[] },
-        )
-        .await?;
+    require_password(&app, session, req.body.auth.as_ref()).await?;
     // Leave every room first so the account's memberships end cleanly.
     for (room_id, record) in app.core.db.rooms_of_user(&session.user_id)? {
         if matches!(record.membership.as_str(), "join" | "invite" | "knock")
@@ -266,14 +268,7 @@ pub async fn update_device(app: App, req: Ruma<update_device::v3::Request>) -> R
 pub async fn delete_device(app: App, req: Ruma<delete_device::v3::Request>) -> Result<delete_device::v3::Response> {
     let session = req.user()?;
     app.users.device(&session.user_id, &req.body.device_id)?;
-    app.uiaa
-        .authenticate(
-            &app.users,
-            &[vec![AuthType::Password]],
-            req.body.auth.as_ref(),
-            Checks { user: Some(&session.user_id), registration_tokens: &[] },
-        )
-        .await?;
+    require_password(&app, session, req.body.auth.as_ref()).await?;
     app.users.logout(&session.user_id, &req.body.device_id).await?;
     Ok(delete_device::v3::Response::new())
 }
@@ -281,14 +276,7 @@ pub async fn delete_device(app: App, req: Ruma<delete_device::v3::Request>) -> R
 /// `POST /_matrix/client/v3/delete_devices`
 pub async fn delete_devices(app: App, req: Ruma<delete_devices::v3::Request>) -> Result<delete_devices::v3::Response> {
     let session = req.user()?;
-    app.uiaa
-        .authenticate(
-            &app.users,
-            &[vec![AuthType::Password]],
-            req.body.auth.as_ref(),
-            Checks { user: Some(&session.user_id), registration_tokens: &[] },
-        )
-        .await?;
+    require_password(&app, session, req.body.auth.as_ref()).await?;
     for device_id in &req.body.devices {
         app.users.logout(&session.user_id, device_id).await?;
     }
