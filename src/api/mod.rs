@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod federation;
 pub mod routes;
 pub mod ruma;
 pub mod well_known;

@@ -12,6 +12,7 @@ use ruma::api::client::{
 use super::{
     admin,
     client::{account, config, room, sync},
+    federation,
     ruma::{route, route_extra, route_reshaped},
     well_known,
 };
@@ -96,6 +97,9 @@ pub fn client_routes() -> Router<App> {
     let r = route::<c::tag::delete_tag::v3::Request, _, _>(r, config::delete_tag);
     let r = route::<c::filter::create_filter::v3::Request, _, _>(r, config::create_filter);
     let r = route::<c::filter::get_filter::v3::Request, _, _>(r, config::get_filter);
+    // Federation: what other servers ask first.
+    let r = route::<ruma::api::federation::discovery::get_server_keys::v2::Request, _, _>(r, federation::server_keys);
+    let r = route::<ruma::api::federation::discovery::get_server_version::v1::Request, _, _>(r, federation::version);
     // Synapse-compatible admin registration (shared secret), used by existing tools.
     r.route("/_synapse/admin/v1/register", get(admin::register_nonce).merge(post(admin::register_with_secret)))
 }

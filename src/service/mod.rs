@@ -16,6 +16,7 @@ pub mod directory;
 pub mod ephemeral;
 pub mod ratelimit;
 pub mod rooms;
+pub mod server_keys;
 pub mod sync;
 pub mod uiaa;
 pub mod users;
