@@ -1183,3 +1183,25 @@ async fn banned_user_cannot_send() {
     let error = try_put_state(&bob, &room_id, "m.room.topic", "", json!({ "topic": "x" })).await.unwrap_err();
     assert_eq!((error.status, error.errcode()), (403, "M_FORBIDDEN"), "{}", error.body);
 }
+
+#[tokio::test]
+async fn identical_v12_rooms_created_at_once_get_distinct_ids() {
+    // v12 room ids are hashes of the create event: same user, same content, same
+    // millisecond must still give distinct rooms (the benchmark found this collision).
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let mut creates = Vec::new();
+    for _ in 0..8 {
+        let alice = alice.clone();
+        creates.push(tokio::spawn(async move {
+            let mut request = create_room::v3::Request::new();
+            request.room_version = Some(ruma::RoomVersionId::V12);
+            alice.send(request).await.room_id
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for create in creates {
+        ids.insert(create.await.unwrap());
+    }
+    assert_eq!(ids.len(), 8);
+}

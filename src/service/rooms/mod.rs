@@ -286,9 +286,28 @@ impl Rooms {
             Some(RoomId::new_v1(self.core.server_name()))
         };
         let placeholder = room_id.clone().unwrap_or_else(|| RoomId::new_v1(self.core.server_name()));
-        let new = NewEvent::new(&placeholder, sender, TimelineEventType::RoomCreate, Some(String::new()), content);
-        let (event_id, pdu) = self.append_create(new, version, room_id).await?;
-        Ok((pdu.room_id.clone(), event_id))
+        // A v12 room id is the hash of its create event: two rooms created by the same user
+        // with the same content in the same millisecond would collide, so a collision moves
+        // the timestamp on by a millisecond and tries again.
+        let start = now_ms();
+        for attempt in 0..16 {
+            let mut new = NewEvent::new(
+                &placeholder,
+                sender,
+                TimelineEventType::RoomCreate,
+                Some(String::new()),
+                content.clone(),
+            );
+            new.ts = Some(start + attempt);
+            match self.append_create(new, version, room_id.clone()).await {
+                Ok((event_id, pdu)) => return Ok((pdu.room_id.clone(), event_id)),
+                Err(Error::Matrix { kind: ruma::api::error::ErrorKind::RoomInUse, .. }) if room_id.is_none() => {
+                    continue;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(Error::room_in_use("Could not find a free room id; try again."))
     }
 
     async fn append_create(
