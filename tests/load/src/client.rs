@@ -191,10 +191,7 @@ impl Homeserver {
         let body = serde_json::json!({ "msgtype": "m.text", "body": text });
         let reply = self.request(reqwest::Method::PUT, &path, Some(token), Some(&body), self.timeout).await?;
         let json = reply.json()?;
-        json["event_id"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| Error::msg("body: send answered without event_id"))
+        json["event_id"].as_str().map(str::to_owned).ok_or_else(|| Error::msg("body: send answered without event_id"))
     }
 
     /// `GET /sync` with the given query parameters (already chosen by the caller).
@@ -255,7 +252,9 @@ impl Homeserver {
                         .ok_or_else(|| Error::msg("body: register answered without access_token"))?;
                     return Ok(Account { user_id: response.user_id.to_string(), token });
                 }
-                Err(e) if e.status == Some(400) && password.is_none() && e.message.to_lowercase().contains("password") => {
+                Err(e)
+                    if e.status == Some(400) && password.is_none() && e.message.to_lowercase().contains("password") =>
+                {
                     password = Some(PASSWORD.to_owned());
                 }
                 Err(e) if e.status == Some(401) && session.is_none() => {
@@ -312,7 +311,8 @@ impl Homeserver {
     }
 
     pub async fn join(&self, token: &str, room_id: &str) -> Result<()> {
-        let room_id = ruma::OwnedRoomId::try_from(room_id).map_err(|e| Error::msg(format!("room id {room_id}: {e}")))?;
+        let room_id =
+            ruma::OwnedRoomId::try_from(room_id).map_err(|e| Error::msg(format!("room id {room_id}: {e}")))?;
         self.call(join_room_by_id::v3::Request::new(room_id), Some(token)).await.map(|_| ())
     }
 }

@@ -10,7 +10,9 @@ pub fn describe() -> Value {
     let cpuinfo = read("/proc/cpuinfo");
     let model = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name").and_then(|rest| rest.split_once(':')).map(|(_, v)| v.trim().to_owned()))
+        .find_map(|l| {
+            l.strip_prefix("model name").and_then(|rest| rest.split_once(':')).map(|(_, v)| v.trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown".to_owned());
     let cpus = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
     let meminfo = read("/proc/meminfo");
@@ -30,6 +32,9 @@ pub fn describe() -> Value {
 pub fn text(machine: &Value) -> String {
     format!(
         "{} CPU(s): {}; {} GiB RAM; Linux {}",
-        machine["cpus"], machine["cpu_model"].as_str().unwrap_or("?"), machine["memory_gib"], machine["kernel"].as_str().unwrap_or("?")
+        machine["cpus"],
+        machine["cpu_model"].as_str().unwrap_or("?"),
+        machine["memory_gib"],
+        machine["kernel"].as_str().unwrap_or("?")
     )
 }

@@ -200,7 +200,9 @@ fn pick(explicit: Option<usize>, smoke: bool, smoke_value: usize, headline: usiz
 }
 
 fn homeserver(target: &Target) -> Result<Arc<Homeserver>, String> {
-    Homeserver::new(&target.url, Duration::from_secs(target.timeout_secs.max(1))).map(Arc::new).map_err(|e| e.to_string())
+    Homeserver::new(&target.url, Duration::from_secs(target.timeout_secs.max(1)))
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
 }
 
 /// Merges `workloads` into `--json` (if given) and returns whether all of them succeeded.
@@ -212,7 +214,14 @@ fn store(target: &Target, workloads: Vec<Workload>, strict: bool) -> Result<bool
             ok = false;
         }
         if strict && w.error_count() > 0 {
-            eprintln!("ieum-load: {}: {} {}: {} failed requests: {:?}", target.label, w.id, w.name, w.error_count(), w.errors);
+            eprintln!(
+                "ieum-load: {}: {} {}: {} failed requests: {:?}",
+                target.label,
+                w.id,
+                w.name,
+                w.error_count(),
+                w.errors
+            );
             ok = false;
         }
     }
@@ -274,7 +283,10 @@ async fn run(args: RunArgs) -> Result<bool, String> {
             messages: pick(args.w3_messages, smoke, 3, 20),
             repeats: pick(args.w3_repeats, smoke, 2, 5).max(1),
         };
-        eprintln!("ieum-load: {label}: W3 initial sync: {} rooms x {} messages, {} warm repeats", opts.rooms, opts.messages, opts.repeats);
+        eprintln!(
+            "ieum-load: {label}: W3 initial sync: {} rooms x {} messages, {} warm repeats",
+            opts.rooms, opts.messages, opts.repeats
+        );
         done.push(workloads::initial_sync::run(&ctx, &opts, args.state.as_deref()).await);
     }
     for id in NOT_YET {
@@ -287,10 +299,18 @@ async fn run(args: RunArgs) -> Result<bool, String> {
 }
 
 fn parse_note(note: &str) -> Result<(String, String), String> {
-    note.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("--note {note:?}: expected key=value"))
+    note.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("--note {note:?}: expected key=value"))
 }
 
-fn compare(subject: &Path, reference: &Path, machine: Option<&Path>, json: Option<&Path>, notes: &[String]) -> Result<bool, String> {
+fn compare(
+    subject: &Path,
+    reference: &Path,
+    machine: Option<&Path>,
+    json: Option<&Path>,
+    notes: &[String],
+) -> Result<bool, String> {
     let a = Results::read(subject)?;
     let b = Results::read(reference)?;
     let machine = match machine {
@@ -334,7 +354,8 @@ async fn dispatch(command: Command) -> Result<bool, String> {
         }
         Command::FirstSync { target, state, since_unix_ns, metric, limit_secs } => {
             let hs = homeserver(&target)?;
-            let w = workloads::start::first_sync(&hs, &state, since_unix_ns, &metric, Duration::from_secs(limit_secs)).await;
+            let w = workloads::start::first_sync(&hs, &state, since_unix_ns, &metric, Duration::from_secs(limit_secs))
+                .await;
             print_one(&target.label, hs.base(), std::slice::from_ref(&w));
             store(&target, vec![w], false)
         }

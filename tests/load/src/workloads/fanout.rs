@@ -81,10 +81,13 @@ impl Shared {
     fn parked(&self, settle: Duration) -> usize {
         let now = self.now_ns();
         let settle = settle.as_nanos() as u64;
-        self.in_flight_since.iter().filter(|s| {
-            let since = s.load(Ordering::Acquire);
-            since != 0 && now.saturating_sub(since - 1) >= settle
-        }).count()
+        self.in_flight_since
+            .iter()
+            .filter(|s| {
+                let since = s.load(Ordering::Acquire);
+                since != 0 && now.saturating_sub(since - 1) >= settle
+            })
+            .count()
     }
 }
 
@@ -94,16 +97,14 @@ fn marked(body: &Value, room_id: &str, marker: &str) -> Vec<usize> {
     events
         .as_array()
         .map(|events| {
-            events
-                .iter()
-                .filter_map(|e| e["content"]["body"].as_str()?.strip_prefix(marker)?.parse().ok())
-                .collect()
+            events.iter().filter_map(|e| e["content"]["body"].as_str()?.strip_prefix(marker)?.parse().ok()).collect()
         })
         .unwrap_or_default()
 }
 
 async fn initial_since(hs: &Homeserver, token: &str, room_id: &str, filter: &str) -> Result<String> {
-    let reply = hs.sync(token, &[("timeout", "0"), ("filter", filter), ("set_presence", "offline")], hs.timeout).await?;
+    let reply =
+        hs.sync(token, &[("timeout", "0"), ("filter", filter), ("set_presence", "offline")], hs.timeout).await?;
     let body = reply.json()?;
     if body["rooms"]["join"].get(room_id).is_none() {
         return Err(Error::msg("initial sync: the joined room is missing from rooms.join"));
@@ -145,13 +146,26 @@ async fn measure(ctx: &Ctx, opts: &Opts, w: &mut Workload) -> Result<()> {
     let poll_ms = opts.poll_timeout.as_millis().to_string();
     let mut tasks = Vec::with_capacity(k);
     for (i, mut since) in sinces.into_iter().enumerate() {
-        let (hs, shared, tx, tokens, room, filter, marker, poll_ms) =
-            (hs.clone(), shared.clone(), tx.clone(), tokens.clone(), room.clone(), filter.clone(), marker.clone(), poll_ms.clone());
+        let (hs, shared, tx, tokens, room, filter, marker, poll_ms) = (
+            hs.clone(),
+            shared.clone(),
+            tx.clone(),
+            tokens.clone(),
+            room.clone(),
+            filter.clone(),
+            marker.clone(),
+            poll_ms.clone(),
+        );
         let request_timeout = opts.poll_timeout + Duration::from_secs(30);
         tasks.push(tokio::spawn(async move {
             while !shared.stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 shared.in_flight_since[i].store(shared.now_ns() + 1, Ordering::Release);
-                let params = [("since", since.as_str()), ("timeout", &poll_ms), ("filter", &filter), ("set_presence", "offline")];
+                let params = [
+                    ("since", since.as_str()),
+                    ("timeout", &poll_ms),
+                    ("filter", &filter),
+                    ("set_presence", "offline"),
+                ];
                 let result = hs.sync(&tokens[i], &params, request_timeout).await;
                 let arrived = Instant::now();
                 shared.in_flight_since[i].store(0, Ordering::Release);
@@ -164,7 +178,12 @@ async fn measure(ctx: &Ctx, opts: &Opts, w: &mut Workload) -> Result<()> {
                         match body["next_batch"].as_str() {
                             Some(next) => since = next.to_owned(),
                             None => {
-                                *shared.errors.lock().expect("errors").entry("sync without next_batch".into()).or_default() += 1;
+                                *shared
+                                    .errors
+                                    .lock()
+                                    .expect("errors")
+                                    .entry("sync without next_batch".into())
+                                    .or_default() += 1;
                             }
                         }
                     }
@@ -247,9 +266,8 @@ async fn measure(ctx: &Ctx, opts: &Opts, w: &mut Workload) -> Result<()> {
         *w.errors.entry(key).or_default() += count;
     }
     if not_parked_total > 0 {
-        w.notes.push(format!(
-            "{not_parked_total} client-sends went out with a client not yet parked for the settle time"
-        ));
+        w.notes
+            .push(format!("{not_parked_total} client-sends went out with a client not yet parked for the settle time"));
     }
     let complete = last_client.len();
     let summary = summarize(delivery);

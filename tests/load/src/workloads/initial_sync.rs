@@ -69,7 +69,12 @@ pub async fn run(ctx: &Ctx, opts: &Opts, state: Option<&Path>) -> Workload {
 
 /// One initial sync: its duration, its size, and its `next_batch`. Fails unless every one
 /// of the `rooms` rooms is in `rooms.join` with a non-empty timeline.
-pub async fn timed_initial_sync(hs: &Homeserver, token: &str, rooms: usize, timeout: Duration) -> Result<(f64, usize, String)> {
+pub async fn timed_initial_sync(
+    hs: &Homeserver,
+    token: &str,
+    rooms: usize,
+    timeout: Duration,
+) -> Result<(f64, usize, String)> {
     let started = Instant::now();
     let reply = hs.sync(token, &[("timeout", "0")], timeout).await?;
     let elapsed = ms(started.elapsed());

@@ -55,7 +55,11 @@ async fn measure(ctx: &Ctx, opts: &Opts, w: &mut Workload) -> Result<()> {
         // Sender s sends messages s, s + N, s + 2N, ... so the total is exactly M.
         let mine: Vec<usize> = (s..opts.messages).step_by(senders).collect();
         tasks.push(tokio::spawn(async move {
-            let mut outcome = SenderOutcome { latencies: Vec::with_capacity(mine.len()), errors: Vec::new(), stopped_at_deadline: false };
+            let mut outcome = SenderOutcome {
+                latencies: Vec::with_capacity(mine.len()),
+                errors: Vec::new(),
+                stopped_at_deadline: false,
+            };
             barrier.wait().await;
             for i in mine {
                 if Instant::now() >= deadline {

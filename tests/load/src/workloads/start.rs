@@ -54,7 +54,13 @@ pub async fn wait_ready(hs: &Homeserver, since_unix_ns: Option<u128>, metric: &s
     w
 }
 
-pub async fn first_sync(hs: &Homeserver, state: &Path, since_unix_ns: Option<u128>, metric: &str, limit: Duration) -> Workload {
+pub async fn first_sync(
+    hs: &Homeserver,
+    state: &Path,
+    since_unix_ns: Option<u128>,
+    metric: &str,
+    limit: Duration,
+) -> Workload {
     let mut w = Workload::new("W7");
     let local_start = Instant::now();
     let saved = match SavedUser::read(state) {
@@ -65,7 +71,8 @@ pub async fn first_sync(hs: &Homeserver, state: &Path, since_unix_ns: Option<u12
         }
     };
     let result = poll(limit, || async {
-        let reply = hs.sync(&saved.token, &[("since", &saved.since), ("timeout", "0")], Duration::from_secs(10)).await?;
+        let reply =
+            hs.sync(&saved.token, &[("since", &saved.since), ("timeout", "0")], Duration::from_secs(10)).await?;
         match reply.json()?["next_batch"].as_str() {
             Some(_) => Ok(()),
             None => Err(Error::msg("sync answered without next_batch")),
