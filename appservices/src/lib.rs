@@ -1,1 +1,7 @@
-//! ieum-appservices: the application-service model and the bridges.
+//! ieum-appservices: the application-service model (registrations, namespaces) and, from
+//! issue 4 on, the transaction sender and the `ieum-bridge` legacy-channel importers. It
+//! knows nothing about rooms or storage.
+//!
+//! - `namespaces`  compiled registration namespaces, exclusivity, validation of a set.
+
+pub mod namespaces;
