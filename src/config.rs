@@ -4,7 +4,7 @@
 //! `IEUM_SERVER_NAME`, `IEUM_HTTP__LISTEN`, `IEUM_REGISTRATION__ENABLED`. Values are read as
 //! TOML when they parse as TOML (`true`, `42`, `["a", "b"]`) and as plain strings otherwise.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
 use ruma::{OwnedServerName, RoomVersionId};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -37,6 +37,8 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub logging: LoggingConfig,
+    #[serde(default)]
+    pub federation: FederationConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -149,6 +151,60 @@ impl Default for LoggingConfig {
     }
 }
 
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationConfig {
+    /// Talk to other homeservers at all. Off: every federation request is refused with
+    /// M_FORBIDDEN and nothing is sent out. Default on.
+    pub enabled: bool,
+    /// Addresses to serve HTTPS on (federation and client API), with `tls_cert`/`tls_key`.
+    /// Other servers connect to the port in the server name (default 8448). Empty: no TLS
+    /// listener (behind a reverse proxy that terminates TLS, federation is served on
+    /// `http.listen`).
+    #[serde(deserialize_with = "one_or_many")]
+    pub listen: Vec<SocketAddr>,
+    /// PEM certificate chain for the TLS listeners.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for the TLS listeners.
+    pub tls_key: Option<PathBuf>,
+    /// Development only: when `tls_cert`/`tls_key` are unset, generate a self-signed pair
+    /// for the server name under the storage directory (`tls/`) and use it.
+    pub self_signed: bool,
+    /// Closed federation: server-name patterns (`*` wildcard) this server may talk to.
+    /// Empty: any server not denied. Every server of a closed federation should carry the
+    /// same list.
+    pub allow: Vec<String>,
+    /// Server-name patterns this server never talks to (wins over `allow`).
+    pub deny: Vec<String>,
+    /// Server name -> `host:port` to connect to instead of discovery (tests, private networks).
+    pub overrides: BTreeMap<String, String>,
+    /// Servers whose TLS certificates are not verified (test peers with self-signed
+    /// certificates only).
+    pub skip_verify: Vec<String>,
+    /// Notary servers asked for keys when a server cannot be asked itself. Default none.
+    pub trusted_key_servers: Vec<String>,
+    /// Timeout of one outbound federation request, in milliseconds. Default 30000.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            self_signed: false,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            overrides: BTreeMap::new(),
+            skip_verify: Vec::new(),
+            trusted_key_servers: Vec::new(),
+            request_timeout_ms: 30_000,
+        }
+    }
+}
+
 fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<SocketAddr>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -216,6 +272,29 @@ impl Config {
                 "rooms.default_version: {} is not a version ieum creates rooms in (10, 11, 12)",
                 self.rooms.default_version
             ));
+        }
+        let federation = &self.federation;
+        if !federation.listen.is_empty()
+            && (federation.tls_cert.is_none() || federation.tls_key.is_none())
+            && !federation.self_signed
+        {
+            return Err("federation.listen: a TLS listener needs federation.tls_cert and federation.tls_key \
+                        (or federation.self_signed = true for development)"
+                .into());
+        }
+        if federation.tls_cert.is_some() != federation.tls_key.is_some() {
+            return Err("federation.tls_cert and federation.tls_key: set both or neither".into());
+        }
+        for (name, target) in &federation.overrides {
+            if ruma::ServerName::parse(name).is_err() {
+                return Err(format!("federation.overrides: {name:?} is not a server name"));
+            }
+            if !target.contains(':') {
+                return Err(format!("federation.overrides.{name}: {target:?} must be host:port"));
+            }
+        }
+        if federation.request_timeout_ms < 100 {
+            return Err("federation.request_timeout_ms: must be at least 100".into());
         }
         for (name, limit) in [
             ("login", self.rate_limits.login),
