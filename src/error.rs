@@ -69,6 +69,7 @@ impl Error {
         unknown => ErrorKind::Unknown,
         bad_alias => ErrorKind::BadAlias,
         weak_password => ErrorKind::WeakPassword,
+        unauthorized => ErrorKind::Unauthorized,
     }
 
     pub fn unknown_token(message: impl Into<String>) -> Self {
@@ -96,6 +97,22 @@ impl Error {
     /// Wrong password or unknown user at login (403 M_FORBIDDEN, one message for both).
     pub fn bad_login() -> Self {
         Self::forbidden("Invalid username or password.")
+    }
+
+    /// A failure talking to another homeserver, as the client that caused it should see it:
+    /// a policy refusal is M_FORBIDDEN, anything else a 502 naming the server.
+    pub fn remote(error: ieum_federation::client::FederationError) -> Self {
+        use ieum_federation::client::FederationError;
+        match error {
+            FederationError::NotPermitted(server) => {
+                Self::forbidden(format!("This server does not federate with {server}."))
+            }
+            other => Self::WithStatus {
+                kind: ErrorKind::Unknown,
+                message: format!("Could not talk to the other server: {other}"),
+                status: StatusCode::BAD_GATEWAY,
+            },
+        }
     }
 
     pub fn internal(message: impl Into<String>) -> Self {

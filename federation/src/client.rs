@@ -18,6 +18,7 @@ use ruma::{
     OwnedServerName, ServerName,
     api::{
         IncomingResponseExt, OutgoingRequest, OutgoingRequestExt,
+        auth_scheme::NoAuthentication,
         federation::authentication::{ServerSignatures, XMatrixSigningInput},
         path_builder::SinglePath,
     },
@@ -202,14 +203,48 @@ impl FederationClient {
     where
         R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath>,
     {
-        if !self.config.policy.permits(server.as_str()) {
-            return Err(FederationError::NotPermitted(server.to_string()));
-        }
+        self.check_permitted(server)?;
         let (base_url, destination) = self.destination(server).await?;
         let input = XMatrixSigningInput::new(self.origin.clone(), server.to_owned(), &self.key);
         let http_request = request.try_into_http_request::<Vec<u8>>(&base_url, input, ()).map_err(|e| {
             FederationError::BadResponse { server: server.to_string(), detail: format!("cannot build request: {e}") }
         })?;
+        self.execute::<R>(server, &destination, http_request).await
+    }
+
+    /// Sends an unauthenticated request (key fetches) to `server` and parses the answer.
+    pub async fn send_unsigned<R>(
+        &self,
+        server: &ServerName,
+        request: R,
+    ) -> Result<R::IncomingResponse, FederationError>
+    where
+        R: OutgoingRequest<Authentication = NoAuthentication, PathBuilder = SinglePath>,
+    {
+        self.check_permitted(server)?;
+        let (base_url, destination) = self.destination(server).await?;
+        let http_request = request.try_into_http_request::<Vec<u8>>(&base_url, (), ()).map_err(|e| {
+            FederationError::BadResponse { server: server.to_string(), detail: format!("cannot build request: {e}") }
+        })?;
+        self.execute::<R>(server, &destination, http_request).await
+    }
+
+    fn check_permitted(&self, server: &ServerName) -> Result<(), FederationError> {
+        if server == self.origin {
+            return Err(FederationError::NotPermitted(format!("{server} (ourselves)")));
+        }
+        if !self.config.policy.permits(server.as_str()) {
+            return Err(FederationError::NotPermitted(server.to_string()));
+        }
+        Ok(())
+    }
+
+    async fn execute<R: OutgoingRequest>(
+        &self,
+        server: &ServerName,
+        destination: &Destination,
+        http_request: ruma::exports::http::Request<Vec<u8>>,
+    ) -> Result<R::IncomingResponse, FederationError> {
         let client = if self.config.skip_verify.contains(server.as_str()) { &self.unverified } else { &self.verified };
         let (parts, body) = http_request.into_parts();
         let mut headers = parts.headers;
@@ -225,10 +260,15 @@ impl FederationClient {
             .await
             .map_err(|e| FederationError::Network { server: server.to_string(), detail: error_chain(&e) })?;
         let status = response.status();
-        let bytes = response
-            .bytes()
+        if response.content_length().is_some_and(|length| length > MAX_RESPONSE_BYTES) {
+            return Err(FederationError::BadResponse {
+                server: server.to_string(),
+                detail: format!("answer larger than {MAX_RESPONSE_BYTES} bytes"),
+            });
+        }
+        let bytes = read_limited(response, MAX_RESPONSE_BYTES)
             .await
-            .map_err(|e| FederationError::Network { server: server.to_string(), detail: error_chain(&e) })?;
+            .map_err(|detail| FederationError::Network { server: server.to_string(), detail })?;
         if !status.is_success() {
             return Err(FederationError::Remote {
                 server: server.to_string(),
@@ -238,11 +278,27 @@ impl FederationClient {
         }
         let http_response = ruma::exports::http::Response::builder()
             .status(status.as_u16())
-            .body(bytes.as_ref())
+            .body(bytes.as_slice())
             .map_err(|e| FederationError::BadResponse { server: server.to_string(), detail: e.to_string() })?;
         R::IncomingResponse::try_from_http_response(http_response)
             .map_err(|e| FederationError::BadResponse { server: server.to_string(), detail: e.to_string() })
     }
+}
+
+/// The largest answer read from another server (a /send_join of a big room is tens of MB).
+const MAX_RESPONSE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Reads a response body, refusing to buffer more than `limit` bytes (a hostile peer may
+/// stream forever).
+async fn read_limited(mut response: reqwest::Response, limit: u64) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| error_chain(&e))? {
+        if body.len() as u64 + chunk.len() as u64 > limit {
+            return Err(format!("answer larger than {limit} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// The whole chain of an error (reqwest hides the cause behind "error sending request").

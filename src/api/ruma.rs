@@ -24,6 +24,10 @@ use ruma::api::{
     error::{DeserializationError, FromHttpRequestError},
     path_builder::PathBuilder,
 };
+use ruma::{
+    OwnedServerName, ServerName,
+    api::federation::authentication::{ServerSignatures, XMatrix},
+};
 
 use crate::{
     app::App,
@@ -36,6 +40,8 @@ pub struct Ruma<R> {
     pub body: R,
     /// The authenticated user, for endpoints that take an access token.
     pub session: Option<Session>,
+    /// The server that signed the request, for federation endpoints (X-Matrix).
+    pub origin: Option<OwnedServerName>,
     /// The client's address (for rate limits and device last-seen).
     pub client_addr: Option<SocketAddr>,
     /// The request had no body at all (endpoints whose body is required refuse that).
@@ -60,15 +66,33 @@ impl<R> Ruma<R> {
         self.session.as_ref().ok_or_else(|| Error::missing_token("Missing access token."))
     }
 
+    /// The requesting server. Present whenever the endpoint takes X-Matrix signatures.
+    pub fn origin(&self) -> Result<&ServerName> {
+        self.origin.as_deref().ok_or_else(|| Error::unauthorized("Missing X-Matrix authorization."))
+    }
+
     /// A key for per-client rate limits.
     pub fn client_key(&self) -> String {
         self.client_addr.map(|a| a.ip().to_string()).unwrap_or_else(|| "unknown".into())
     }
 }
 
+/// Who sent a request: a local user's session, or another server.
+#[derive(Default)]
+pub struct Caller {
+    pub session: Option<Session>,
+    pub origin: Option<OwnedServerName>,
+}
+
+impl Caller {
+    fn user(session: Session) -> Self {
+        Self { session: Some(session), origin: None }
+    }
+}
+
 /// How each ruma auth scheme authenticates against this server.
 pub trait Authenticate: AuthScheme {
-    fn authenticate(app: &App, request: &http::Request<Bytes>) -> Result<Option<Session>>;
+    fn authenticate(app: &App, request: &http::Request<Bytes>) -> impl Future<Output = Result<Caller>> + Send;
 }
 
 fn bearer_token(request: &http::Request<Bytes>) -> Result<Option<String>> {
@@ -79,23 +103,23 @@ fn bearer_token(request: &http::Request<Bytes>) -> Result<Option<String>> {
 }
 
 impl Authenticate for AccessToken {
-    fn authenticate(app: &App, request: &http::Request<Bytes>) -> Result<Option<Session>> {
+    async fn authenticate(app: &App, request: &http::Request<Bytes>) -> Result<Caller> {
         let token = bearer_token(request)?.ok_or_else(|| Error::missing_token("Missing access token."))?;
-        app.users.authenticate(&token).map(Some)
+        app.users.authenticate(&token).map(Caller::user)
     }
 }
 
 impl Authenticate for AccessTokenOptional {
-    fn authenticate(app: &App, request: &http::Request<Bytes>) -> Result<Option<Session>> {
+    async fn authenticate(app: &App, request: &http::Request<Bytes>) -> Result<Caller> {
         match bearer_token(request)? {
-            Some(token) => app.users.authenticate(&token).map(Some),
-            None => Ok(None),
+            Some(token) => app.users.authenticate(&token).map(Caller::user),
+            None => Ok(Caller::default()),
         }
     }
 }
 
 impl Authenticate for AppserviceToken {
-    fn authenticate(_app: &App, _request: &http::Request<Bytes>) -> Result<Option<Session>> {
+    async fn authenticate(_app: &App, _request: &http::Request<Bytes>) -> Result<Caller> {
         Err(Error::unknown_token("No application services are registered on this server."))
     }
 }
@@ -104,20 +128,31 @@ impl Authenticate for AppserviceTokenOptional {
     /// `/login` and `/register`: a token matters only for application services (none are
     /// registered yet), so a client's stale user token in its default headers is ignored,
     /// as Synapse does.
-    fn authenticate(_app: &App, _request: &http::Request<Bytes>) -> Result<Option<Session>> {
-        Ok(None)
+    async fn authenticate(_app: &App, _request: &http::Request<Bytes>) -> Result<Caller> {
+        Ok(Caller::default())
     }
 }
 
 impl Authenticate for NoAccessToken {
-    fn authenticate(_app: &App, _request: &http::Request<Bytes>) -> Result<Option<Session>> {
-        Ok(None)
+    async fn authenticate(_app: &App, _request: &http::Request<Bytes>) -> Result<Caller> {
+        Ok(Caller::default())
     }
 }
 
 impl Authenticate for NoAuthentication {
-    fn authenticate(_app: &App, _request: &http::Request<Bytes>) -> Result<Option<Session>> {
-        Ok(None)
+    async fn authenticate(_app: &App, _request: &http::Request<Bytes>) -> Result<Caller> {
+        Ok(Caller::default())
+    }
+}
+
+impl Authenticate for ServerSignatures {
+    /// X-Matrix: the origin's signature over method, URI, origin, destination and body,
+    /// checked with the origin's published keys; closed-federation policy applies first.
+    async fn authenticate(app: &App, request: &http::Request<Bytes>) -> Result<Caller> {
+        let xmatrix = XMatrix::extract_from_http_headers(request.headers())
+            .map_err(|e| Error::unauthorized(format!("Missing or malformed X-Matrix authorization: {e}")))?;
+        let origin = app.federation.verify_request(&xmatrix, request).await?;
+        Ok(Caller { session: None, origin: Some(origin) })
     }
 }
 
@@ -211,11 +246,11 @@ where
         .await
         .map_err(|_| Error::too_large(format!("Request body is larger than {limit} bytes.")))?;
     let request = http::Request::from_parts(parts, bytes);
-    let session = R::Authentication::authenticate(app, &request)?;
+    let Caller { session, origin } = R::Authentication::authenticate(app, &request).await?;
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (parts, bytes) = request.into_parts();
     let body = parse::<R>(parts, &bytes, &args)?;
-    Ok(Ruma { body, session, client_addr, empty_body: bytes.is_empty(), raw_body: bytes })
+    Ok(Ruma { body, session, origin, client_addr, empty_body: bytes.is_empty(), raw_body: bytes })
 }
 
 /// Parses the ruma request. Many clients send no body at all where every field is

@@ -14,6 +14,7 @@ use crate::{
 pub mod account_data;
 pub mod directory;
 pub mod ephemeral;
+pub mod federation;
 pub mod ratelimit;
 pub mod rooms;
 pub mod server_keys;
@@ -25,7 +26,7 @@ pub mod users;
 pub struct Core {
     pub config: Config,
     pub db: Arc<dyn Storage>,
-    pub signing_key: Ed25519KeyPair,
+    pub signing_key: Arc<Ed25519KeyPair>,
 }
 
 impl Core {
@@ -56,12 +57,13 @@ pub struct Services {
     pub directory: directory::Directory,
     pub sync: sync::Sync,
     pub ratelimit: ratelimit::RateLimiter,
+    pub federation: Arc<federation::Federation>,
 }
 
 impl Services {
     pub fn new(config: Config, db: Arc<dyn Storage>) -> Result<Self> {
         let signing_key = load_or_create_signing_key(&*db, &config.server_name)?;
-        let core = Arc::new(Core { config, db, signing_key });
+        let core = Arc::new(Core { config, db, signing_key: Arc::new(signing_key) });
         let rooms = Arc::new(rooms::Rooms::new(core.clone()));
         let ephemeral = Arc::new(ephemeral::Ephemeral::new(core.clone()));
         Ok(Self {
@@ -71,6 +73,7 @@ impl Services {
             directory: directory::Directory::new(core.clone(), rooms.clone()),
             sync: sync::Sync::new(core.clone(), rooms.clone(), ephemeral.clone()),
             ratelimit: ratelimit::RateLimiter::new(core.config.rate_limits.clone()),
+            federation: Arc::new(federation::Federation::new(core.clone())?),
             rooms,
             ephemeral,
             core,

@@ -138,15 +138,17 @@ pub struct AppendEvent<'a> {
     pub event: StoredEvent,
     /// For `m.room.create`: the room record to create.
     pub new_room: Option<RoomRecord>,
-    /// The new current state group after this event, if it changed.
-    pub new_state_group: Option<(StateGroupId, StateGroup)>,
+    /// New state groups to store (the state after this event, a resolved current state).
+    pub new_state_groups: Vec<(StateGroupId, StateGroup)>,
     /// The room's state group after this event (stored next to the timeline entry).
     pub state_after: StateGroupId,
     /// The room's forward extremities after this event.
     pub extremities: Vec<OwnedEventId>,
     pub depth: u64,
-    /// Membership index update: (user, membership) for `m.room.member` events.
-    pub membership: Option<(OwnedUserId, String)>,
+    /// Membership index updates: (user, membership, member event) for every member whose
+    /// current membership this event changes (one for a local member event; several when
+    /// state resolution moves the room's state).
+    pub memberships: Vec<(OwnedUserId, String, OwnedEventId)>,
     /// The transaction this event answers: (user, client session, scoped txn key).
     pub txn_key: Option<(OwnedUserId, String, String)>,
     /// Redact this earlier event (its new, redacted PDU and the redaction in client format).
@@ -228,6 +230,22 @@ pub trait RoomStore: Send + Sync {
     fn forget_room(&self, user_id: &UserId, room_id: &RoomId) -> Result<()>;
     fn is_forgotten(&self, user_id: &UserId, room_id: &RoomId) -> Result<bool>;
     fn txn_event(&self, user_id: &UserId, session_id: &str, txn_key: &str) -> Result<Option<OwnedEventId>>;
+    /// Stores events outside the timeline (auth chains and state fetched from other
+    /// servers, rejected and soft-failed events) with the state groups they refer to.
+    fn store_outliers(
+        &self,
+        events: Vec<(OwnedEventId, StoredEvent)>,
+        groups: Vec<(StateGroupId, StateGroup)>,
+    ) -> Result<()>;
+    /// Records a user's membership in a room this server does not take part in (an invite
+    /// from another server, or its rejection), storing the membership event as an outlier.
+    fn put_outside_membership(
+        &self,
+        user_id: &UserId,
+        membership: &str,
+        event_id: &ruma::EventId,
+        event: StoredEvent,
+    ) -> Result<StreamPos>;
 }
 
 /// The head of a room: where new events attach.

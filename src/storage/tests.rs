@@ -69,11 +69,14 @@ fn append(store: &dyn Storage, room: &RoomId, id: &OwnedEventId, membership: Opt
             event_id: id,
             event: event(room),
             new_room: None,
-            new_state_group: None,
+            new_state_groups: Vec::new(),
             state_after: 1,
             extremities: vec![id.clone()],
             depth: 1,
-            membership: membership.map(|(u, m)| (UserId::parse(u).unwrap(), m.to_owned())),
+            memberships: membership
+                .map(|(u, m)| (UserId::parse(u).unwrap(), m.to_owned(), id.clone()))
+                .into_iter()
+                .collect(),
             txn_key: Some((owned_user_id!("@a:x"), "S".into(), id.to_string())),
             redact: None,
         })

@@ -342,11 +342,11 @@ impl Rooms {
                 create_event_id: event_id.clone(),
                 created_ts: now_ms(),
             }),
-            new_state_group: Some((group_id, group)),
+            new_state_groups: vec![(group_id, group)],
             state_after: group_id,
             extremities: vec![event_id.clone()],
             depth: 1,
-            membership: None,
+            memberships: Vec::new(),
             txn_key: None,
             redact: None,
         };
@@ -410,11 +410,13 @@ impl Rooms {
             None => (head.state_group, None, None),
         };
 
-        let membership = match (&pdu.kind, &pdu.state_key, pdu.membership()) {
-            (TimelineEventType::RoomMember, Some(key), Some(membership)) => {
-                Some((UserId::parse(key.as_str()).map_err(|e| Error::invalid_param(e.to_string()))?, membership))
-            }
-            _ => None,
+        let memberships = match (&pdu.kind, &pdu.state_key, pdu.membership()) {
+            (TimelineEventType::RoomMember, Some(key), Some(membership)) => vec![(
+                UserId::parse(key.as_str()).map_err(|e| Error::invalid_param(e.to_string()))?,
+                membership,
+                event_id.clone(),
+            )],
+            _ => Vec::new(),
         };
 
         // Redactions: check the permission to redact and redact the target in place.
@@ -432,11 +434,11 @@ impl Rooms {
             event_id: event_id.clone(),
             event: pdu.stored.clone(),
             new_room: None,
-            new_state_group: new_group,
+            new_state_groups: new_group.into_iter().collect(),
             state_after,
             extremities: vec![event_id.clone()],
             depth,
-            membership,
+            memberships,
             txn_key: new.txn.as_ref().map(|(session, txn)| (new.sender.clone(), session.clone(), new.txn_key(txn))),
             redact,
         };
@@ -459,11 +461,11 @@ impl Rooms {
                     event_id: &append.event_id,
                     event: append.event,
                     new_room: append.new_room,
-                    new_state_group: append.new_state_group,
+                    new_state_groups: append.new_state_groups,
                     state_after: append.state_after,
                     extremities: append.extremities,
                     depth: append.depth,
-                    membership: append.membership,
+                    memberships: append.memberships,
                     txn_key: append.txn_key,
                     redact: append.redact,
                 })
@@ -509,11 +511,11 @@ impl Rooms {
         {
             object.insert("redacts".into(), CanonicalJsonValue::String(redacts.clone()));
         }
-        hash_and_sign_event(self.core.server_name().as_str(), &self.core.signing_key, &mut object, &rules.redaction)
+        hash_and_sign_event(self.core.server_name().as_str(), &*self.core.signing_key, &mut object, &rules.redaction)
             .map_err(|e| match e {
-                ruma::signatures::JsonError::PduTooLarge => Error::too_large("The event is larger than 65535 bytes."),
-                other => Error::bad_json(format!("Cannot sign the event: {other}")),
-            })?;
+            ruma::signatures::JsonError::PduTooLarge => Error::too_large("The event is larger than 65535 bytes."),
+            other => Error::bad_json(format!("Cannot sign the event: {other}")),
+        })?;
         let hash = reference_hash(&object, rules).map_err(|e| Error::internal(format!("reference hash: {e}")))?;
         let event_id = EventId::new_v2_or_v3(&hash).map_err(|e| Error::internal(e.to_string()))?;
         let room_id = match room_id {
@@ -620,11 +622,11 @@ struct AppendEventOwned {
     event_id: OwnedEventId,
     event: StoredEvent,
     new_room: Option<RoomRecord>,
-    new_state_group: Option<(StateGroupId, StateGroup)>,
+    new_state_groups: Vec<(StateGroupId, StateGroup)>,
     state_after: StateGroupId,
     extremities: Vec<OwnedEventId>,
     depth: u64,
-    membership: Option<(OwnedUserId, String)>,
+    memberships: Vec<(OwnedUserId, String, OwnedEventId)>,
     txn_key: Option<(OwnedUserId, String, String)>,
     redact: Option<(OwnedEventId, StoredEvent)>,
 }

@@ -325,7 +325,7 @@ impl RoomStore for RocksStorage {
             if let Some(record) = &append.new_room {
                 batch.put_cf(self.cf(cf::ROOMS), room, encode(record));
             }
-            if let Some((id, group)) = &append.new_state_group {
+            for (id, group) in &append.new_state_groups {
                 batch.put_cf(self.cf(cf::STATE_GROUPS), u64_key(*id), encode(group));
             }
             let mut entry = append.state_after.to_be_bytes().to_vec();
@@ -338,9 +338,8 @@ impl RoomStore for RocksStorage {
                 last_pos: pos,
             };
             batch.put_cf(self.cf(cf::ROOM_HEADS), room, encode(&head));
-            if let Some((user_id, membership)) = &append.membership {
-                let record =
-                    MembershipRecord { membership: membership.clone(), event_id: append.event_id.to_owned(), pos };
+            for (user_id, membership, event_id) in &append.memberships {
+                let record = MembershipRecord { membership: membership.clone(), event_id: event_id.clone(), pos };
                 batch.put_cf(self.cf(cf::USER_ROOMS), join(&[user_id.as_bytes(), room]), encode(&record));
                 batch.put_cf(self.cf(cf::ROOM_MEMBERS), join(&[room, user_id.as_bytes()]), membership.as_bytes());
                 if membership == "join" || membership == "invite" || membership == "knock" {
@@ -358,6 +357,39 @@ impl RoomStore for RocksStorage {
                 batch.put_cf(self.cf(cf::EVENTS), redacted_id.as_bytes(), encode(redacted));
             }
             batch.put_cf(self.cf(cf::EVENTS), append.event_id.as_bytes(), encode(&event));
+        })
+    }
+
+    fn store_outliers(
+        &self,
+        events: Vec<(OwnedEventId, StoredEvent)>,
+        groups: Vec<(StateGroupId, StateGroup)>,
+    ) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for (id, group) in &groups {
+            batch.put_cf(self.cf(cf::STATE_GROUPS), u64_key(*id), encode(group));
+        }
+        for (event_id, event) in &events {
+            batch.put_cf(self.cf(cf::EVENTS), event_id.as_bytes(), encode(event));
+        }
+        self.write(batch)
+    }
+
+    fn put_outside_membership(
+        &self,
+        user_id: &UserId,
+        membership: &str,
+        event_id: &EventId,
+        event: StoredEvent,
+    ) -> Result<StreamPos> {
+        let room = event.room_id.clone();
+        self.write_at_new_pos(KIND_EVENT, |batch, pos| {
+            let record = MembershipRecord { membership: membership.to_owned(), event_id: event_id.to_owned(), pos };
+            batch.put_cf(self.cf(cf::USER_ROOMS), join(&[user_id.as_bytes(), room.as_bytes()]), encode(&record));
+            if membership == "invite" {
+                batch.delete_cf(self.cf(cf::FORGOTTEN), join(&[user_id.as_bytes(), room.as_bytes()]));
+            }
+            batch.put_cf(self.cf(cf::EVENTS), event_id.as_bytes(), encode(&event));
         })
     }
 
