@@ -64,7 +64,8 @@ impl Services {
     pub fn new(config: Config, db: Arc<dyn Storage>) -> Result<Self> {
         let signing_key = load_or_create_signing_key(&*db, &config.server_name)?;
         let core = Arc::new(Core { config, db, signing_key: Arc::new(signing_key) });
-        let rooms = Arc::new(rooms::Rooms::new(core.clone()));
+        let federation = Arc::new(federation::Federation::new(core.clone())?);
+        let rooms = Arc::new(rooms::Rooms::new(core.clone(), federation.clone()));
         let ephemeral = Arc::new(ephemeral::Ephemeral::new(core.clone()));
         Ok(Self {
             users: users::Users::new(core.clone()),
@@ -73,7 +74,7 @@ impl Services {
             directory: directory::Directory::new(core.clone(), rooms.clone()),
             sync: sync::Sync::new(core.clone(), rooms.clone(), ephemeral.clone()),
             ratelimit: ratelimit::RateLimiter::new(core.config.rate_limits.clone()),
-            federation: Arc::new(federation::Federation::new(core.clone())?),
+            federation,
             rooms,
             ephemeral,
             core,

@@ -213,4 +213,37 @@ impl Federation {
         }
         Ok(map)
     }
+
+    /// Queues a PDU for other servers.
+    pub async fn queue_pdu(
+        &self,
+        destinations: Vec<OwnedServerName>,
+        event_id: ruma::OwnedEventId,
+        pdu: Box<serde_json::value::RawValue>,
+    ) -> Result<()> {
+        // Until the persisted sender is wired: one transaction per destination, in the background.
+        for destination in destinations {
+            if !self.permits(&destination) {
+                continue;
+            }
+            let client = self.client.clone();
+            let pdu = pdu.clone();
+            let event_id = event_id.clone();
+            let origin = self.core.server_name().to_owned();
+            tokio::spawn(async move {
+                let txn_id = ruma::OwnedTransactionId::from(super::random_token(16));
+                let request = ruma::api::federation::transactions::send_transaction_message::v1::Request::new(
+                    txn_id,
+                    origin,
+                    MilliSecondsSinceUnixEpoch::now(),
+                );
+                let mut request = request;
+                request.pdus = vec![pdu];
+                if let Err(error) = client.send(&destination, request).await {
+                    tracing::warn!(%destination, %event_id, %error, "sending an event failed");
+                }
+            });
+        }
+        Ok(())
+    }
 }

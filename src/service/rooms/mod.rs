@@ -31,8 +31,10 @@ use crate::{
 };
 
 pub mod create;
+pub mod ingest;
 pub mod membership;
 pub mod pdu;
+pub mod remote;
 pub mod timeline;
 
 pub use pdu::Pdu;
@@ -44,7 +46,7 @@ pub const SUPPORTED_CREATE_VERSIONS: &[RoomVersionId] = &[RoomVersionId::V10, Ro
 pub type StateMap = HashMap<(StateEventType, String), OwnedEventId>;
 
 /// Snapshots are written every this many deltas so loading state stays cheap.
-const MAX_STATE_CHAIN: u32 = 32;
+pub(crate) const MAX_STATE_CHAIN: u32 = 32;
 /// Cached events before the cache is cleared (a simple bound on memory).
 const PDU_CACHE_LIMIT: usize = 100_000;
 const STATE_CACHE_LIMIT: usize = 2_000;
@@ -94,14 +96,15 @@ impl NewEvent {
 
 pub struct Rooms {
     pub(crate) core: Arc<Core>,
+    pub(crate) federation: Arc<super::federation::Federation>,
     pdu_cache: Mutex<HashMap<OwnedEventId, Arc<Pdu>>>,
     state_cache: Mutex<HashMap<StateGroupId, Arc<StateMap>>>,
     locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Rooms {
-    pub fn new(core: Arc<Core>) -> Self {
-        Self { core, pdu_cache: Mutex::default(), state_cache: Mutex::default(), locks: Mutex::default() }
+    pub fn new(core: Arc<Core>, federation: Arc<super::federation::Federation>) -> Self {
+        Self { core, federation, pdu_cache: Mutex::default(), state_cache: Mutex::default(), locks: Mutex::default() }
     }
 
     /// An event by id (any room), from the cache or storage.
@@ -356,17 +359,14 @@ impl Rooms {
         Ok((event_id, pdu))
     }
 
-    /// Builds and appends a non-create event; the caller holds the room lock.
-    async fn append_locked(
+    /// The auth events, prev events and depth of a new event on top of `head`.
+    fn references(
         &self,
-        new: NewEvent,
-        version: &RoomVersionId,
-        head: Option<RoomHead>,
-    ) -> Result<(OwnedEventId, Arc<Pdu>)> {
-        let rules = rules_for(version)?;
-        let head = head.ok_or_else(|| Error::internal("room without head"))?;
-        let state = self.state(head.state_group)?;
-
+        rules: &RoomVersionRules,
+        new: &NewEvent,
+        head: &RoomHead,
+        state: &StateMap,
+    ) -> Result<(Vec<OwnedEventId>, Vec<OwnedEventId>, u64)> {
         let content_raw = serde_json::value::to_raw_value(&new.content).map_err(|e| Error::bad_json(e.to_string()))?;
         let auth_types = state_res::auth_types_for_event(
             &new.kind,
@@ -380,24 +380,72 @@ impl Rooms {
         auth_events.sort();
         auth_events.dedup();
         let prev: Vec<OwnedEventId> = head.extremities.iter().take(MAX_PREV_EVENTS).cloned().collect();
-        let depth = head.depth + 1;
+        Ok((auth_events, prev, head.depth + 1))
+    }
+
+    /// Builds and appends a non-create event; the caller holds the room lock.
+    async fn append_locked(
+        &self,
+        new: NewEvent,
+        version: &RoomVersionId,
+        head: Option<RoomHead>,
+    ) -> Result<(OwnedEventId, Arc<Pdu>)> {
+        let rules = rules_for(version)?;
+        let head = head.ok_or_else(|| Error::internal("room without head"))?;
+        let state = self.state(head.state_group)?;
+        let (auth_events, prev, depth) = self.references(&rules, &new, &head, &state)?;
         let (event_id, room_id, object) = self.build(&rules, Some(&new.room_id), &new, &prev, &auth_events, depth)?;
         let mut pdu = Pdu::from_object(event_id.clone(), &room_id, &object)?;
         self.authorise(&rules, &pdu, &state)?;
+        pdu.stored.txn = new.txn.clone();
+        let txn_key = new.txn.as_ref().map(|(session, txn)| (new.sender.clone(), session.clone(), new.txn_key(txn)));
+        let pdu = self.append_authorised(&rules, version, head, &state, pdu, txn_key).await?;
+        Ok((event_id, pdu))
+    }
 
+    /// Appends a fully built local event (an invite countersigned by the invitee's server);
+    /// the caller holds the room lock.
+    pub(crate) async fn append_prebuilt(
+        &self,
+        rules: &RoomVersionRules,
+        version: &RoomVersionId,
+        head: RoomHead,
+        state: &StateMap,
+        event_id: OwnedEventId,
+        object: CanonicalJsonObject,
+    ) -> Result<Arc<Pdu>> {
+        let pdu = Pdu::from_object(event_id, &head_room(&object)?, &object)?;
+        self.authorise(rules, &pdu, state)?;
+        self.append_authorised(rules, version, head, state, pdu, None).await
+    }
+
+    /// Appends an authorised local event on top of `head`: state group, membership index,
+    /// redaction, in one write.
+    async fn append_authorised(
+        &self,
+        rules: &RoomVersionRules,
+        version: &RoomVersionId,
+        head: RoomHead,
+        state: &StateMap,
+        mut pdu: Pdu,
+        txn_key: Option<(OwnedUserId, String, String)>,
+    ) -> Result<Arc<Pdu>> {
+        let event_id = pdu.event_id.clone();
+        let depth = pdu.depth;
+        let rules = rules.clone();
         // State bookkeeping.
         let replaces_state =
-            new.state_key.as_ref().and_then(|key| state.get(&(new.kind.to_string().into(), key.clone())).cloned());
-        let (state_after, new_group, new_state) = match &new.state_key {
+            pdu.state_key.as_ref().and_then(|key| state.get(&(pdu.kind.to_string().into(), key.clone())).cloned());
+        let (state_after, new_group, new_state) = match &pdu.state_key {
             Some(key) => {
                 let id = self.core.db.next_state_group_id();
-                let entry = (StateEventType::from(new.kind.to_string()), key.clone(), event_id.clone());
+                let entry = (StateEventType::from(pdu.kind.to_string()), key.clone(), event_id.clone());
                 let parent = self
                     .core
                     .db
                     .state_group(head.state_group)?
                     .ok_or_else(|| Error::internal("current state group is missing"))?;
-                let mut after = (*state).clone();
+                let mut after = state.clone();
                 after.insert((entry.0.clone(), entry.1.clone()), event_id.clone());
                 let group = if parent.chain_len + 1 >= MAX_STATE_CHAIN {
                     let changes = after.iter().map(|((k, s), e)| (k.clone(), s.clone(), e.clone())).collect();
@@ -422,14 +470,13 @@ impl Rooms {
         // Redactions: check the permission to redact and redact the target in place.
         let redact = match (&pdu.kind, &pdu.redacts) {
             (TimelineEventType::RoomRedaction, Some(target_id)) => {
-                self.prepare_redaction(&rules, version, &state, &pdu, target_id)?
+                self.prepare_redaction(&rules, version, state, &pdu, target_id)?
             }
             _ => None,
         };
 
         pdu.stored.state_before = Some(head.state_group);
         pdu.stored.replaces_state = replaces_state;
-        pdu.stored.txn = new.txn.clone();
         let append = AppendEventOwned {
             event_id: event_id.clone(),
             event: pdu.stored.clone(),
@@ -439,7 +486,7 @@ impl Rooms {
             extremities: vec![event_id.clone()],
             depth,
             memberships,
-            txn_key: new.txn.as_ref().map(|(session, txn)| (new.sender.clone(), session.clone(), new.txn_key(txn))),
+            txn_key,
             redact,
         };
         let redacted_id = append.redact.as_ref().map(|(id, _)| id.clone());
@@ -450,8 +497,7 @@ impl Rooms {
         if let Some(id) = redacted_id {
             self.forget_cached_pdu(&id);
         }
-        let pdu = self.pdu(&event_id)?.ok_or_else(|| Error::internal("appended event vanished"))?;
-        Ok((event_id, pdu))
+        self.pdu(&event_id)?.ok_or_else(|| Error::internal("appended event vanished"))
     }
 
     async fn write(&self, append: AppendEventOwned) -> Result<()> {
@@ -475,8 +521,20 @@ impl Rooms {
             .map(|_| ())
     }
 
-    /// Hashes, signs and names a new event. Returns (event id, room id, signed object).
-    fn build(
+    /// A new event in federation format, not yet hashed or signed (also the make_join
+    /// template another server fills in).
+    pub(crate) fn template(
+        &self,
+        rules: &RoomVersionRules,
+        new: &NewEvent,
+        prev_events: &[OwnedEventId],
+        auth_events: &[OwnedEventId],
+        depth: u64,
+    ) -> Result<CanonicalJsonObject> {
+        self.template_in(rules, Some(&new.room_id), new, prev_events, auth_events, depth)
+    }
+
+    fn template_in(
         &self,
         rules: &RoomVersionRules,
         room_id: Option<&RoomId>,
@@ -484,7 +542,7 @@ impl Rooms {
         prev_events: &[OwnedEventId],
         auth_events: &[OwnedEventId],
         depth: u64,
-    ) -> Result<(OwnedEventId, OwnedRoomId, CanonicalJsonObject)> {
+    ) -> Result<CanonicalJsonObject> {
         let mut object = CanonicalJsonObject::new();
         let content = ruma::canonical_json::to_canonical_value(&new.content)
             .map_err(|e| Error::bad_json(format!("Event content is not canonical JSON: {e}")))?;
@@ -511,6 +569,20 @@ impl Rooms {
         {
             object.insert("redacts".into(), CanonicalJsonValue::String(redacts.clone()));
         }
+        Ok(object)
+    }
+
+    /// Hashes, signs and names a new event. Returns (event id, room id, signed object).
+    fn build(
+        &self,
+        rules: &RoomVersionRules,
+        room_id: Option<&RoomId>,
+        new: &NewEvent,
+        prev_events: &[OwnedEventId],
+        auth_events: &[OwnedEventId],
+        depth: u64,
+    ) -> Result<(OwnedEventId, OwnedRoomId, CanonicalJsonObject)> {
+        let mut object = self.template_in(rules, room_id, new, prev_events, auth_events, depth)?;
         hash_and_sign_event(self.core.server_name().as_str(), &*self.core.signing_key, &mut object, &rules.redaction)
             .map_err(|e| match e {
             ruma::signatures::JsonError::PduTooLarge => Error::too_large("The event is larger than 65535 bytes."),
@@ -629,6 +701,14 @@ struct AppendEventOwned {
     memberships: Vec<(OwnedUserId, String, OwnedEventId)>,
     txn_key: Option<(OwnedUserId, String, String)>,
     redact: Option<(OwnedEventId, StoredEvent)>,
+}
+
+/// The room id of a built event object.
+fn head_room(object: &CanonicalJsonObject) -> Result<OwnedRoomId> {
+    match object.get("room_id") {
+        Some(CanonicalJsonValue::String(id)) => RoomId::parse(id).map_err(|e| Error::internal(e.to_string())),
+        _ => Err(Error::internal("built event without room_id")),
+    }
 }
 
 /// The rules of a room version this server knows.
