@@ -9,6 +9,7 @@
 //! - `api`      the HTTP boundary (axum + ruma); no domain logic, no storage.
 //! - `service`  domain logic: users, rooms (events, auth, state), sync, ephemeral data.
 //! - `storage`  domain-level storage traits; `storage::rocksdb` is the only backend code.
+//! - `tls`      the HTTPS listeners' rustls configuration and handshaking listener.
 
 pub mod api;
 pub mod app;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod server;
 pub mod service;
 pub mod storage;
+pub mod tls;
 
 pub use config::Config;
 pub use server::Server;

@@ -91,6 +91,9 @@ async fn run(cli: Cli) -> Result<(), String> {
             let server = Server::start(config).await.map_err(|e| e.to_string())?;
             let url = format!("http://{}", server.addr());
             eprintln!("\nieum is serving {server_name} at {url}");
+            for address in server.tls_addrs() {
+                eprintln!("and over HTTPS (federation and client API) at https://{address}");
+            }
             if dev {
                 eprintln!("Development server: loopback only, open registration, data in ./data.");
             }

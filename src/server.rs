@@ -3,14 +3,20 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use axum::{
+    Router,
+    extract::connect_info::Connected,
+    serve::{IncomingStream, Listener},
+};
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
 use crate::{
-    api,
+    api::{self, PeerAddr},
     app::App,
     config::Config,
     service::Services,
     storage::{self, StorageConfig},
+    tls::{self, TlsListener},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -19,13 +25,16 @@ pub enum ServerError {
     Storage { path: String, source: storage::StorageError },
     #[error("cannot start services: {0}")]
     Services(crate::error::Error),
-    #[error("cannot listen on {addr}: {source}. Is the port in use? Change http.listen.")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen on {addr}: {source}. Is the port in use? Change {setting}.")]
+    Bind { addr: SocketAddr, setting: &'static str, source: std::io::Error },
+    #[error("cannot set up TLS for federation.listen: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// A running homeserver.
 pub struct Server {
     addrs: Vec<SocketAddr>,
+    tls_addrs: Vec<SocketAddr>,
     app: App,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -42,27 +51,29 @@ impl Server {
         let db = storage::open(&storage_config)
             .map_err(|source| ServerError::Storage { path: config.storage.path.display().to_string(), source })?;
         let listen = config.http.listen.clone();
+        let tls_listen = config.federation.listen.clone();
+        // Before anything is bound: a bad certificate stops the start with a clear error.
+        let tls_config = if tls_listen.is_empty() { None } else { Some(tls::server_config(&config)?) };
         let services = Services::new(config, db).map_err(ServerError::Services)?;
         let app = App::new(services);
         let (shutdown, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut addrs = Vec::new();
         for addr in listen {
-            let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
-            let local = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
+            let (listener, local) = bind(addr, "http.listen").await?;
             addrs.push(local);
-            let router = api::router(app.clone());
-            let mut stop = shutdown.subscribe();
-            tasks.spawn(async move {
-                let service = router.into_make_service_with_connect_info::<SocketAddr>();
-                let serve = axum::serve(listener, service).with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|stop| *stop).await;
-                });
-                if let Err(error) = serve.await {
-                    tracing::error!(%error, "listener failed");
-                }
-            });
-            tracing::info!(address = %local, "listening");
+            tasks.spawn(serve(listener, api::router(app.clone()), shutdown.subscribe()));
+            tracing::info!(address = %local, "listening (HTTP)");
+        }
+        let mut tls_addrs = Vec::new();
+        if let Some(tls_config) = tls_config {
+            for addr in tls_listen {
+                let (listener, local) = bind(addr, "federation.listen").await?;
+                tls_addrs.push(local);
+                let listener = TlsListener::new(listener, tls_config.clone());
+                tasks.spawn(serve(listener, api::router(app.clone()), shutdown.subscribe()));
+                tracing::info!(address = %local, "listening (HTTPS)");
+            }
         }
         // Background: expire typing notifications.
         let ephemeral = app.ephemeral.clone();
@@ -76,7 +87,7 @@ impl Server {
                 }
             }
         });
-        Ok(Self { addrs, app, shutdown, tasks })
+        Ok(Self { addrs, tls_addrs, app, shutdown, tasks })
     }
 
     /// The first bound address (tests bind port 0 and read it here).
@@ -84,8 +95,14 @@ impl Server {
         self.addrs[0]
     }
 
+    /// The bound plain-HTTP addresses (`http.listen`).
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The bound HTTPS addresses (`federation.listen`); empty when there are none.
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.tls_addrs
     }
 
     pub fn services(&self) -> Arc<App> {
@@ -117,5 +134,29 @@ impl Server {
         let _ = ctrl_c.await;
         tracing::info!("shutting down");
         self.shutdown().await;
+    }
+}
+
+/// Binds `addr` (from the config field `setting`) and returns the listener with the address
+/// it got (the port, when `addr` asks for port 0).
+async fn bind(addr: SocketAddr, setting: &'static str) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let failed = |source| ServerError::Bind { addr, setting, source };
+    let listener = TcpListener::bind(addr).await.map_err(failed)?;
+    let local = listener.local_addr().map_err(failed)?;
+    Ok((listener, local))
+}
+
+/// Serves `router` on `listener` (plain TCP or TLS alike) until `stop` turns true.
+async fn serve<L>(listener: L, router: Router, mut stop: watch::Receiver<bool>)
+where
+    L: Listener<Addr = SocketAddr>,
+    PeerAddr: for<'a> Connected<IncomingStream<'a, L>>,
+{
+    let service = router.into_make_service_with_connect_info::<PeerAddr>();
+    let serve = axum::serve(listener, service).with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    });
+    if let Err(error) = serve.await {
+        tracing::error!(%error, "listener failed");
     }
 }

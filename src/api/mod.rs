@@ -7,15 +7,33 @@ pub mod routes;
 pub mod ruma;
 pub mod well_known;
 
+use std::net::SocketAddr;
+
 use axum::{
     Router,
-    extract::Request,
+    extract::{Request, connect_info::Connected},
     http::{HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
 };
 
 use crate::{app::App, error::Error};
+
+/// The client's address, as handlers see it (`ConnectInfo<PeerAddr>`), whatever listener
+/// the connection came through: plain TCP or TLS.
+///
+/// Our own type because axum implements `Connected` for `SocketAddr` only with its own
+/// listener types, and the orphan rule forbids adding that impl for ours. (One generic impl
+/// over every `Listener<Addr = SocketAddr>` would collide with axum's impl for `TapIo`.)
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for PeerAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+// The TLS listener's impl is beside it, in `crate::tls`.
 
 /// The whole router: client API, CORS, unknown-endpoint answers.
 pub fn router(app: App) -> Router {

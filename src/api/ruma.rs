@@ -30,6 +30,7 @@ use ruma::{
 };
 
 use crate::{
+    api::PeerAddr,
     app::App,
     error::{Error, Result},
     service::users::Session,
@@ -240,7 +241,7 @@ where
         .await
         .map_err(|e| Error::invalid_param(format!("Invalid path: {e}")))?;
     args.extend(extra_args.iter().map(|arg| arg.to_string()));
-    let client_addr = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let client_addr = parts.extensions.get::<ConnectInfo<PeerAddr>>().map(|c| c.0.0);
     let limit = app.core.config.http.max_request_bytes;
     let bytes = axum::body::to_bytes(body, limit)
         .await

@@ -86,26 +86,32 @@ impl TestServer {
     /// Starts a server; `env` adds IEUM_* overrides to the test defaults.
     pub async fn start_with(env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut vars = vec![
-            ("IEUM_SERVER_NAME".to_owned(), "ieum.test".to_owned()),
-            ("IEUM_HTTP__LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
-            ("IEUM_STORAGE__PATH".to_owned(), format!("\"{}\"", dir.path().join("db").display())),
-            ("IEUM_RATE_LIMITS__ENABLED".to_owned(), "false".to_owned()),
-        ];
-        vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let config = Config::load(None, vars).expect("test config");
+        let config = test_config(&dir, env);
         let server = Server::start(config.clone()).await.expect("server starts");
         let base = format!("http://{}", server.addr());
         Self { server: Some(server), dir, base, config }
     }
 
-    /// Stops the server cleanly and starts it again on the same database and port.
+    /// Stops the server cleanly and starts it again on the same database and ports.
     pub async fn restart(&mut self) {
-        let addr = self.server.as_ref().expect("running").addr();
-        self.server.take().expect("running").shutdown().await;
+        let server = self.server.take().expect("running");
         let mut config = self.config.clone();
-        config.http.listen = vec![addr];
+        config.http.listen = server.addrs().to_vec();
+        config.federation.listen = server.tls_addrs().to_vec();
+        server.shutdown().await;
         self.server = Some(Server::start(config).await.expect("server restarts"));
+    }
+
+    /// `https://` + the first TLS listener (`federation.listen`).
+    pub fn tls_base(&self) -> String {
+        format!("https://{}", self.server.as_ref().expect("running").tls_addrs()[0])
+    }
+
+    /// A client of the first TLS listener that accepts any certificate (the test servers'
+    /// are self-signed). It offers h2 and http/1.1 by ALPN.
+    pub fn tls_client(&self) -> Client {
+        let http = reqwest::Client::builder().danger_accept_invalid_certs(true).build().expect("TLS client");
+        Client { http, base: self.tls_base(), token: None, user_id: None, device_id: None }
     }
 
     pub fn server_name(&self) -> &str {
@@ -123,17 +129,21 @@ impl TestServer {
     }
 
     pub async fn register_exact(&self, localpart: &str) -> Client {
-        let mut client = self.client();
-        let mut request = register::v3::Request::new();
-        request.username = Some(localpart.to_owned());
-        request.password = Some("password".to_owned());
-        request.auth = Some(AuthData::Dummy(Dummy::new()));
-        let response = client.send(request).await;
-        client.token = response.access_token;
-        client.user_id = Some(response.user_id);
-        client.device_id = response.device_id;
-        client
+        self.client().register_as(localpart).await
     }
+}
+
+/// The test defaults (loopback port 0, a database in `dir`, no rate limits) with `env`'s
+/// IEUM_* overrides on top; for tests that call `Server::start` themselves.
+pub fn test_config(dir: &tempfile::TempDir, env: &[(&str, &str)]) -> Config {
+    let mut vars = vec![
+        ("IEUM_SERVER_NAME".to_owned(), "ieum.test".to_owned()),
+        ("IEUM_HTTP__LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+        ("IEUM_STORAGE__PATH".to_owned(), format!("\"{}\"", dir.path().join("db").display())),
+        ("IEUM_RATE_LIMITS__ENABLED".to_owned(), "false".to_owned()),
+    ];
+    vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Config::load(None, vars).expect("test config")
 }
 
 /// A client of any server at `base` (e.g. a spawned `ieum` binary).
@@ -151,6 +161,20 @@ pub struct Client {
 }
 
 impl Client {
+    /// Registers `localpart` with password "password" through this client and returns it
+    /// logged in.
+    pub async fn register_as(mut self, localpart: &str) -> Client {
+        let mut request = register::v3::Request::new();
+        request.username = Some(localpart.to_owned());
+        request.password = Some("password".to_owned());
+        request.auth = Some(AuthData::Dummy(Dummy::new()));
+        let response = self.send(request).await;
+        self.token = response.access_token;
+        self.user_id = Some(response.user_id);
+        self.device_id = response.device_id;
+        self
+    }
+
     pub fn user_id(&self) -> &ruma::UserId {
         self.user_id.as_deref().expect("a registered client")
     }

@@ -15,3 +15,4 @@ mod messages;
 mod rooms;
 mod smoke;
 mod sync;
+mod tls;
