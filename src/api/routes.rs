@@ -97,11 +97,35 @@ pub fn client_routes() -> Router<App> {
     let r = route::<c::tag::delete_tag::v3::Request, _, _>(r, config::delete_tag);
     let r = route::<c::filter::create_filter::v3::Request, _, _>(r, config::create_filter);
     let r = route::<c::filter::get_filter::v3::Request, _, _>(r, config::get_filter);
-    // Federation: what other servers ask first.
-    let r = route::<ruma::api::federation::discovery::get_server_keys::v2::Request, _, _>(r, federation::server_keys);
-    let r = route::<ruma::api::federation::discovery::get_server_version::v1::Request, _, _>(r, federation::version);
+    let r = federation_routes(r);
     // Synapse-compatible admin registration (shared secret), used by existing tools.
     r.route("/_synapse/admin/v1/register", get(admin::register_nonce).merge(post(admin::register_with_secret)))
+}
+
+/// Server-server endpoints (X-Matrix authenticated, except the key endpoints).
+fn federation_routes(r: Router<App>) -> Router<App> {
+    use ruma::api::federation as f;
+    let r = route::<f::discovery::get_server_keys::v2::Request, _, _>(r, federation::server_keys);
+    let r = route::<f::discovery::get_remote_server_keys::v2::Request, _, _>(r, federation::query_keys);
+    let r = route::<f::discovery::get_remote_server_keys_batch::v2::Request, _, _>(r, federation::query_keys_batch);
+    let r = route::<f::discovery::get_server_version::v1::Request, _, _>(r, federation::version);
+    let r = route::<f::transactions::send_transaction_message::v1::Request, _, _>(r, federation::send_transaction);
+    let r = route::<f::event::get_event::v1::Request, _, _>(r, federation::get_event);
+    let r = route::<f::event::get_room_state_ids::v1::Request, _, _>(r, federation::get_state_ids);
+    let r = route::<f::event::get_room_state::v1::Request, _, _>(r, federation::get_state);
+    let r = route::<f::authorization::get_event_authorization::v1::Request, _, _>(r, federation::get_event_auth);
+    let r = route::<f::backfill::get_backfill::v1::Request, _, _>(r, federation::backfill);
+    let r = route::<f::event::get_missing_events::v1::Request, _, _>(r, federation::missing_events);
+    let r = route::<f::membership::prepare_join_event::v1::Request, _, _>(r, federation::make_join);
+    let r = route::<f::membership::create_join_event::v2::Request, _, _>(r, federation::send_join);
+    let r = route::<f::membership::prepare_leave_event::v1::Request, _, _>(r, federation::make_leave);
+    let r = route::<f::membership::create_leave_event::v2::Request, _, _>(r, federation::send_leave);
+    let r = route::<f::membership::create_invite::v2::Request, _, _>(r, federation::invite);
+    let r = route::<f::query::get_profile_information::v1::Request, _, _>(r, federation::query_profile);
+    let r = route::<f::query::get_room_information::v1::Request, _, _>(r, federation::query_directory);
+    let r = route::<f::device::get_devices::v1::Request, _, _>(r, federation::user_devices);
+    let r = route::<f::directory::get_public_rooms::v1::Request, _, _>(r, federation::public_rooms);
+    route::<f::directory::get_public_rooms_filtered::v1::Request, _, _>(r, federation::public_rooms_filtered)
 }
 
 fn empty_state_key_routes(r: Router<App>) -> Router<App> {

@@ -15,6 +15,7 @@ pub mod account_data;
 pub mod directory;
 pub mod ephemeral;
 pub mod federation;
+pub mod inbound;
 pub mod ratelimit;
 pub mod rooms;
 pub mod server_keys;
@@ -58,6 +59,7 @@ pub struct Services {
     pub sync: sync::Sync,
     pub ratelimit: ratelimit::RateLimiter,
     pub federation: Arc<federation::Federation>,
+    pub transactions: inbound::Transactions,
 }
 
 impl Services {
@@ -75,6 +77,7 @@ impl Services {
             sync: sync::Sync::new(core.clone(), rooms.clone(), ephemeral.clone()),
             ratelimit: ratelimit::RateLimiter::new(core.config.rate_limits.clone()),
             federation,
+            transactions: inbound::Transactions::default(),
             rooms,
             ephemeral,
             core,

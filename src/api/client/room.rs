@@ -70,7 +70,7 @@ pub async fn join_room_by_id(
 ) -> Result<join_room_by_id::v3::Response> {
     let session = req.user()?;
     let extra = req.extra_fields(JOIN_FIELDS);
-    let room_id = app.rooms.join(&session.user_id, &req.body.room_id, req.body.reason.as_deref(), extra).await?;
+    let room_id = app.rooms.join(&session.user_id, &req.body.room_id, req.body.reason.as_deref(), extra, &[]).await?;
     Ok(join_room_by_id::v3::Response::new(room_id))
 }
 
@@ -80,9 +80,10 @@ pub async fn join_room_by_id_or_alias(
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<join_room_by_id_or_alias::v3::Response> {
     let session = req.user()?;
-    let room_id = app.rooms.resolve_room(&req.body.room_id_or_alias)?;
+    let (room_id, mut servers) = app.rooms.resolve_room_with_servers(&req.body.room_id_or_alias).await?;
+    servers.splice(0..0, req.body.via.iter().cloned());
     let extra = req.extra_fields(JOIN_FIELDS);
-    let room_id = app.rooms.join(&session.user_id, &room_id, req.body.reason.as_deref(), extra).await?;
+    let room_id = app.rooms.join(&session.user_id, &room_id, req.body.reason.as_deref(), extra, &servers).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 
@@ -459,7 +460,7 @@ fn chunk(room: PublicRoom) -> PublicRoomsChunk {
 }
 
 /// Pages a directory listing: `since` is an offset token.
-fn page(
+pub(crate) fn page(
     rooms: Vec<PublicRoom>,
     limit: Option<ruma::UInt>,
     since: Option<&str>,

@@ -17,12 +17,57 @@ impl Rooms {
             Ok(room_id) => Ok(room_id.to_owned()),
             Err(alias) => match self.core.db.alias(alias)? {
                 Some((room_id, _)) => Ok(room_id),
-                None if alias.server_name() != self.core.server_name() => Err(Error::not_found(format!(
-                    "Room alias {alias} is on another server; federation is not enabled on this server."
-                ))),
+                None if alias.server_name() != self.core.server_name() => {
+                    Err(Error::not_found(format!("Room alias {alias} is on another server.")))
+                }
                 None => Err(Error::not_found(format!("Room alias {alias} not found."))),
             },
         }
+    }
+
+    /// Resolves a room id or an alias (asking the alias's server when it is remote); also
+    /// returns servers that can be asked to join it.
+    pub async fn resolve_room_with_servers(
+        &self,
+        room: &RoomOrAliasId,
+    ) -> Result<(OwnedRoomId, Vec<ruma::OwnedServerName>)> {
+        let Err(alias) = <&RoomId>::try_from(room) else {
+            return Ok((self.resolve_room(room)?, Vec::new()));
+        };
+        if alias.server_name() == self.core.server_name() {
+            return Ok((self.resolve_room(room)?, Vec::new()));
+        }
+        self.federation.check_permitted(alias.server_name())?;
+        let request = ruma::api::federation::query::get_room_information::v1::Request::new(alias.to_owned());
+        match self.federation.client.send(alias.server_name(), request).await {
+            Ok(response) => Ok((response.room_id, response.servers)),
+            Err(ieum_federation::client::FederationError::Remote { status: 404, .. }) => {
+                Err(Error::not_found(format!("Room alias {alias} not found.")))
+            }
+            Err(error) => Err(Error::remote(error)),
+        }
+    }
+
+    /// Servers that may be asked to join a room: those given, the inviter's, and the
+    /// server in a v1-v11 room id.
+    fn join_candidates(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        given: &[ruma::OwnedServerName],
+    ) -> Vec<ruma::OwnedServerName> {
+        let mut servers: Vec<ruma::OwnedServerName> = given.to_vec();
+        if let Ok(Some(record)) = self.core.db.membership(room_id, user_id)
+            && let Ok(Some(invite)) = self.pdu(&record.event_id)
+        {
+            servers.push(invite.sender.server_name().to_owned());
+        }
+        if let Some(server) = room_id.server_name() {
+            servers.push(server.to_owned());
+        }
+        let mut seen = std::collections::HashSet::new();
+        servers.retain(|s| s != self.core.server_name() && seen.insert(s.clone()));
+        servers
     }
 
     /// The current membership of a user ("join", "invite", "leave", "ban", "knock").
@@ -42,11 +87,24 @@ impl Rooms {
         room_id: &RoomId,
         reason: Option<&str>,
         extra: serde_json::Map<String, Value>,
+        servers: &[ruma::OwnedServerName],
     ) -> Result<OwnedRoomId> {
         if self.room_record(room_id)?.is_none() {
-            return Err(Error::not_found(
-                "This server does not know that room, and federation is not enabled to join it.",
-            ));
+            // A room this server is not in: join through another server.
+            let mut content = match self.profile_content(user_id, "join")? {
+                Value::Object(map) => map,
+                _ => serde_json::Map::new(),
+            };
+            for (key, value) in extra {
+                content.entry(key).or_insert(value);
+            }
+            if let Some(reason) = reason {
+                content.insert("reason".into(), Value::String(reason.to_owned()));
+            }
+            content.remove("membership");
+            let candidates = self.join_candidates(user_id, room_id, servers);
+            self.join_remote(user_id, room_id, &candidates, content).await?;
+            return Ok(room_id.to_owned());
         }
         if self.is_joined(room_id, user_id)? {
             return Ok(room_id.to_owned());
@@ -101,10 +159,30 @@ impl Rooms {
         is_direct: bool,
     ) -> Result<OwnedEventId> {
         if target.server_name() != self.core.server_name() {
-            return Err(Error::forbidden(format!(
-                "Cannot invite {target}: federation with {} is not enabled on this server.",
-                target.server_name()
-            )));
+            if !self.federation.permits(target.server_name()) {
+                return Err(Error::forbidden(format!(
+                    "Cannot invite {target}: this server does not federate with {}.",
+                    target.server_name()
+                )));
+            }
+            if !self.is_joined(room_id, sender)? {
+                return Err(Error::forbidden("You are not joined to this room."));
+            }
+            match self.membership_of(room_id, target)?.as_deref() {
+                Some("join") => return Err(Error::forbidden(format!("{target} is already in the room."))),
+                Some("ban") => return Err(Error::forbidden(format!("{target} is banned from the room."))),
+                _ => {}
+            }
+            let mut content = json!({ "membership": "invite" });
+            if is_direct {
+                content["is_direct"] = Value::Bool(true);
+            }
+            add_reason(&mut content, reason);
+            let content = match content {
+                Value::Object(map) => map,
+                _ => serde_json::Map::new(),
+            };
+            return self.invite_remote(sender, room_id, target, content).await;
         }
         let Some(user) = self.core.db.user(target)? else {
             return Err(Error::not_found(format!("Unknown user {target}")));
@@ -141,6 +219,11 @@ impl Rooms {
             Some("leave") => return Ok(()),
             Some("ban") => return Err(Error::forbidden("You are banned from this room.")),
             _ => return Err(Error::forbidden("You are not in this room.")),
+        }
+        if self.room_record(room_id)?.is_none() {
+            // An invite to a room this server is not in: reject it through the inviter.
+            let servers = self.join_candidates(user_id, room_id, &[]);
+            return self.leave_remote(user_id, room_id, &servers).await;
         }
         let mut content = json!({ "membership": "leave" });
         add_reason(&mut content, reason);
@@ -232,7 +315,7 @@ impl Rooms {
                 let mut extra = content.clone();
                 extra.remove("membership");
                 extra.remove("reason");
-                self.join(sender, room_id, reason.as_deref(), extra).await?;
+                self.join(sender, room_id, reason.as_deref(), extra, &[]).await?;
                 self.last_membership_event(room_id, target)
             }
             "invite" if !own => {

@@ -270,7 +270,9 @@ impl Rooms {
         {
             return Ok(current.event_id.clone());
         }
-        self.append_locked(new, &record.room_version, Some(head)).await.map(|(id, _)| id)
+        let (event_id, pdu) = self.append_locked(new, &record.room_version, Some(head)).await?;
+        self.broadcast(&pdu).await?;
+        Ok(event_id)
     }
 
     /// Creates a room from its create event; returns (room id, create event id). The

@@ -73,6 +73,7 @@ impl Rooms {
         if self.room_record(room_id)?.is_none() {
             return Err(Error::not_found(format!("Unknown room {room_id}.")));
         }
+        self.check_server_acl(server, room_id)?;
         if !self.server_in_room(server, room_id)? {
             return Err(Error::forbidden(format!("{server} is not in room {room_id}.")));
         }
@@ -93,6 +94,38 @@ impl Rooms {
             return Ok(());
         }
         self.federation.queue_pdu(servers.into_iter().collect(), pdu.event_id.clone(), pdu.stored.pdu.clone()).await
+    }
+
+    /// The id an incoming PDU will have (for per-PDU answers), if it can be computed.
+    pub fn event_id_of(&self, room_id: &RoomId, raw_pdu: &RawValue) -> Option<OwnedEventId> {
+        let version = self.room_version(room_id).ok().flatten().unwrap_or(RoomVersionId::V12);
+        let rules = version.rules()?;
+        let mut object: CanonicalJsonObject = serde_json::from_str(raw_pdu.get()).ok()?;
+        match rules.event_id_format {
+            ruma::room_version_rules::EventIdFormatVersion::V1 => match object.get("event_id") {
+                Some(CanonicalJsonValue::String(id)) => EventId::parse(id).ok(),
+                _ => None,
+            },
+            _ => {
+                object.remove("event_id");
+                EventId::new_v2_or_v3(&reference_hash(&object, &rules).ok()?).ok()
+            }
+        }
+    }
+
+    /// Refuses a server the room's `m.room.server_acl` does not allow.
+    pub fn check_server_acl(&self, server: &ServerName, room_id: &RoomId) -> Result<()> {
+        let Some(acl) = self.current_state_pdu(room_id, &StateEventType::RoomServerAcl, "")? else { return Ok(()) };
+        let Ok(content) =
+            serde_json::from_str::<ruma::events::room::server_acl::RoomServerAclEventContent>(acl.content.get())
+        else {
+            return Ok(());
+        };
+        if content.is_allowed(server) {
+            Ok(())
+        } else {
+            Err(Error::forbidden(format!("{server} is denied by the room's server ACL.")))
+        }
     }
 
     /// An event for another server: it must be in the room.

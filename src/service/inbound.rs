@@ -1,0 +1,165 @@
+//! Inbound federation transactions (`PUT /_matrix/federation/v1/send/{txnId}`): PDUs handed
+//! to the rooms service one by one (per-PDU results), EDUs (typing, receipts) applied, and
+//! replays of a transaction answered from memory without processing it again.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::Mutex,
+    time::Duration,
+};
+
+use ruma::{
+    OwnedEventId, OwnedRoomId, OwnedServerName, OwnedTransactionId, RoomId, ServerName,
+    api::federation::transactions::{edu::Edu, send_transaction_message},
+};
+use serde::Deserialize;
+
+use super::Services;
+use crate::error::{Error, Result};
+
+/// A transaction carries at most this many PDUs and EDUs (the spec's limits).
+const MAX_PDUS: usize = 50;
+const MAX_EDUS: usize = 100;
+/// Transactions remembered for replay detection.
+const REMEMBERED: usize = 4096;
+
+type TxnKey = (OwnedServerName, OwnedTransactionId);
+type PduResults = BTreeMap<OwnedEventId, std::result::Result<(), String>>;
+
+/// Recently completed transactions and their answers.
+#[derive(Default)]
+pub struct Transactions {
+    done: Mutex<(HashMap<TxnKey, PduResults>, VecDeque<TxnKey>)>,
+    /// One transaction per origin at a time (the spec: senders wait for the answer).
+    origins: Mutex<HashMap<OwnedServerName, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Transactions {
+    fn remembered(&self, key: &TxnKey) -> Option<PduResults> {
+        self.done.lock().unwrap_or_else(|e| e.into_inner()).0.get(key).cloned()
+    }
+
+    fn remember(&self, key: TxnKey, results: PduResults) {
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        if done.0.insert(key.clone(), results).is_none() {
+            done.1.push_back(key);
+        }
+        while done.1.len() > REMEMBERED {
+            if let Some(old) = done.1.pop_front() {
+                done.0.remove(&old);
+            }
+        }
+    }
+
+    fn origin_lock(&self, origin: &ServerName) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        self.origins.lock().unwrap_or_else(|e| e.into_inner()).entry(origin.to_owned()).or_default().clone()
+    }
+}
+
+#[derive(Deserialize)]
+struct RoomOf {
+    room_id: Option<OwnedRoomId>,
+}
+
+impl Services {
+    /// Handles one inbound transaction from `origin`.
+    pub async fn receive_transaction(
+        &self,
+        origin: &ServerName,
+        request: send_transaction_message::v1::Request,
+    ) -> Result<PduResults> {
+        if request.origin != origin {
+            return Err(Error::forbidden("The transaction's origin is not the server that signed the request."));
+        }
+        if request.pdus.len() > MAX_PDUS || request.edus.len() > MAX_EDUS {
+            return Err(Error::too_large(format!(
+                "A transaction carries at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs."
+            )));
+        }
+        let key = (origin.to_owned(), request.transaction_id.clone());
+        let lock = self.transactions.origin_lock(origin);
+        let _guard = lock.lock().await;
+        if let Some(results) = self.transactions.remembered(&key) {
+            tracing::debug!(%origin, txn = %request.transaction_id, "replayed transaction");
+            return Ok(results);
+        }
+        let mut results = PduResults::new();
+        for raw in &request.pdus {
+            let room_id = match serde_json::from_str::<RoomOf>(raw.get()) {
+                Ok(RoomOf { room_id: Some(room_id) }) => room_id,
+                _ => {
+                    tracing::info!(%origin, "dropping a PDU without a room id");
+                    continue;
+                }
+            };
+            let event_id = self.rooms.event_id_of(&room_id, raw);
+            let outcome = match self.rooms.room_version(&room_id) {
+                Ok(Some(_)) => {
+                    // Servers outside a room's ACL may not send into it.
+                    match self.rooms.check_server_acl(origin, &room_id) {
+                        Ok(()) => self.rooms.receive_pdu(origin, &room_id, raw).await.map(|_| ()),
+                        Err(error) => Err(error),
+                    }
+                }
+                Ok(None) => Err(Error::not_found(format!("This server is not in room {room_id}."))),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = &outcome {
+                tracing::info!(%origin, %room_id, event_id = ?event_id, %error, "PDU not accepted");
+            }
+            if let Some(event_id) = event_id {
+                results.insert(event_id, outcome.map_err(|e| e.to_string()));
+            }
+        }
+        for edu in &request.edus {
+            match edu.deserialize() {
+                Ok(edu) => self.receive_edu(origin, edu).await,
+                Err(error) => tracing::debug!(%origin, %error, "ignoring an EDU that does not parse"),
+            }
+        }
+        self.transactions.remember(key, results.clone());
+        Ok(results)
+    }
+
+    async fn receive_edu(&self, origin: &ServerName, edu: Edu) {
+        match edu {
+            Edu::Typing(typing) => {
+                if typing.user_id.server_name() != origin || !self.sender_in_room(&typing.room_id, origin) {
+                    return;
+                }
+                let timeout = typing.typing.then_some(Duration::from_secs(30));
+                self.ephemeral.set_typing(&typing.room_id, &typing.user_id, typing.typing, timeout);
+            }
+            Edu::Receipt(receipts) => {
+                for (room_id, map) in receipts.receipts {
+                    if !self.sender_in_room(&room_id, origin) {
+                        continue;
+                    }
+                    for (user_id, data) in map.read {
+                        if user_id.server_name() != origin {
+                            continue;
+                        }
+                        let thread = data.data.thread.as_str().map(str::to_owned);
+                        for event_id in data.event_ids {
+                            if let Err(error) = self
+                                .ephemeral
+                                .set_receipt(&room_id, &user_id, "m.read", &event_id, thread.clone())
+                                .await
+                            {
+                                tracing::debug!(%origin, %error, "ignoring a receipt");
+                            }
+                        }
+                    }
+                }
+            }
+            other => {
+                tracing::debug!(%origin, kind = ?std::mem::discriminant(&other), "EDU type not handled yet");
+            }
+        }
+    }
+
+    fn sender_in_room(&self, room_id: &RoomId, origin: &ServerName) -> bool {
+        self.rooms.server_in_room(origin, room_id).unwrap_or(false)
+            && self.rooms.check_server_acl(origin, room_id).is_ok()
+    }
+}
