@@ -102,6 +102,20 @@ impl TestServer {
         self.server = Some(Server::start(config).await.expect("server restarts"));
     }
 
+    /// Stops the server (keeping its database and ports) until `start_again`.
+    pub async fn stop(&mut self) {
+        let server = self.server.take().expect("running");
+        self.config.http.listen = server.addrs().to_vec();
+        self.config.federation.listen = server.tls_addrs().to_vec();
+        server.shutdown().await;
+    }
+
+    /// Starts a stopped server again on the same database and ports.
+    pub async fn start_again(&mut self) {
+        assert!(self.server.is_none(), "already running");
+        self.server = Some(Server::start(self.config.clone()).await.expect("server restarts"));
+    }
+
     /// `https://` + the first TLS listener (`federation.listen`).
     pub fn tls_base(&self) -> String {
         format!("https://{}", self.server.as_ref().expect("running").tls_addrs()[0])

@@ -10,6 +10,7 @@ mod bad_input;
 mod directory;
 mod durability;
 mod ephemeral;
+mod federation;
 mod membership;
 mod messages;
 mod rooms;

@@ -220,7 +220,7 @@ impl Rooms {
             }
         };
 
-        let memberships = self.membership_changes(Some(current), &new_current)?;
+        let memberships = self.membership_changes(Some(current), &new_current, &pdu)?;
         let redact = match (&pdu.kind, &pdu.redacts) {
             (TimelineEventType::RoomRedaction, Some(target)) => {
                 self.prepare_redaction(rules, version, state_before, &pdu, target).unwrap_or(None)
@@ -260,6 +260,7 @@ impl Rooms {
         &self,
         old: Option<&StateMap>,
         new: &StateMap,
+        pending: &Pdu,
     ) -> Result<Vec<(OwnedUserId, String, OwnedEventId)>> {
         let mut changes = Vec::new();
         for ((kind, key), event_id) in new {
@@ -268,8 +269,14 @@ impl Rooms {
             {
                 continue;
             }
-            let (Ok(user_id), Some(pdu)) = (UserId::parse(key.as_str()), self.pdu(event_id)?) else { continue };
-            if let Some(membership) = pdu.membership() {
+            let Ok(user_id) = UserId::parse(key.as_str()) else { continue };
+            // The event being appended is not stored yet.
+            let membership = if *event_id == pending.event_id {
+                pending.membership()
+            } else {
+                self.pdu(event_id)?.and_then(|pdu| pdu.membership())
+            };
+            if let Some(membership) = membership {
                 changes.push((user_id, membership, event_id.clone()));
             }
         }
@@ -371,8 +378,15 @@ impl Rooms {
     }
 
     fn create_event_of(&self, room_id: &RoomId) -> Option<Arc<Pdu>> {
-        let record = self.room_record(room_id).ok().flatten()?;
-        self.pdu(&record.create_event_id).ok().flatten()
+        if let Some(record) = self.room_record(room_id).ok().flatten() {
+            return self.pdu(&record.create_event_id).ok().flatten();
+        }
+        // v12 rooms are named after their create event (while joining, before the record).
+        if room_id.server_name().is_none() {
+            let id = EventId::parse(format!("${}", room_id.strip_sigil())).ok()?;
+            return self.pdu(&id).ok().flatten();
+        }
+        None
     }
 
     /// The state-dependent auth rules against a state map.

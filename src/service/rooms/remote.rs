@@ -629,7 +629,7 @@ impl Rooms {
         after.insert((StateEventType::RoomMember, join.sender.to_string()), join_id.clone());
         let after_id = self.core.db.next_state_group_id();
         let after_group = super::ingest::make_group(Some((before_id, 0, &state_map)), &after);
-        let memberships = self.membership_changes(None, &after)?;
+        let memberships = self.membership_changes(None, &after, &join)?;
         let mut stored = join.stored.clone();
         stored.state_before = Some(before_id);
         let append = AppendEventOwned {
