@@ -172,6 +172,11 @@ impl FederationClient {
         })
     }
 
+    /// Our server name: the `origin` of every request.
+    pub fn origin(&self) -> &ServerName {
+        &self.origin
+    }
+
     pub fn policy(&self) -> &Policy {
         &self.config.policy
     }

@@ -3,6 +3,7 @@
 //! Every trait method is one atomic unit (one RocksDB WriteBatch). Writes are durable
 //! (write-ahead log, synced) before the method returns, so a caller may acknowledge them.
 //! The service layer speaks only these traits; only `storage/rocksdb/` names RocksDB.
+//! One trait comes from ieum-federation: `OutboxStore`, the federation sender's queues.
 
 use std::{path::Path, sync::Arc};
 
@@ -12,6 +13,8 @@ use ruma::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+pub use ieum_federation::outbox::{OutboundItem, OutboundTransaction, OutboxError, OutboxSeq, OutboxStore, QueuedItem};
 
 pub mod rocksdb;
 // The one place a backend is chosen (see `open`).
@@ -311,9 +314,17 @@ pub trait StreamStore: Send + Sync {
     fn subscribe(&self) -> tokio::sync::watch::Receiver<StreamPos>;
 }
 
-/// Everything the service layer needs from a backend.
-pub trait Storage: UserStore + RoomStore + MetaStore + StreamStore {}
-impl<T: UserStore + RoomStore + MetaStore + StreamStore> Storage for T {}
+/// Everything the service layer needs from a backend. The federation outbox trait is
+/// ieum-federation's (the sender there drives it); an `Arc<dyn Storage>` coerces to the
+/// `Arc<dyn OutboxStore>` the sender takes.
+pub trait Storage: UserStore + RoomStore + MetaStore + StreamStore + OutboxStore {}
+impl<T: UserStore + RoomStore + MetaStore + StreamStore + OutboxStore> Storage for T {}
+
+impl From<StorageError> for OutboxError {
+    fn from(error: StorageError) -> Self {
+        OutboxError(error.to_string())
+    }
+}
 
 /// Which backend to open, and where.
 #[derive(Clone, Debug)]

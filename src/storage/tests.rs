@@ -237,3 +237,122 @@ storage_test!(stream_position_waits_for_slow_writers, |store, _reopen| {
     assert_eq!(store.current_pos(), start + 100);
     assert_eq!(store.timeline(room_id!("!r:x"), start, Direction::Forward, 1000).unwrap().len(), 100);
 });
+
+fn ts(ms: u32) -> ruma::MilliSecondsSinceUnixEpoch {
+    ruma::MilliSecondsSinceUnixEpoch(ms.into())
+}
+
+fn outbound_pdu(n: u64) -> OutboundItem {
+    OutboundItem::pdu(
+        &OwnedEventId::try_from(format!("$p{n}")).unwrap(),
+        &raw(&format!(r#"{{"type":"m.room.message","n":{n}}}"#)),
+    )
+}
+
+fn outbound_edu(n: u64) -> OutboundItem {
+    OutboundItem::Edu(
+        ruma::serde::Raw::from_json_string(format!(r#"{{"edu_type":"m.receipt","content":{{"n":{n}}}}}"#)).unwrap(),
+    )
+}
+
+/// `(is_pdu, n)` of queued items, to compare contents.
+fn outbound_summary(items: &[QueuedItem]) -> Vec<(bool, u64)> {
+    items
+        .iter()
+        .map(|queued| {
+            let json = match &queued.item {
+                OutboundItem::Pdu { pdu, .. } => pdu.get().to_owned(),
+                OutboundItem::Edu(edu) => edu.json().get().to_owned(),
+            };
+            let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+            let n = value.get("n").or_else(|| value["content"].get("n")).unwrap().as_u64().unwrap();
+            (queued.item.is_pdu(), n)
+        })
+        .collect()
+}
+
+storage_test!(outbox_queues_per_destination_with_a_limit_per_kind, |store, _reopen| {
+    let a = ruma::owned_server_name!("a.test");
+    let b = ruma::owned_server_name!("b.test");
+    assert!(store.destinations_with_work().unwrap().is_empty());
+    for n in 0..3 {
+        store.enqueue_outbound(&[a.clone(), b.clone()], &outbound_pdu(n), ts(7)).unwrap();
+        store.enqueue_outbound(std::slice::from_ref(&a), &outbound_edu(n), ts(8)).unwrap();
+    }
+    let pending = store.pending_outbound(&a, 2, 1).unwrap();
+    assert_eq!(outbound_summary(&pending), [(true, 0), (false, 0), (true, 1)], "oldest first, in queue order");
+    assert!(pending.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(pending[0].queued_at, ts(7));
+    assert!(matches!(&pending[0].item, OutboundItem::Pdu { event_id, .. } if event_id == "$p0"));
+    // A backlog of PDUs does not hold EDUs back.
+    assert_eq!(outbound_summary(&store.pending_outbound(&a, 0, 100).unwrap()), [(false, 0), (false, 1), (false, 2)]);
+    assert_eq!(outbound_summary(&store.pending_outbound(&b, 50, 100).unwrap()), [(true, 0), (true, 1), (true, 2)]);
+    assert!(store.pending_outbound(ruma::server_name!("c.test"), 50, 100).unwrap().is_empty());
+    assert_eq!(store.destinations_with_work().unwrap(), [a.clone(), b.clone()]);
+    // What the service layer hands to the federation sender: the same store, as its trait.
+    let outbox: Arc<dyn OutboxStore> = store.clone();
+    assert_eq!(outbox.destinations_with_work().unwrap().len(), 2);
+    // Discarded entries are gone for good.
+    let edus = store.pending_outbound(&a, 0, 2).unwrap();
+    store.discard_outbound(&a, &edus).unwrap();
+    assert_eq!(outbound_summary(&store.pending_outbound(&a, 0, 100).unwrap()), [(false, 2)]);
+});
+
+storage_test!(outbox_transactions_survive_reopen_and_complete_atomically, |store, reopen| {
+    let a = ruma::owned_server_name!("a.test");
+    for n in 0..4 {
+        store.enqueue_outbound(std::slice::from_ref(&a), &outbound_pdu(n), ts(1)).unwrap();
+    }
+    store.enqueue_outbound(std::slice::from_ref(&a), &outbound_edu(9), ts(1)).unwrap();
+    let items = store.pending_outbound(&a, 2, 100).unwrap();
+    let transaction =
+        OutboundTransaction { txn_id: ruma::TransactionId::new(), origin_server_ts: ts(42), items: items.clone() };
+    store.begin_transaction(&a, &transaction).unwrap();
+    // The in-flight entries are not pending any more.
+    assert_eq!(outbound_summary(&store.pending_outbound(&a, 50, 100).unwrap()), [(true, 2), (true, 3)]);
+    let max_seq = store.pending_outbound(&a, 50, 100).unwrap().iter().map(|q| q.seq).max().unwrap();
+
+    drop(store);
+    let store = reopen();
+    assert_eq!(store.destinations_with_work().unwrap(), [a.clone()]);
+    let in_flight = store.transaction_in_flight(&a).unwrap().expect("in flight after reopen");
+    assert_eq!(in_flight.txn_id, transaction.txn_id);
+    assert_eq!(in_flight.origin_server_ts, ts(42));
+    assert_eq!(outbound_summary(&in_flight.items), outbound_summary(&items));
+    assert_eq!(
+        in_flight.items.iter().map(|q| q.seq).collect::<Vec<_>>(),
+        items.iter().map(|q| q.seq).collect::<Vec<_>>()
+    );
+    // Sequence numbers resume after the highest one queued.
+    store.enqueue_outbound(std::slice::from_ref(&a), &outbound_pdu(4), ts(2)).unwrap();
+    let after = store.pending_outbound(&a, 50, 100).unwrap();
+    assert_eq!(outbound_summary(&after), [(true, 2), (true, 3), (true, 4)]);
+    assert!(after.last().unwrap().seq > max_seq);
+
+    // Completing another id does nothing; completing this one removes it and its entries.
+    store.complete_transaction(&a, &ruma::TransactionId::new()).unwrap();
+    assert!(store.transaction_in_flight(&a).unwrap().is_some());
+    store.complete_transaction(&a, &transaction.txn_id).unwrap();
+    assert!(store.transaction_in_flight(&a).unwrap().is_none());
+    assert_eq!(outbound_summary(&store.pending_outbound(&a, 50, 100).unwrap()), [(true, 2), (true, 3), (true, 4)]);
+    let rest = store.pending_outbound(&a, 50, 100).unwrap();
+    let last = OutboundTransaction { txn_id: ruma::TransactionId::new(), origin_server_ts: ts(43), items: rest };
+    store.begin_transaction(&a, &last).unwrap();
+    store.complete_transaction(&a, &last.txn_id).unwrap();
+    assert!(store.destinations_with_work().unwrap().is_empty());
+});
+
+storage_test!(outbox_sequence_numbers_increase_across_destinations_and_reopen, |store, reopen| {
+    // Two destinations whose keys interleave badly if the counter only looked at the last key.
+    let z = ruma::owned_server_name!("z.test");
+    let a = ruma::owned_server_name!("a.test");
+    store.enqueue_outbound(std::slice::from_ref(&z), &outbound_pdu(0), ts(1)).unwrap();
+    store.enqueue_outbound(std::slice::from_ref(&a), &outbound_edu(1), ts(1)).unwrap();
+    let highest = store.pending_outbound(&a, 50, 100).unwrap()[0].seq;
+    drop(store);
+    let store = reopen();
+    store.enqueue_outbound(std::slice::from_ref(&z), &outbound_pdu(2), ts(1)).unwrap();
+    let z_items = store.pending_outbound(&z, 50, 100).unwrap();
+    assert_eq!(outbound_summary(&z_items), [(true, 0), (true, 2)]);
+    assert!(z_items[1].seq > highest);
+});

@@ -38,6 +38,39 @@ pub fn trailing_u64(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(tail))
 }
 
+/// OUTBOX kinds (the byte after the destination).
+pub const OUTBOX_PDU: u8 = 0;
+pub const OUTBOX_EDU: u8 = 1;
+
+/// `destination 0xFF kind` — the run of one kind of a destination's queue.
+pub fn outbox_run(destination: &[u8], kind: u8) -> Vec<u8> {
+    let mut key = prefix(destination);
+    key.push(kind);
+    key
+}
+
+/// `destination 0xFF kind seq`.
+pub fn outbox_key(destination: &[u8], kind: u8, seq: u64) -> Vec<u8> {
+    let mut key = outbox_run(destination, kind);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// `destination 0xFF 0xFF`: sorts after every OUTBOX key of `destination` (kinds are < 0xFF)
+/// and before the next destination's.
+pub fn outbox_after(destination: &[u8]) -> Vec<u8> {
+    outbox_run(destination, SEP)
+}
+
+/// Splits an OUTBOX key into (destination, kind, seq).
+pub fn split_outbox_key(key: &[u8]) -> Option<(&[u8], u8, u64)> {
+    let seq = trailing_u64(key)?;
+    let rest = key.get(..key.len() - 8)?;
+    let (&kind, rest) = rest.split_last()?;
+    let (&sep, destination) = rest.split_last()?;
+    (sep == SEP).then_some((destination, kind, seq))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,6 +80,23 @@ mod tests {
         assert!(with_u64(b"!r", 255) < with_u64(b"!r", 256));
         assert!(with_u64(b"!r", 1) < with_u64(b"!r", u64::MAX));
         assert_eq!(trailing_u64(&with_u64(b"!r", 77)), Some(77));
+    }
+
+    #[test]
+    fn outbox_keys_split_and_sort_per_destination() {
+        let key = outbox_key(b"a.test", OUTBOX_EDU, 9);
+        assert_eq!(split_outbox_key(&key), Some((&b"a.test"[..], OUTBOX_EDU, 9)));
+        assert!(outbox_key(b"a.test", OUTBOX_PDU, u64::MAX) < outbox_key(b"a.test", OUTBOX_EDU, 0));
+        assert!(outbox_key(b"a.test", OUTBOX_EDU, u64::MAX) < outbox_after(b"a.test"));
+        // Another destination's keys never fall inside a destination's range.
+        let range = outbox_run(b"a.test", OUTBOX_PDU)..outbox_after(b"a.test");
+        for other in [&b"a.test0"[..], b"a.tes", b"a.testb", b"b"] {
+            for seq in [0, u64::MAX] {
+                assert!(!range.contains(&outbox_key(other, OUTBOX_PDU, seq)));
+                assert!(!range.contains(&outbox_key(other, OUTBOX_EDU, seq)));
+            }
+        }
+        assert_eq!(split_outbox_key(b"short"), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! reader never skips a change that was committed late.
 
 mod keys;
+mod outbox;
 mod schema;
 
 use std::{
@@ -89,6 +90,8 @@ pub struct RocksStorage {
     write_opts: WriteOptions,
     positions: Positions,
     next_state_group: AtomicU64,
+    /// The next federation outbox sequence number (see outbox.rs).
+    next_outbox_seq: AtomicU64,
     /// Serialises check-then-create operations (user ids, aliases), which are rare.
     create_lock: Mutex<()>,
 }
@@ -143,11 +146,13 @@ impl RocksStorage {
 
         let last_pos = Self::last_key_u64(&db, cf::STREAM)?.unwrap_or(0);
         let last_group = Self::last_key_u64(&db, cf::STATE_GROUPS)?.unwrap_or(0);
+        let last_outbox_seq = outbox::last_outbox_seq(&db)?;
         Ok(Self {
             db,
             write_opts,
             positions: Positions::new(last_pos),
             next_state_group: AtomicU64::new(last_group + 1),
+            next_outbox_seq: AtomicU64::new(last_outbox_seq + 1),
             create_lock: Mutex::new(()),
         })
     }

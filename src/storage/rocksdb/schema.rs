@@ -47,6 +47,13 @@ pub const FILTERS: &str = "filters";
 pub const RECEIPTS: &str = "receipts";
 /// `room_id 0xFF pos u64` -> the RECEIPTS key that changed at `pos`.
 pub const RECEIPTS_STREAM: &str = "receipts_stream";
+/// `destination 0xFF kind u8 seq u64` -> `queued_at u64 ++ OutboundItem (JSON)`. The federation
+/// outbox: kind 0 = PDU, 1 = EDU, so each kind is its own ordered run per destination and a
+/// backlog of one does not have to be scanned to find the other.
+pub const OUTBOX: &str = "outbox";
+/// `destination` -> the transaction in flight (JSON): id, timestamp, `[kind, seq]` of its
+/// OUTBOX entries. Written before the transaction is sent; deleted with its entries.
+pub const OUTBOX_TXN: &str = "outbox_txn";
 
 pub const ALL: &[&str] = &[
     META,
@@ -71,4 +78,6 @@ pub const ALL: &[&str] = &[
     FILTERS,
     RECEIPTS,
     RECEIPTS_STREAM,
+    OUTBOX,
+    OUTBOX_TXN,
 ];
