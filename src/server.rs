@@ -87,6 +87,8 @@ impl Server {
                 }
             }
         });
+        // Background: the federation sender (resumes what was queued before a restart).
+        tasks.spawn(app.federation.sender().run(shutdown.subscribe()));
         Ok(Self { addrs, tls_addrs, app, shutdown, tasks })
     }
 

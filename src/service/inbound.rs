@@ -158,8 +158,49 @@ impl Services {
         }
     }
 
+    /// Shares a local user's typing state with the room's other servers.
+    pub async fn share_typing(&self, room_id: &RoomId, user_id: &ruma::UserId, typing: bool) -> Result<()> {
+        let servers: Vec<OwnedServerName> = self.rooms.remote_servers_in_room(room_id)?.into_iter().collect();
+        if servers.is_empty() {
+            return Ok(());
+        }
+        let edu = serde_json::json!({
+            "edu_type": "m.typing",
+            "content": { "room_id": room_id, "user_id": user_id, "typing": typing },
+        });
+        self.federation.queue_edu(servers, &raw_edu(&edu)?).await
+    }
+
+    /// Shares a local user's public read receipt with the room's other servers.
+    pub async fn share_receipt(
+        &self,
+        room_id: &RoomId,
+        user_id: &ruma::UserId,
+        event_id: &ruma::EventId,
+        thread: Option<&str>,
+    ) -> Result<()> {
+        let servers: Vec<OwnedServerName> = self.rooms.remote_servers_in_room(room_id)?.into_iter().collect();
+        if servers.is_empty() {
+            return Ok(());
+        }
+        let mut data = serde_json::json!({ "ts": super::now_ms() });
+        if let Some(thread) = thread {
+            data["thread_id"] = serde_json::Value::String(thread.to_owned());
+        }
+        let edu = serde_json::json!({
+            "edu_type": "m.receipt",
+            "content": { room_id.as_str(): { "m.read": { user_id.as_str(): { "data": data, "event_ids": [event_id] } } } },
+        });
+        self.federation.queue_edu(servers, &raw_edu(&edu)?).await
+    }
+
     fn sender_in_room(&self, room_id: &RoomId, origin: &ServerName) -> bool {
         self.rooms.server_in_room(origin, room_id).unwrap_or(false)
             && self.rooms.check_server_acl(origin, room_id).is_ok()
     }
+}
+
+fn raw_edu(value: &serde_json::Value) -> Result<ruma::serde::Raw<Edu>> {
+    let json = serde_json::to_string(value).map_err(|e| Error::internal(e.to_string()))?;
+    ruma::serde::Raw::from_json_string(json).map_err(|e| Error::internal(e.to_string()))
 }

@@ -75,6 +75,7 @@ pub async fn typing(
         }
         _ => app.ephemeral.set_typing(&req.body.room_id, &session.user_id, false, None::<Duration>),
     }
+    app.share_typing(&req.body.room_id, &session.user_id, matches!(req.body.state, Typing::Yes(_))).await?;
     Ok(create_typing_event::v3::Response::new())
 }
 
@@ -108,7 +109,12 @@ pub async fn receipt(app: App, req: Ruma<create_receipt::v3::Request>) -> Result
             if let ReceiptThread::Thread(root) = &req.body.thread {
                 app.rooms.check_in_thread(&session.user_id, room_id, &req.body.event_id, root)?;
             }
-            app.ephemeral.set_receipt(room_id, &session.user_id, kind.as_str(), &req.body.event_id, thread).await?;
+            app.ephemeral
+                .set_receipt(room_id, &session.user_id, kind.as_str(), &req.body.event_id, thread.clone())
+                .await?;
+            if kind.as_str() == "m.read" {
+                app.share_receipt(room_id, &session.user_id, &req.body.event_id, thread.as_deref()).await?;
+            }
         }
         other => return Err(Error::invalid_param(format!("Unknown receipt type {}", other.as_str()))),
     }
@@ -129,6 +135,7 @@ pub async fn read_markers(app: App, req: Ruma<set_read_marker::v3::Request>) -> 
     }
     if let Some(event_id) = &req.body.read_receipt {
         app.ephemeral.set_receipt(room_id, &session.user_id, "m.read", event_id, None).await?;
+        app.share_receipt(room_id, &session.user_id, event_id, None).await?;
     }
     if let Some(event_id) = &req.body.private_read_receipt {
         app.ephemeral.set_receipt(room_id, &session.user_id, "m.read.private", event_id, None).await?;

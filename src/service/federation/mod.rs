@@ -14,13 +14,16 @@ use std::{
 use ieum_federation::{
     client::{ClientConfig, FederationClient},
     keys::{KeyCache, VerifiedKeys, verify_key_document},
+    outbox::OutboxStore,
     policy::Policy,
+    sender::{Sender, SenderConfig},
 };
 use ruma::{
     CanonicalJsonObject, MilliSecondsSinceUnixEpoch, OwnedServerName, ServerName,
     api::federation::{
         authentication::XMatrix,
         discovery::{ServerSigningKeys, get_remote_server_keys, get_server_keys},
+        transactions::edu::Edu,
     },
     room_version_rules::RoomVersionRules,
     serde::{Base64, Raw},
@@ -42,6 +45,8 @@ pub struct Federation {
     documents: Mutex<HashMap<OwnedServerName, String>>,
     /// Servers whose keys could not be fetched recently: when to try again.
     key_failures: Mutex<HashMap<OwnedServerName, u64>>,
+    /// The persisted per-destination queue of outbound PDUs and EDUs.
+    sender: Arc<Sender<FederationClient>>,
 }
 
 impl Federation {
@@ -56,9 +61,14 @@ impl Federation {
         };
         let client = FederationClient::new(core.config.server_name.clone(), core.signing_key.clone(), client_config)
             .map_err(|e| Error::internal(format!("cannot build the federation client: {e}")))?;
+        let client = Arc::new(client);
+        let outbox: Arc<dyn OutboxStore> = core.db.clone();
+        let sender_config = SenderConfig::new(core.config.server_name.clone(), policy.clone());
+        let sender = Arc::new(Sender::new(sender_config, outbox, client.clone()));
         Ok(Self {
+            sender,
             core,
-            client: Arc::new(client),
+            client,
             policy,
             keys: KeyCache::default(),
             documents: Mutex::default(),
@@ -101,6 +111,7 @@ impl Federation {
         xmatrix
             .verify_http_request(request, self.core.server_name(), &map)
             .map_err(|e| Error::unauthorized(format!("Bad X-Matrix signature: {e}")))?;
+        self.sender.peer_is_up(origin);
         Ok(origin.clone())
     }
 
@@ -214,36 +225,34 @@ impl Federation {
         Ok(map)
     }
 
-    /// Queues a PDU for other servers.
+    /// Queues a PDU for other servers (durable before this returns).
     pub async fn queue_pdu(
         &self,
         destinations: Vec<OwnedServerName>,
         event_id: ruma::OwnedEventId,
         pdu: Box<serde_json::value::RawValue>,
     ) -> Result<()> {
-        // Until the persisted sender is wired: one transaction per destination, in the background.
-        for destination in destinations {
-            if !self.permits(&destination) {
-                continue;
-            }
-            let client = self.client.clone();
-            let pdu = pdu.clone();
-            let event_id = event_id.clone();
-            let origin = self.core.server_name().to_owned();
-            tokio::spawn(async move {
-                let txn_id = ruma::OwnedTransactionId::from(super::random_token(16));
-                let request = ruma::api::federation::transactions::send_transaction_message::v1::Request::new(
-                    txn_id,
-                    origin,
-                    MilliSecondsSinceUnixEpoch::now(),
-                );
-                let mut request = request;
-                request.pdus = vec![pdu];
-                if let Err(error) = client.send(&destination, request).await {
-                    tracing::warn!(%destination, %event_id, %error, "sending an event failed");
-                }
-            });
-        }
-        Ok(())
+        self.sender
+            .enqueue_pdu(destinations, &event_id, &pdu)
+            .await
+            .map_err(|e| Error::internal(format!("cannot queue {event_id} for other servers: {}", e.0)))
+    }
+
+    /// Queues an EDU for other servers.
+    pub async fn queue_edu(&self, destinations: Vec<OwnedServerName>, edu: &Raw<Edu>) -> Result<()> {
+        self.sender
+            .enqueue_edu(destinations, edu)
+            .await
+            .map_err(|e| Error::internal(format!("cannot queue an EDU for other servers: {}", e.0)))
+    }
+
+    /// A server talked to us: whatever we have queued for it goes now.
+    pub fn peer_is_up(&self, server: &ServerName) {
+        self.sender.peer_is_up(server);
+    }
+
+    /// The outbound sender's loop (spawned by the server).
+    pub fn sender(&self) -> Arc<Sender<FederationClient>> {
+        self.sender.clone()
     }
 }
