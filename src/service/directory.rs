@@ -60,7 +60,11 @@ impl Directory {
     /// `GET /directory/room/{alias}`: (room, servers).
     pub fn resolve_alias(&self, alias: &RoomAliasId) -> Result<(OwnedRoomId, Vec<String>)> {
         match self.core.db.alias(alias)? {
-            Some((room_id, _)) => Ok((room_id, vec![self.core.server_name().to_string()])),
+            Some((room_id, _)) => {
+                let mut servers = vec![self.core.server_name().to_string()];
+                servers.extend(self.rooms.remote_servers_in_room(&room_id)?.into_iter().map(|s| s.to_string()));
+                Ok((room_id, servers))
+            }
             None => Err(Error::not_found(format!("Room alias {alias} not found."))),
         }
     }

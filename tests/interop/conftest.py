@@ -94,6 +94,11 @@ def pytest_runtest_makereport(item, call):
             state = "still running" if server.is_running() else \
                 f"exited with status {server.proc.returncode}"
             report.sections.append((f"{server.name} log tail ({state})", server.log_tail(80)))
+        pair = item.funcargs.get("federation_pair")  # test_federation_*.py: both peers
+        for server in getattr(pair, "servers", ()):
+            state = "still running" if server.is_running() else \
+                f"exited with status {server.proc.returncode}"
+            report.sections.append((f"{server.name} log tail ({state})", server.log_tail(60)))
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -16,6 +16,7 @@ use ruma::{
         sync::sync_events,
     },
     events::{AnyMessageLikeEventContent, room::message::RoomMessageEventContent},
+    serde::Raw,
 };
 
 use crate::harness::{Client, TestServer};
@@ -226,6 +227,226 @@ async fn three_servers_keep_talking_when_one_stops() {
     eventually("A caught up", || async {
         let seen = bodies(&alice, &room).await;
         seen == ["one", "two", "three", "four"]
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn typing_and_receipts_cross_servers() {
+    let cluster = Cluster::start(&["a.test", "b.test"]).await;
+    let (a, b) = (&cluster.servers[0], &cluster.servers[1]);
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = create_public_room(&alice).await;
+    join_via(&bob, &room, "a.test").await;
+    say(&bob, &room, "read me").await;
+    eventually("A has bob's message", || async { bodies(&alice, &room).await.contains(&"read me".into()) }).await;
+
+    use ruma::api::client::{receipt::create_receipt, typing::create_typing_event};
+    let typing = create_typing_event::v3::Request::new(
+        bob.user_id().to_owned(),
+        room.clone(),
+        create_typing_event::v3::Typing::Yes(create_typing_event::v3::TypingInfo::new(Duration::from_secs(30))),
+    );
+    bob.send(typing).await;
+    let last = alice
+        .send(get_message_events::v3::Request::backward(room.clone()))
+        .await
+        .chunk
+        .first()
+        .and_then(|e| e.get_field::<ruma::OwnedEventId>("event_id").ok().flatten())
+        .expect("an event");
+    bob.send(create_receipt::v3::Request::new(room.clone(), create_receipt::v3::ReceiptType::Read, last.clone())).await;
+    eventually("A's sync shows bob typing and bob's receipt", || async {
+        let response = alice.send(sync_events::v3::Request::new()).await;
+        let Some(joined) = response.rooms.join.get(&room) else { return false };
+        let ephemeral: Vec<serde_json::Value> =
+            joined.ephemeral.events.iter().filter_map(|e| e.deserialize_as().ok()).collect();
+        let typing = ephemeral.iter().any(|e| {
+            e["type"] == "m.typing"
+                && e["content"]["user_ids"].as_array().is_some_and(|u| u.iter().any(|u| u == bob.user_id().as_str()))
+        });
+        let receipt = ephemeral.iter().any(|e| {
+            e["type"] == "m.receipt" && e["content"][last.as_str()]["m.read"][bob.user_id().as_str()].is_object()
+        });
+        typing && receipt
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn closed_federation_refuses_servers_outside_the_allowlist() {
+    // A allows only a.test and c.test; B is outside.
+    let cluster =
+        Cluster::start_with(&["a.test", "b.test"], &[("IEUM_FEDERATION__ALLOW", "[\"a.test\", \"c.test\"]")]).await;
+    let (a, b) = (&cluster.servers[0], &cluster.servers[1]);
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = create_public_room(&alice).await;
+
+    // A's user cannot invite someone on B: a clear error for the client.
+    let recipient = InvitationRecipient::UserId(invite_user::v3::InviteUserId::new(bob.user_id().to_owned()));
+    let error = alice.try_send(invite_user::v3::Request::new(room.clone(), recipient)).await.unwrap_err();
+    assert_eq!(error.status, 403, "{}", error.body);
+    assert_eq!(error.errcode(), "M_FORBIDDEN");
+    assert!(error.body["error"].as_str().unwrap().contains("b.test"), "{}", error.body);
+
+    // B's user cannot join A's room: A refuses B's requests.
+    let mut request = join_room_by_id_or_alias::v3::Request::new(room.clone().into());
+    request.via = vec![OwnedServerName::try_from("a.test").unwrap()];
+    let error = bob.try_send(request).await.unwrap_err();
+    assert_eq!(error.errcode(), "M_FORBIDDEN", "{}", error.body);
+    assert_eq!(joined(&alice, &room).await, vec![alice.user_id().to_string()]);
+
+    // And a signed request from B straight to A is refused with M_FORBIDDEN.
+    let b_app = b.app();
+    let result = b_app
+        .federation
+        .client
+        .send(
+            ruma::server_name!("a.test"),
+            ruma::api::federation::event::get_room_state_ids::v1::Request::new(
+                ruma::event_id!("$x").to_owned(),
+                room.clone(),
+            ),
+        )
+        .await;
+    match result {
+        Err(ieum_federation::client::FederationError::Remote { status, body, .. }) => {
+            assert_eq!(status, 403);
+            assert!(body.contains("M_FORBIDDEN"), "{body}");
+        }
+        other => panic!("expected a 403 from A, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn forged_and_malformed_federation_traffic_is_refused() {
+    let cluster = Cluster::start(&["a.test", "b.test"]).await;
+    let (a, b) = (&cluster.servers[0], &cluster.servers[1]);
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = create_public_room(&alice).await;
+    join_via(&bob, &room, "a.test").await;
+    say(&bob, &room, "genuine").await;
+    eventually("A has the genuine message", || async { bodies(&alice, &room).await.contains(&"genuine".into()) }).await;
+
+    // No X-Matrix header, and a header with a bad signature: 401 M_UNAUTHORIZED.
+    let https = a.tls_client();
+    let (status, body) = https.raw("GET", "/_matrix/federation/v1/state_ids/!x:a.test?event_id=$y", None).await;
+    assert_eq!((status, body["errcode"].as_str()), (401, Some("M_UNAUTHORIZED")), "{body}");
+    let forged = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
+        .get(format!("{}/_matrix/federation/v1/query/profile?user_id={}", a.tls_base(), alice.user_id()))
+        .header("Authorization", "X-Matrix origin=\"b.test\",destination=\"a.test\",key=\"ed25519:a_xyz\",sig=\"AAAA\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 401);
+
+    // A tampered event (content changed after B signed it) is rejected and never shown.
+    let b_app = b.app();
+    let genuine_id = bob
+        .send(get_message_events::v3::Request::backward(room.clone()))
+        .await
+        .chunk
+        .iter()
+        .filter_map(|e| e.deserialize_as::<serde_json::Value>().ok())
+        .find(|e| e["content"]["body"] == "genuine")
+        .and_then(|e| e["event_id"].as_str().map(str::to_owned))
+        .expect("genuine event");
+    let stored = b_app.rooms.pdu(&ruma::EventId::parse(&genuine_id).unwrap()).unwrap().unwrap();
+    let mut tampered: serde_json::Value = serde_json::from_str(stored.stored.pdu.get()).unwrap();
+    tampered["content"]["body"] = "forged".into();
+    tampered["origin_server_ts"] = (tampered["origin_server_ts"].as_u64().unwrap() + 1).into();
+    let tampered = serde_json::value::to_raw_value(&tampered).unwrap();
+    let mut unknown_room: serde_json::Value = serde_json::from_str(stored.stored.pdu.get()).unwrap();
+    unknown_room["room_id"] = "!nowhere:a.test".into();
+    let unknown_room = serde_json::value::to_raw_value(&unknown_room).unwrap();
+    let txn = ruma::OwnedTransactionId::from("replay-me");
+    let request = || {
+        let mut request = ruma::api::federation::transactions::send_transaction_message::v1::Request::new(
+            txn.clone(),
+            ruma::server_name!("b.test").to_owned(),
+            ruma::MilliSecondsSinceUnixEpoch::now(),
+        );
+        request.pdus = vec![tampered.clone(), unknown_room.clone()];
+        request
+    };
+    let first = b_app.federation.client.send(ruma::server_name!("a.test"), request()).await.unwrap();
+    assert_eq!(first.pdus.len(), 2, "{:?}", first.pdus);
+    assert!(first.pdus.values().all(|r| r.is_err()), "{:?}", first.pdus);
+    // The same transaction again: the same answer, nothing processed twice.
+    let replay = b_app.federation.client.send(ruma::server_name!("a.test"), request()).await.unwrap();
+    assert_eq!(format!("{:?}", replay.pdus), format!("{:?}", first.pdus));
+    assert!(!bodies(&alice, &room).await.contains(&"forged".into()));
+
+    // More than 50 PDUs in one transaction: refused whole.
+    let mut oversized = ruma::api::federation::transactions::send_transaction_message::v1::Request::new(
+        ruma::OwnedTransactionId::from("too-big"),
+        ruma::server_name!("b.test").to_owned(),
+        ruma::MilliSecondsSinceUnixEpoch::now(),
+    );
+    oversized.pdus = vec![stored.stored.pdu.clone(); 51];
+    let error = b_app.federation.client.send(ruma::server_name!("a.test"), oversized).await.unwrap_err();
+    assert!(matches!(error, ieum_federation::client::FederationError::Remote { status: 413, .. }), "{error:?}");
+}
+
+#[tokio::test]
+async fn concurrent_state_changes_resolve_to_the_same_state_everywhere() {
+    let cluster = Cluster::start(&["a.test", "b.test"]).await;
+    let (a, b) = (&cluster.servers[0], &cluster.servers[1]);
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let mut request = create_room::v3::Request::new();
+    request.preset = Some(create_room::v3::RoomPreset::PublicChat);
+    // Bob may change the name too.
+    request.power_level_content_override =
+        Some(Raw::new(&serde_json::json!({ "events": { "m.room.name": 0 } })).unwrap().cast_unchecked());
+    let room = alice.send(request).await.room_id;
+    join_via(&bob, &room, "a.test").await;
+    eventually("A sees bob", || async { joined(&alice, &room).await.len() == 2 }).await;
+
+    use ruma::api::client::state::{get_state_event_for_key, send_state_event};
+    use ruma::events::room::name::RoomNameEventContent;
+    let name_a = send_state_event::v3::Request::new(
+        room.clone(),
+        &ruma::events::EmptyStateKey,
+        &RoomNameEventContent::new("from A".into()),
+    )
+    .unwrap();
+    let name_b = send_state_event::v3::Request::new(
+        room.clone(),
+        &ruma::events::EmptyStateKey,
+        &RoomNameEventContent::new("from B".into()),
+    )
+    .unwrap();
+    let (ra, rb) = tokio::join!(alice.send(name_a), bob.send(name_b));
+    let _ = (ra, rb);
+    let name_of = |client: Client| {
+        let room = room.clone();
+        async move {
+            let request =
+                get_state_event_for_key::v3::Request::new(room, ruma::events::StateEventType::RoomName, String::new());
+            client
+                .try_send(request)
+                .await
+                .ok()
+                .and_then(|r| serde_json::from_str::<serde_json::Value>(r.event_or_content.get()).ok())
+                .and_then(|c| c["name"].as_str().map(str::to_owned))
+        }
+    };
+    // Both servers see both events, then agree on one name.
+    say(&alice, &room, "after A").await;
+    say(&bob, &room, "after B").await;
+    eventually("both servers agree on the name", || {
+        let (alice, bob) = (alice.clone(), bob.clone());
+        async move {
+            let (na, nb) = (name_of(alice).await, name_of(bob).await);
+            na.is_some() && na == nb
+        }
     })
     .await;
 }

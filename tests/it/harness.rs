@@ -102,6 +102,11 @@ impl TestServer {
         self.server = Some(Server::start(config).await.expect("server restarts"));
     }
 
+    /// The running server's services (to act as this server in federation tests).
+    pub fn app(&self) -> std::sync::Arc<ieum::app::App> {
+        self.server.as_ref().expect("running").services()
+    }
+
     /// Stops the server (keeping its database and ports) until `start_again`.
     pub async fn stop(&mut self) {
         let server = self.server.take().expect("running");

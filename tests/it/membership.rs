@@ -301,13 +301,26 @@ async fn invite_unknown_local_user_fails() {
 
 #[tokio::test]
 async fn invite_remote_user_is_refused_without_federation() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(&[("IEUM_FEDERATION__ENABLED", "false")]).await;
     let alice = server.register("alice").await;
     let room_id = create_private_room(&alice).await;
     let remote: ruma::OwnedUserId = "@someone:remote.example".try_into().unwrap();
     let error = try_invite(&alice, &room_id, &remote).await.unwrap_err();
-    assert!(error.status >= 400 && error.status < 500, "{} {}", error.status, error.body);
-    assert!(error.body["errcode"].is_string(), "{}", error.body);
+    assert_eq!(error.status, 403, "{}", error.body);
+    assert_eq!(error.body["errcode"], "M_FORBIDDEN", "{}", error.body);
+    assert!(error.body["error"].as_str().unwrap().contains("remote.example"), "{}", error.body);
+}
+
+#[tokio::test]
+async fn invite_to_an_unreachable_server_says_which_server() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room_id = create_private_room(&alice).await;
+    // `.invalid` never resolves (RFC 6761): no traffic leaves the machine.
+    let remote: ruma::OwnedUserId = "@someone:nowhere.invalid".try_into().unwrap();
+    let error = try_invite(&alice, &room_id, &remote).await.unwrap_err();
+    assert_eq!(error.status, 502, "{}", error.body);
+    assert!(error.body["error"].as_str().unwrap().contains("nowhere.invalid"), "{}", error.body);
 }
 
 #[tokio::test]

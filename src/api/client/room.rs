@@ -407,7 +407,12 @@ pub async fn create_alias(app: App, req: Ruma<create_alias::v3::Request>) -> Res
 
 /// `GET /_matrix/client/v3/directory/room/{roomAlias}`
 pub async fn get_alias(app: App, req: Ruma<get_alias::v3::Request>) -> Result<get_alias::v3::Response> {
-    let (room_id, servers) = app.directory.resolve_alias(&req.body.room_alias)?;
+    let alias = &req.body.room_alias;
+    if alias.server_name() != app.server_name() {
+        let (room_id, servers) = app.rooms.resolve_room_with_servers(<&ruma::RoomOrAliasId>::from(&**alias)).await?;
+        return Ok(get_alias::v3::Response::new(room_id, servers));
+    }
+    let (room_id, servers) = app.directory.resolve_alias(alias)?;
     let servers = servers.iter().filter_map(|s| ruma::ServerName::parse(s).ok()).collect();
     Ok(get_alias::v3::Response::new(room_id, servers))
 }

@@ -3,11 +3,14 @@
 Owns: locating the binary (env IEUM_BIN, required), running `$IEUM_BIN serve` in a
 fresh working directory with configuration passed purely through IEUM_* environment
 variables (no config file: ieum then serves a dev server with open m.login.dummy
-registration on loopback), and stopping it (SIGTERM, then SIGKILL).
+registration on loopback), optionally a federation TLS listener with a self-signed
+certificate plus per-peer overrides/skip_verify (for the federation suites), and
+stopping it (SIGTERM, then SIGKILL).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -32,22 +35,57 @@ def ieum_binary() -> str:
     return path
 
 
+def _toml_string(text: str) -> str:
+    # A JSON string of printable ASCII is also a valid TOML basic string.
+    return json.dumps(text)
+
+
 class IeumServer(ServerProcess):
-    """One ieum process with its data under <tmpdir>/data, serving clients on port."""
+    """One ieum process with its data under <tmpdir>/data, serving clients on port.
+
+    federation_port: if given, ieum also serves TLS (federation + client API) on
+        127.0.0.1:<federation_port> with a self-signed certificate, and the server
+        name defaults to `localhost:<federation_port>` so peers connect straight to it.
+    server_name: overrides the server name (e.g. `127.0.0.1:<federation_port>`).
+    federation_overrides: peer server name -> "host:port" to connect to.
+    skip_verify: peer server names whose (self-signed) certificates are not verified.
+    """
 
     name = "ieum"
 
     def __init__(self, port: int, tmpdir: str | os.PathLike, *, binary: str | None = None,
-                 extra_env: dict[str, str] | None = None):
+                 extra_env: dict[str, str] | None = None,
+                 federation_port: int | None = None,
+                 server_name: str | None = None,
+                 federation_overrides: dict[str, str] | None = None,
+                 skip_verify: list[str] | None = None):
         super().__init__(port, tmpdir)
         self.binary = binary or ieum_binary()
         self.extra_env = dict(extra_env or {})
         self.workdir = self.tmpdir / "cwd"
         self.data_dir = self.tmpdir / "data"
+        self.federation_port = federation_port
+        self._server_name = server_name or f"localhost:{federation_port or port}"
+        self.federation_overrides = dict(federation_overrides or {})
+        self.skip_verify = list(skip_verify or [])
 
     @property
     def server_name(self) -> str:
-        return f"localhost:{self.port}"
+        return self._server_name
+
+    def _federation_env(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        if self.federation_port is not None:
+            env["IEUM_FEDERATION__LISTEN"] = f'["{LOOPBACK}:{self.federation_port}"]'
+            env["IEUM_FEDERATION__SELF_SIGNED"] = "true"
+        if self.federation_overrides:
+            pairs = ", ".join(f"{_toml_string(name)} = {_toml_string(target)}"
+                              for name, target in self.federation_overrides.items())
+            env["IEUM_FEDERATION__OVERRIDES"] = "{ " + pairs + " }"
+        if self.skip_verify:
+            env["IEUM_FEDERATION__SKIP_VERIFY"] = \
+                "[" + ", ".join(_toml_string(name) for name in self.skip_verify) + "]"
+        return env
 
     def prepare(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -62,5 +100,6 @@ class IeumServer(ServerProcess):
             "RUST_LOG": os.environ.get("IEUM_INTEROP_RUST_LOG", "info"),
             "NO_COLOR": "1",  # plain log file (tracing colours output even when not a tty)
         })
+        env.update(self._federation_env())
         env.update(self.extra_env)
         return [self.binary, "serve"], self.workdir, env
