@@ -450,3 +450,67 @@ async fn concurrent_state_changes_resolve_to_the_same_state_everywhere() {
     })
     .await;
 }
+
+/// Figures for the federation note (not a pass/fail timing test; run it by hand):
+/// `cargo test --release --test it federation::figures -- --ignored --nocapture`
+/// The time for a server to join a room of `IEUM_FIGURES_MEMBERS` (1000) members, and how
+/// fast a burst of `IEUM_FIGURES_EVENTS` (2000) messages from one server is ingested by the other.
+#[tokio::test]
+#[ignore = "measurement, run by hand"]
+async fn figures() {
+    let members: usize = std::env::var("IEUM_FIGURES_MEMBERS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let events: usize = std::env::var("IEUM_FIGURES_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let cluster = Cluster::start(&["a.test", "b.test"]).await;
+    let (a, b) = (&cluster.servers[0], &cluster.servers[1]);
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = create_public_room(&alice).await;
+    let a_app = a.app();
+    let setup = std::time::Instant::now();
+    for n in 0..members.saturating_sub(1) {
+        let user = a_app.users.create(Some(&format!("member{n}")), None, false, None).await.unwrap();
+        a_app.rooms.join(&user, &room, None, Default::default(), &[]).await.unwrap();
+    }
+    eprintln!("setup: {} local members joined on A in {:?}", members, setup.elapsed());
+
+    let started = std::time::Instant::now();
+    join_via(&bob, &room, "a.test").await;
+    let join_time = started.elapsed();
+    eprintln!("FIGURE join of a {members}-member room over federation: {join_time:?}");
+
+    // Ingest: B is down while A's users talk; when B is back, A's queue drains into it.
+    let mut cluster = cluster;
+    cluster.servers[1].stop().await;
+    let started = std::time::Instant::now();
+    for n in 0..events {
+        let mut content = serde_json::Map::new();
+        content.insert("msgtype".into(), "m.text".into());
+        content.insert("body".into(), format!("burst {n}").into());
+        let new = ieum::service::rooms::NewEvent::new(
+            &room,
+            alice.user_id(),
+            ruma::events::TimelineEventType::RoomMessage,
+            None,
+            content,
+        );
+        a_app.rooms.send(new).await.unwrap();
+    }
+    eprintln!("setup: {events} messages sent on A while B was down, in {:?}", started.elapsed());
+    cluster.servers[1].start_again().await;
+    let b_app = cluster.servers[1].app();
+    // B talks to A, so A stops backing off and sends the backlog at once.
+    let started = std::time::Instant::now();
+    say(&bob, &room, "back").await;
+    let count = || b_app.core.db.timeline(&room, 0, ieum::storage::Direction::Forward, events + 100).unwrap().len();
+    let mut waited = 0;
+    while count() < events {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+        assert!(waited < 3000, "B has only {} of {events} events after 5 minutes", count());
+    }
+    let total = started.elapsed();
+    eprintln!(
+        "FIGURE {events} queued messages ingested by B in {total:?} = {:.0} events/s",
+        events as f64 / total.as_secs_f64()
+    );
+}
