@@ -38,6 +38,17 @@ impl Cluster {
     }
 
     pub async fn start_with(names: &[&str], extra: &[(&str, &str)]) -> Self {
+        // The ports are chosen before the servers bind them: another test may take one in
+        // between, so a cluster that cannot bind starts again on fresh ports.
+        for _ in 0..5 {
+            if let Some(cluster) = Self::try_start(names, extra).await {
+                return cluster;
+            }
+        }
+        panic!("could not find free ports for a cluster");
+    }
+
+    async fn try_start(names: &[&str], extra: &[(&str, &str)]) -> Option<Self> {
         let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
         let overrides: Vec<String> =
             names.iter().zip(&ports).map(|(name, port)| format!("\"{name}\" = \"127.0.0.1:{port}\"")).collect();
@@ -56,19 +67,24 @@ impl Cluster {
                 ("IEUM_FEDERATION__REQUEST_TIMEOUT_MS", "10000"),
             ];
             env.extend_from_slice(extra);
-            servers.push(TestServer::start_with(&env).await);
+            match TestServer::try_start_with(&env).await {
+                Ok(server) => servers.push(server),
+                Err(ieum::server::ServerError::Bind { .. }) => return None,
+                Err(error) => panic!("server starts: {error}"),
+            }
         }
-        Self { servers }
+        Some(Self { servers })
     }
 }
 
-/// Polls until `check` holds (federation is asynchronous), for at most 20 s.
+/// Polls until `check` holds (federation is asynchronous), for at most 60 s (a loaded
+/// machine running every test at once may need a retry of a transaction).
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    for _ in 0..200 {
+    for _ in 0..600 {
         if check().await {
             return;
         }

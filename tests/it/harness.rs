@@ -85,11 +85,16 @@ impl TestServer {
 
     /// Starts a server; `env` adds IEUM_* overrides to the test defaults.
     pub async fn start_with(env: &[(&str, &str)]) -> Self {
+        Self::try_start_with(env).await.expect("server starts")
+    }
+
+    /// Like `start_with`, returning the start-up error (a fixed port may be taken).
+    pub async fn try_start_with(env: &[(&str, &str)]) -> Result<Self, ieum::server::ServerError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = test_config(&dir, env);
-        let server = Server::start(config.clone()).await.expect("server starts");
+        let server = Server::start(config.clone()).await?;
         let base = format!("http://{}", server.addr());
-        Self { server: Some(server), dir, base, config }
+        Ok(Self { server: Some(server), dir, base, config })
     }
 
     /// Stops the server cleanly and starts it again on the same database and ports.
