@@ -325,17 +325,7 @@ impl Rooms {
             if seen.len() > AUTH_FETCH_LIMIT {
                 return Err(Error::forbidden("The event's auth chain is too long to fetch."));
             }
-            let response = self
-                .federation
-                .client
-                .send(origin, get_event::v1::Request::new(id.clone()))
-                .await
-                .map_err(Error::remote)?;
-            let (fetched_id, object) = self.check_incoming(version, &response.pdu).await?;
-            if fetched_id != id {
-                return Err(Error::forbidden(format!("{origin} answered {fetched_id} when asked for {id}.")));
-            }
-            let auth_pdu = Pdu::from_object(fetched_id, room_id, &object)?;
+            let auth_pdu = self.fetch_event(origin, room_id, version, &id).await?;
             wanted.extend(auth_pdu.auth_events.iter().cloned());
             fetched.push(auth_pdu);
         }
@@ -541,19 +531,30 @@ impl Rooms {
             if self.pdu(id)?.is_some() {
                 continue;
             }
-            let response = self
-                .federation
-                .client
-                .send(origin, get_event::v1::Request::new(id.clone()))
-                .await
-                .map_err(Error::remote)?;
-            let (fetched_id, object) = self.check_incoming(version, &response.pdu).await?;
-            if &fetched_id != id {
-                return Err(Error::forbidden(format!("{origin} answered {fetched_id} when asked for {id}.")));
-            }
-            fetched.push(Pdu::from_object(fetched_id, room_id, &object)?);
+            fetched.push(self.fetch_event(origin, room_id, version, id).await?);
         }
         self.store_checked_outliers(&rules, fetched).await
+    }
+
+    /// One event from `origin` (`/event`), checked: the id it answers must be the one asked.
+    async fn fetch_event(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        id: &EventId,
+    ) -> Result<Pdu> {
+        let response = self
+            .federation
+            .client
+            .send(origin, get_event::v1::Request::new(id.to_owned()))
+            .await
+            .map_err(Error::remote)?;
+        let (fetched_id, object) = self.check_incoming(version, &response.pdu).await?;
+        if fetched_id != id {
+            return Err(Error::forbidden(format!("{origin} answered {fetched_id} when asked for {id}.")));
+        }
+        Pdu::from_object(fetched_id, room_id, &object)
     }
 
     /// Stores checked events as outliers, oldest first, each authorised against its own
