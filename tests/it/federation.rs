@@ -399,6 +399,22 @@ async fn forged_and_malformed_federation_traffic_is_refused() {
     assert_eq!(format!("{:?}", replay.pdus), format!("{:?}", first.pdus));
     assert!(!bodies(&alice, &room).await.contains(&"forged".into()));
 
+    // An event presented under another room's path (send_join into a room it is not in).
+    let other_room = create_public_room(&alice).await;
+    let request = ruma::api::federation::membership::create_join_event::v2::Request::new(
+        other_room.clone(),
+        ruma::EventId::parse(&genuine_id).unwrap(),
+        stored.stored.pdu.clone(),
+    );
+    let error = b_app.federation.client.send(ruma::server_name!("a.test"), request).await.unwrap_err();
+    match error {
+        ieum_federation::client::FederationError::Remote { status, body, .. } => {
+            assert_eq!(status, 400, "{body}");
+            assert!(body.contains("not in room"), "{body}");
+        }
+        other => panic!("expected 400, got {other:?}"),
+    }
+
     // More than 50 PDUs in one transaction: refused whole.
     let mut oversized = ruma::api::federation::transactions::send_transaction_message::v1::Request::new(
         ruma::OwnedTransactionId::from("too-big"),

@@ -46,10 +46,12 @@ pub enum Outcome {
 }
 
 impl Rooms {
-    /// Parses and checks a PDU for a room of `version`: size, format, event id, signatures.
-    /// Returns the event id and the object (redacted when its content hash is wrong).
+    /// Parses and checks a PDU for `room_id` of `version`: size, format, room, event id,
+    /// signatures. Returns the event id and the object (redacted when its content hash is
+    /// wrong).
     pub async fn check_incoming(
         &self,
+        room_id: &RoomId,
         version: &RoomVersionId,
         raw: &RawValue,
     ) -> Result<(OwnedEventId, CanonicalJsonObject)> {
@@ -76,6 +78,16 @@ impl Rooms {
         };
         check_pdu_format(&object, &rules.event_format)
             .map_err(|e| Error::bad_json(format!("The event is malformed: {e}")))?;
+        // The room is the one the event says, never the one a path or caller claims: only a
+        // v12 create event has no room_id, and then the room is named after it.
+        let in_room = match object.get("room_id") {
+            Some(CanonicalJsonValue::String(id)) => id == room_id.as_str(),
+            None => room_id.server_name().is_none() && event_id.as_str().get(1..) == Some(room_id.strip_sigil()),
+            _ => false,
+        };
+        if !in_room {
+            return Err(Error::bad_json(format!("Event {event_id} is not in room {room_id}.")));
+        }
         let keys = self.federation.event_key_map(&object, &rules).await?;
         match verify_event(&keys, &object, &rules) {
             Ok(Verified::All) => {}
@@ -95,7 +107,7 @@ impl Rooms {
     pub async fn receive_pdu(&self, origin: &ServerName, room_id: &RoomId, raw: &RawValue) -> Result<Outcome> {
         let version =
             self.room_version(room_id)?.ok_or_else(|| Error::not_found(format!("Unknown room {room_id}.")))?;
-        let (event_id, object) = self.check_incoming(&version, raw).await?;
+        let (event_id, object) = self.check_incoming(room_id, &version, raw).await?;
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().await;
         self.receive_checked(origin, room_id, &version, event_id, object, true).await
@@ -118,9 +130,6 @@ impl Rooms {
             }
         }
         let pdu = Pdu::from_object(event_id.clone(), room_id, &object)?;
-        if pdu.room_id != room_id || (pdu.has_room_id && object.get("room_id").is_none()) {
-            return Err(Error::bad_json("The event is for another room."));
-        }
         if pdu.kind == TimelineEventType::RoomCreate {
             return Err(Error::forbidden("A room's create event cannot be sent into it."));
         }
@@ -428,7 +437,7 @@ impl Rooms {
         };
         let mut checked = Vec::new();
         for raw in events {
-            match self.check_incoming(version, &raw).await {
+            match self.check_incoming(room_id, version, &raw).await {
                 Ok(event) => checked.push(event),
                 Err(error) => tracing::info!(%origin, %error, "a missing event does not check"),
             }
@@ -550,7 +559,7 @@ impl Rooms {
             .send(origin, get_event::v1::Request::new(id.to_owned()))
             .await
             .map_err(Error::remote)?;
-        let (fetched_id, object) = self.check_incoming(version, &response.pdu).await?;
+        let (fetched_id, object) = self.check_incoming(room_id, version, &response.pdu).await?;
         if fetched_id != id {
             return Err(Error::forbidden(format!("{origin} answered {fetched_id} when asked for {id}.")));
         }

@@ -304,7 +304,7 @@ impl Rooms {
     ) -> Result<create_join_event::v2::RoomState> {
         let version =
             self.room_version(room_id)?.ok_or_else(|| Error::not_found(format!("Unknown room {room_id}.")))?;
-        let (checked_id, mut object) = self.check_incoming(&version, raw_pdu).await?;
+        let (checked_id, mut object) = self.check_incoming(room_id, &version, raw_pdu).await?;
         if checked_id != event_id {
             return Err(Error::bad_json("The event id in the path does not match the event."));
         }
@@ -380,7 +380,7 @@ impl Rooms {
             });
         }
         let rules = rules_for(version)?;
-        let (event_id, mut object) = self.check_incoming(version, &request.event).await?;
+        let (event_id, mut object) = self.check_incoming(&request.room_id, version, &request.event).await?;
         if event_id != request.event_id {
             return Err(Error::bad_json("The event id in the path does not match the event."));
         }
@@ -492,7 +492,7 @@ impl Rooms {
         // A restricted join comes back countersigned by the resident server.
         let object = match &room_state.event {
             Some(signed) => {
-                let (signed_id, signed_object) = self.check_incoming(&version, signed).await?;
+                let (signed_id, signed_object) = self.check_incoming(room_id, &version, signed).await?;
                 if signed_id != event_id {
                     return Err(Error::bad_json("The resident server returned a different join event."));
                 }
@@ -579,7 +579,7 @@ impl Rooms {
         let mut state_map = StateMap::new();
         let mut create_id = None;
         for (is_state, raw_event) in state.iter().map(|e| (true, e)).chain(auth_chain.iter().map(|e| (false, e))) {
-            let (id, object) = match self.check_incoming(version, raw_event).await {
+            let (id, object) = match self.check_incoming(room_id, version, raw_event).await {
                 Ok(checked) => checked,
                 Err(error) => {
                     tracing::info!(%server, %error, "dropping a bad event of a send_join answer");
@@ -746,7 +746,7 @@ impl Rooms {
             invite_state,
         );
         let response = self.federation.client.send(invitee.server_name(), request).await.map_err(Error::remote)?;
-        let (returned_id, signed) = self.check_incoming(&version, &response.event).await?;
+        let (returned_id, signed) = self.check_incoming(room_id, &version, &response.event).await?;
         if returned_id != event_id {
             return Err(Error::bad_json("The invited user's server changed the invite."));
         }
