@@ -240,6 +240,16 @@ pub trait RoomStore: Send + Sync {
         events: Vec<(OwnedEventId, StoredEvent)>,
         groups: Vec<(StateGroupId, StateGroup)>,
     ) -> Result<()>;
+    /// Inserts history fetched from other servers BELOW a room's oldest timeline entry:
+    /// `events` newest first, each with the state group after it. They take the timeline
+    /// keys just under the oldest one (never a stream position readers could see as new).
+    /// Returns how many were inserted (fewer when the keys below run out).
+    fn insert_backfilled(
+        &self,
+        room_id: &RoomId,
+        events: Vec<(OwnedEventId, StoredEvent, StateGroupId)>,
+        groups: Vec<(StateGroupId, StateGroup)>,
+    ) -> Result<usize>;
     /// Records a user's membership in a room this server does not take part in (an invite
     /// from another server, or its rejection), storing the membership event as an outlier.
     fn put_outside_membership(

@@ -148,6 +148,25 @@ storage_test!(timeline_pages_both_ways_and_survives_reopen, |store, reopen| {
     assert!(next > *positions.last().unwrap());
 });
 
+storage_test!(backfilled_history_goes_below_the_oldest_entry_and_is_not_new, |store, reopen| {
+    let room = room_id!("!r:x");
+    let joined = OwnedEventId::try_from("$join".to_owned()).unwrap();
+    let first = append(&*store, room, &joined, None);
+    let before = store.current_pos();
+    let history: Vec<(OwnedEventId, StoredEvent, StateGroupId)> =
+        (0..3).map(|n| (OwnedEventId::try_from(format!("$old{n}")).unwrap(), event(room), 7)).collect();
+    // Newest first: $old0 is just before the join.
+    assert_eq!(store.insert_backfilled(room, history, Vec::new()).unwrap(), 3);
+    assert_eq!(store.current_pos(), before, "history does not move the stream");
+    let backward = store.timeline(room, first, Direction::Backward, 10).unwrap();
+    assert_eq!(backward.iter().map(|e| e.1.as_str()).collect::<Vec<_>>(), ["$old0", "$old1", "$old2"]);
+    assert!(backward.iter().all(|e| e.0 < first && e.2 == 7));
+    assert_eq!(store.event(event_id!("$old1")).unwrap().unwrap().pos, Some(first - 2));
+    drop(store);
+    let store = reopen();
+    assert_eq!(store.timeline(room, 0, Direction::Forward, 10).unwrap()[0].1, "$old2");
+});
+
 storage_test!(memberships_are_indexed_both_ways, |store, _reopen| {
     let room = owned_room_id!("!r:x");
     append(&*store, &room, &event_id!("$join").to_owned(), Some(("@alice:x", "join")));

@@ -56,8 +56,11 @@ def start_server(server: ServerProcess) -> None:
         pytest.fail(f"{server.name} failed to start:\n{exc}", pytrace=False)
 
 
-def start_federation_pair(request, tmp_path_factory, prefix: str = "fed") -> FederationPair:
-    """Start one Synapse and one ieum that federate; both are stopped at the fixture's end."""
+def start_federation_pair(request, tmp_path_factory, prefix: str = "fed", *,
+                          synapse_config: dict[str, Any] | None = None) -> FederationPair:
+    """Start one Synapse and one ieum that federate; both are stopped at the fixture's end.
+
+    synapse_config: extra Synapse settings (SynapseServer's extra_config)."""
     try:
         binary = ieum_binary()
     except IeumBinaryMissing as exc:
@@ -65,7 +68,7 @@ def start_federation_pair(request, tmp_path_factory, prefix: str = "fed") -> Fed
 
     synapse_tls = free_port()
     synapse = SynapseServer(free_port(), tmp_path_factory.mktemp(f"{prefix}-synapse"),
-                            federation_port=synapse_tls)
+                            federation_port=synapse_tls, extra_config=synapse_config)
     ieum_tls = free_port()
     ieum = IeumServer(
         free_port(),
@@ -110,8 +113,8 @@ class Client:
         return f"<{self.server.name} {self.user_id}>"
 
     def call(self, method: str, path: str, body: Any = None, query: dict | None = None,
-             timeout: float = 30.0) -> dict:
-        url = f"{self.server.base_url}/_matrix/client/v3{path}"
+             timeout: float = 30.0, prefix: str = "/_matrix/client/v3") -> dict:
+        url = f"{self.server.base_url}{prefix}{path}"
         if query:
             url += "?" + urllib.parse.urlencode(query, doseq=True)
         data = None if body is None else json.dumps(body).encode()
@@ -119,7 +122,7 @@ class Client:
             "Authorization": f"Bearer {self.token}",
             "Content-Type": "application/json",
         })
-        what = f"{self} {method} {path}{'?' + urllib.parse.urlencode(query, doseq=True) if query else ''}" \
+        what = f"{self} {method} {prefix}{path}{'?' + urllib.parse.urlencode(query, doseq=True) if query else ''}" \
                f" {json.dumps(body) if body is not None else ''}"
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:

@@ -546,3 +546,28 @@ async fn figures() {
         events as f64 / total.as_secs_f64()
     );
 }
+
+#[tokio::test]
+async fn messages_reach_back_past_the_join_by_backfilling() {
+    let cluster = Cluster::start(&["a.test", "b.test"]).await;
+    let (a, b) = (&cluster.servers[0], &cluster.servers[1]);
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = create_public_room(&alice).await;
+    let history: Vec<String> = (0..30).map(|n| format!("before bob {n}")).collect();
+    for text in &history {
+        say(&alice, &room, text).await;
+    }
+    join_via(&bob, &room, "a.test").await;
+    // B holds nothing older than bob's join: /messages asks A (/backfill) and shows it all.
+    let seen = bodies(&bob, &room).await;
+    assert_eq!(seen, history, "B's /messages shows the history from before the join, in order");
+    // History fetched once stays: the second read is local and identical.
+    assert_eq!(bodies(&bob, &room).await, history);
+    // Live events still arrive after it.
+    say(&alice, &room, "after bob").await;
+    eventually("B has the live message after the history", || async {
+        bodies(&bob, &room).await.last().map(String::as_str) == Some("after bob")
+    })
+    .await;
+}

@@ -356,15 +356,18 @@ pub async fn get_message_events(
     let session = req.user()?;
     let filter = EventFilter::from_room_event_filter(&req.body.filter);
     let limit = usize::try_from(u64::from(req.body.limit)).unwrap_or(1000);
-    let page = app.rooms.messages(
-        &session.user_id,
-        &req.body.room_id,
-        req.body.from.as_deref(),
-        req.body.to.as_deref(),
-        direction(req.body.dir),
-        limit,
-        &filter,
-    )?;
+    let page = app
+        .rooms
+        .messages_with_backfill(
+            &session.user_id,
+            &req.body.room_id,
+            req.body.from.as_deref(),
+            req.body.to.as_deref(),
+            direction(req.body.dir),
+            limit,
+            &filter,
+        )
+        .await?;
     let mut response = get_message_events::v3::Response::new();
     response.start = page.start;
     response.end = page.end;

@@ -493,6 +493,52 @@ impl Rooms {
         }
     }
 
+    /// Fetches the auth events of `pdu` this server lacks (for backfilled history).
+    pub(crate) async fn fetch_auth_events_for(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        pdu: &Pdu,
+    ) -> Result<()> {
+        self.fetch_auth_events(origin, room_id, version, pdu).await
+    }
+
+    /// Auth of `pdu` against its own auth events.
+    pub(crate) fn check_auth_events(&self, rules: &RoomVersionRules, pdu: &Pdu) -> std::result::Result<(), String> {
+        self.check_against_auth_events(rules, pdu)
+    }
+
+    /// The state before an event, as `origin` reports it (`/state_ids`); the events are
+    /// fetched, checked and stored as outliers.
+    pub(crate) async fn state_before_remote(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        event_id: &EventId,
+    ) -> Result<StateMap> {
+        let response = self
+            .federation
+            .client
+            .send(origin, get_room_state_ids::v1::Request::new(event_id.to_owned(), room_id.to_owned()))
+            .await
+            .map_err(Error::remote)?;
+        let mut ids: Vec<OwnedEventId> = response.pdu_ids.clone();
+        ids.extend(response.auth_chain_ids);
+        self.fetch_outliers(origin, room_id, version, &ids).await?;
+        let mut state = StateMap::new();
+        for id in response.pdu_ids {
+            let Some(state_pdu) = self.pdu(&id)? else { continue };
+            if let Some(key) = &state_pdu.state_key
+                && !state_pdu.stored.rejected
+            {
+                state.insert((state_pdu.kind.to_string().into(), key.clone()), id);
+            }
+        }
+        Ok(state)
+    }
+
     /// The state after an event we lack, from `origin`'s /state_ids (the state before it)
     /// plus the event itself; the events are fetched, checked and stored as outliers.
     async fn fetch_state_after(

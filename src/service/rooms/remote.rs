@@ -661,6 +661,113 @@ impl Rooms {
             .map_err(|reason| Error::forbidden(format!("Our join is not allowed by the room's state: {reason}")))
     }
 
+    /// Fetches history older than the room's oldest timeline event from another server in
+    /// the room (`/backfill`), checks it like any received event, and inserts it below the
+    /// oldest entry. The state at the fetched events comes from one `/state_ids` at the
+    /// oldest of them, carried forward event by event. Returns how many were added.
+    pub async fn backfill_from_remote(&self, room_id: &RoomId, limit: usize) -> Result<usize> {
+        let Some(version) = self.room_version(room_id)? else { return Ok(0) };
+        let rules = rules_for(&version)?;
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().await;
+        let Some((_, oldest_id, _)) =
+            self.core.db.timeline(room_id, 0, crate::storage::Direction::Forward, 1)?.into_iter().next()
+        else {
+            return Ok(0);
+        };
+        let Some(oldest) = self.pdu(&oldest_id)? else { return Ok(0) };
+        if oldest.kind == TimelineEventType::RoomCreate || oldest.prev_events.is_empty() {
+            return Ok(0);
+        }
+        let mut servers: Vec<OwnedServerName> = self.remote_servers_in_room(room_id)?.into_iter().collect();
+        servers.insert(0, oldest.sender.server_name().to_owned());
+        servers.dedup();
+        servers.retain(|s| s != self.core.server_name() && self.federation.permits(s));
+        for server in servers {
+            let request = ruma::api::federation::backfill::get_backfill::v1::Request::new(
+                room_id.to_owned(),
+                oldest.prev_events.clone(),
+                ruma::UInt::try_from(limit.min(100) as u64).unwrap_or(ruma::uint!(50)),
+            );
+            let response = match self.federation.client.send(&server, request).await {
+                Ok(response) => response,
+                Err(error) => {
+                    tracing::info!(%room_id, %server, %error, "backfill failed");
+                    continue;
+                }
+            };
+            match self.insert_history(&server, room_id, &version, &rules, response.pdus).await {
+                Ok(count) => return Ok(count),
+                Err(error) => tracing::info!(%room_id, %server, %error, "backfilled events not usable"),
+            }
+        }
+        Ok(0)
+    }
+
+    /// Checks fetched history and inserts it below the room's oldest entry.
+    async fn insert_history(
+        &self,
+        server: &ServerName,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        rules: &ruma::room_version_rules::RoomVersionRules,
+        pdus: Vec<Box<RawValue>>,
+    ) -> Result<usize> {
+        let mut events: Vec<Pdu> = Vec::new();
+        for raw_event in pdus {
+            let (id, object) = match self.check_incoming(room_id, version, &raw_event).await {
+                Ok(checked) => checked,
+                Err(error) => {
+                    tracing::info!(%server, %error, "dropping a backfilled event");
+                    continue;
+                }
+            };
+            if self.pdu(&id)?.is_some_and(|p| p.stored.pos.is_some()) {
+                continue;
+            }
+            let pdu = Pdu::from_object(id, room_id, &object)?;
+            self.fetch_auth_events_for(server, room_id, version, &pdu).await?;
+            if self.check_auth_events(rules, &pdu).is_err() {
+                tracing::info!(event_id = %pdu.event_id, "a backfilled event fails auth; not shown");
+                continue;
+            }
+            events.push(pdu);
+        }
+        if events.is_empty() {
+            return Ok(0);
+        }
+        // Oldest first to carry the state forward; stored newest first.
+        events.sort_by(|a, b| a.depth.cmp(&b.depth).then_with(|| a.event_id.cmp(&b.event_id)));
+        let mut state = self.state_before_remote(server, room_id, version, &events[0].event_id).await?;
+        let mut groups = Vec::new();
+        let mut rows = Vec::new();
+        for mut pdu in events {
+            let (before_id, before_group) = self.group_for_state(None, &state)?;
+            groups.extend(before_group.map(|g| (before_id, g)));
+            let mut after_id = before_id;
+            if let Some(key) = &pdu.state_key {
+                pdu.stored.replaces_state = state.get(&(pdu.kind.to_string().into(), key.clone())).cloned();
+                let mut after = state.clone();
+                after.insert((pdu.kind.to_string().into(), key.clone()), pdu.event_id.clone());
+                let (id, group) = self.group_for_state(None, &after)?;
+                groups.extend(group.map(|g| (id, g)));
+                after_id = id;
+                state = after;
+            }
+            pdu.stored.state_before = Some(before_id);
+            rows.push((pdu.event_id.clone(), pdu.stored.clone(), after_id));
+        }
+        rows.reverse();
+        let ids: Vec<OwnedEventId> = rows.iter().map(|(id, _, _)| id.clone()).collect();
+        let room = room_id.to_owned();
+        let inserted =
+            self.core.blocking(move |db| db.insert_backfilled(&room, rows, groups).map_err(Error::from)).await?;
+        for id in ids {
+            self.forget_cached_pdu(&id);
+        }
+        Ok(inserted)
+    }
+
     /// Leaves (or rejects an invite to) a room this server is not in, through the server
     /// that invited us.
     pub async fn leave_remote(&self, user_id: &UserId, room_id: &RoomId, servers: &[OwnedServerName]) -> Result<()> {

@@ -174,6 +174,33 @@ impl Rooms {
         Ok(Page { events, start, end })
     }
 
+    /// `/messages` that reaches back past the oldest event this server has by backfilling
+    /// from another server in the room when a backward page runs out.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn messages_with_backfill(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        from: Option<&str>,
+        to: Option<&str>,
+        dir: Direction,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<Page> {
+        let page = self.messages(user_id, room_id, from, to, dir, limit, filter)?;
+        if dir != Direction::Backward || page.end.is_some() || page.events.len() >= limit || to.is_some() {
+            return Ok(page);
+        }
+        match self.backfill_from_remote(room_id, limit.max(20)).await {
+            Ok(0) => Ok(page),
+            Ok(_) => self.messages(user_id, room_id, from, to, dir, limit, filter),
+            Err(error) => {
+                tracing::info!(%room_id, %error, "could not backfill");
+                Ok(page)
+            }
+        }
+    }
+
     /// `GET /rooms/{roomId}/context/{eventId}`: (before, event, after, start, end, state).
     pub fn context(
         &self,

@@ -144,7 +144,9 @@ impl RocksStorage {
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(sync_writes);
 
-        let last_pos = Self::last_key_u64(&db, cf::STREAM)?.unwrap_or(0);
+        // A new database starts its stream high, so history fetched later from other servers
+        // can take timeline keys below a room's first event (see `insert_backfilled`).
+        let last_pos = Self::last_key_u64(&db, cf::STREAM)?.unwrap_or(FIRST_STREAM_POS - 1);
         let last_group = Self::last_key_u64(&db, cf::STATE_GROUPS)?.unwrap_or(0);
         let last_outbox_seq = outbox::last_outbox_seq(&db)?;
         Ok(Self {
@@ -222,6 +224,9 @@ impl RocksStorage {
         Ok((pos, event_id, group))
     }
 }
+
+/// The first stream position of a new database.
+const FIRST_STREAM_POS: StreamPos = 1 << 32;
 
 const KIND_EVENT: u8 = 1;
 const KIND_ACCOUNT_DATA: u8 = 2;
@@ -378,6 +383,37 @@ impl RoomStore for RocksStorage {
             batch.put_cf(self.cf(cf::EVENTS), event_id.as_bytes(), encode(event));
         }
         self.write(batch)
+    }
+
+    fn insert_backfilled(
+        &self,
+        room_id: &RoomId,
+        events: Vec<(OwnedEventId, StoredEvent, StateGroupId)>,
+        groups: Vec<(StateGroupId, StateGroup)>,
+    ) -> Result<usize> {
+        let Some((oldest, _, _)) = self.timeline(room_id, 0, Direction::Forward, 1)?.into_iter().next() else {
+            return Ok(0);
+        };
+        let mut batch = WriteBatch::default();
+        for (id, group) in &groups {
+            batch.put_cf(self.cf(cf::STATE_GROUPS), u64_key(*id), encode(group));
+        }
+        let mut inserted = 0;
+        let mut key = oldest;
+        for (event_id, mut event, state_after) in events {
+            if key <= 1 {
+                break;
+            }
+            key -= 1;
+            event.pos = Some(key);
+            let mut entry = state_after.to_be_bytes().to_vec();
+            entry.extend_from_slice(event_id.as_bytes());
+            batch.put_cf(self.cf(cf::TIMELINE), with_u64(room_id.as_bytes(), key), entry);
+            batch.put_cf(self.cf(cf::EVENTS), event_id.as_bytes(), encode(&event));
+            inserted += 1;
+        }
+        self.write(batch)?;
+        Ok(inserted)
     }
 
     fn put_outside_membership(

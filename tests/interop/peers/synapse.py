@@ -83,7 +83,9 @@ class SynapseServer(ServerProcess):
     federation_port: if given, also a TLS listener (client + federation resources)
         on 127.0.0.1 with a self-signed certificate, and the server name becomes
         `localhost:<federation_port>` so federation peers reach it directly.
-    extra_config: top-level keys merged last (e.g. {"default_room_version": "11"}).
+    extra_config: top-level keys applied last (e.g. {"default_room_version": "11"}); a
+        mapping is merged into the same key's mapping (e.g. {"federation": {...}} only
+        changes the settings it names).
     """
 
     name = "synapse"
@@ -136,7 +138,11 @@ class SynapseServer(ServerProcess):
         config.update(self._test_settings())
         if self.federation_port is not None:
             config.update(self._federation_settings())
-        config.update(self.extra_config)
+        for key, value in self.extra_config.items():
+            if isinstance(value, dict) and isinstance(config.get(key), dict):
+                config[key] = {**config[key], **value}  # e.g. a few `federation` settings
+            else:
+                config[key] = value
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
     def _test_settings(self) -> dict[str, Any]:
