@@ -571,3 +571,47 @@ async fn messages_reach_back_past_the_join_by_backfilling() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_peer_that_stalls_or_answers_garbage_is_contained() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // stall.test accepts connections and never answers; garbage.test answers noise.
+    let stall = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let garbage = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stall_addr, garbage_addr) = (stall.local_addr().unwrap(), garbage.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = stall.accept().await {
+            held.push(socket);
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = garbage.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = socket.read(&mut buf).await;
+            let _ = socket.write_all(b"\x16\x03\x01\x00\x05hello garbage\r\n\r\n").await;
+        }
+    });
+    let overrides = format!("{{ \"stall.test\" = \"{stall_addr}\", \"garbage.test\" = \"{garbage_addr}\" }}");
+    let server = TestServer::start_with(&[
+        ("IEUM_FEDERATION__OVERRIDES", overrides.as_str()),
+        ("IEUM_FEDERATION__SKIP_VERIFY", "[\"stall.test\", \"garbage.test\"]"),
+        ("IEUM_FEDERATION__REQUEST_TIMEOUT_MS", "1500"),
+    ])
+    .await;
+    let alice = server.register("alice").await;
+    let room = create_public_room(&alice).await;
+    for peer in ["stall.test", "garbage.test"] {
+        let remote_room = OwnedRoomId::try_from(format!("!somewhere:{peer}")).unwrap();
+        let mut request = join_room_by_id_or_alias::v3::Request::new(remote_room.into());
+        request.via = vec![OwnedServerName::try_from(peer).unwrap()];
+        let started = std::time::Instant::now();
+        let error = alice.try_send(request).await.unwrap_err();
+        assert_eq!(error.status, 502, "{peer}: {}", error.body);
+        assert!(error.body["error"].as_str().unwrap().contains(peer), "{}", error.body);
+        assert!(started.elapsed() < Duration::from_secs(30), "{peer}: bounded by the request timeout");
+    }
+    // The server is unharmed: local rooms work as before.
+    say(&alice, &room, "still here").await;
+    assert_eq!(bodies(&alice, &room).await, ["still here"]);
+}

@@ -447,6 +447,11 @@ impl Rooms {
             _ => 0,
         });
         for (event_id, object) in checked {
+            // The answer may reach back past our join into events we hold as outliers (the
+            // state we joined with): they are history, not new events.
+            if matches!(self.pdu(&event_id), Ok(Some(_))) {
+                continue;
+            }
             let result =
                 Box::pin(self.receive_checked(origin, room_id, version, event_id.clone(), object, false)).await;
             if let Err(error) = result {
