@@ -43,6 +43,12 @@ enum Command {
         #[arg(long)]
         admin: bool,
     },
+    /// Retire the server's signing key and make a new one (the server must be stopped).
+    /// The old key stays published as an old verify key, so events it signed still verify.
+    RotateSigningKey {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Read a configuration file, report problems, and print the effective settings.
     CheckConfig {
         #[arg(long, short)]
@@ -127,6 +133,20 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("cannot create {username}: {e}"))?;
             println!("created {user_id}{}", if admin { " (admin)" } else { "" });
+            Ok(())
+        }
+        Command::RotateSigningKey { config } => {
+            let config = load(config.as_ref())?;
+            let db = storage::open(&storage::StorageConfig { path: config.storage.path.clone(), sync_writes: true })
+                .map_err(|e| {
+                    format!(
+                        "cannot open the database at {}: {e}. Stop the server first.",
+                        config.storage.path.display()
+                    )
+                })?;
+            let (old, new) = ieum::service::rotate_signing_key(&*db, &config.server_name)
+                .map_err(|e| format!("cannot rotate the signing key: {e}"))?;
+            println!("retired {old} (still published as an old verify key); now signing with {new}");
             Ok(())
         }
         Command::CheckConfig { config } => {

@@ -94,6 +94,63 @@ impl Services {
 }
 
 const SIGNING_KEY: &str = "signing_key_v1";
+/// Keys we signed with before a rotation: JSON list of `OldSigningKey`.
+const OLD_SIGNING_KEYS: &str = "old_signing_keys_v1";
+
+/// A retired signing key, still published as `old_verify_keys` so events it signed verify.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct OldSigningKey {
+    key_id: String,
+    public_key: String,
+    expired_ts: u64,
+}
+
+/// The keys we signed with before, for our key document.
+pub fn old_signing_keys(db: &dyn Storage) -> Result<Vec<ieum_federation::keys::OldKey>> {
+    let Some(stored) = db.server_value(OLD_SIGNING_KEYS)? else { return Ok(Vec::new()) };
+    let list: Vec<OldSigningKey> =
+        serde_json::from_slice(&stored).map_err(|e| Error::internal(format!("stored old signing keys: {e}")))?;
+    list.into_iter()
+        .map(|old| {
+            let public_key = ruma::serde::Base64::<ruma::serde::base64::Standard>::parse(&old.public_key)
+                .map_err(|e| Error::internal(format!("stored old signing key: {e}")))?;
+            Ok(ieum_federation::keys::OldKey {
+                key_id: old.key_id.as_str().try_into().map_err(|e| Error::internal(format!("old key id: {e}")))?,
+                public_key: public_key.into_inner(),
+                expired_ts: old.expired_ts,
+            })
+        })
+        .collect()
+}
+
+/// Retires the current signing key (kept as an old verify key, expired now) and makes a new
+/// one; returns (old key id, new key id). The server must be stopped.
+pub fn rotate_signing_key(db: &dyn Storage, server_name: &ServerName) -> Result<(String, String)> {
+    let current = load_or_create_signing_key(db, server_name)?;
+    let old_id = format!("ed25519:{}", current.version());
+    let mut list: Vec<OldSigningKey> = match db.server_value(OLD_SIGNING_KEYS)? {
+        Some(stored) => serde_json::from_slice(&stored).map_err(|e| Error::internal(e.to_string()))?,
+        None => Vec::new(),
+    };
+    list.push(OldSigningKey {
+        key_id: old_id.clone(),
+        public_key: ruma::serde::Base64::<ruma::serde::base64::Standard, _>::new(current.public_key().to_vec())
+            .encode(),
+        expired_ts: now_ms(),
+    });
+    let document = Ed25519KeyPair::generate();
+    let version = loop {
+        let version = format!("a_{}", &random_token(4));
+        if format!("ed25519:{version}") != old_id && list.iter().all(|o| o.key_id != format!("ed25519:{version}")) {
+            break version;
+        }
+    };
+    let encoded = ruma::serde::Base64::<ruma::serde::base64::Standard, _>::new(document.to_vec()).encode();
+    // Old keys first: a crash between the writes leaves the old key current, not lost.
+    db.put_server_value(OLD_SIGNING_KEYS, &serde_json::to_vec(&list).map_err(|e| Error::internal(e.to_string()))?)?;
+    db.put_server_value(SIGNING_KEY, format!("{version} {encoded}").as_bytes())?;
+    Ok((old_id, format!("ed25519:{version}")))
+}
 
 /// The server's ed25519 key: generated on first start and kept in storage.
 fn load_or_create_signing_key(db: &dyn Storage, server_name: &ServerName) -> Result<Ed25519KeyPair> {

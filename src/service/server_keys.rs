@@ -14,6 +14,7 @@ pub const KEY_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 /// Our key document, valid for `KEY_VALIDITY` from now.
 pub fn key_document(core: &Core) -> Result<Raw<ServerSigningKeys>> {
     let valid_until = now_ms() + KEY_VALIDITY.as_millis() as u64;
-    ieum_federation::keys::signed_key_document(core.server_name(), &*core.signing_key, valid_until, &[])
+    let old_keys = super::old_signing_keys(&*core.db)?;
+    ieum_federation::keys::signed_key_document(core.server_name(), &*core.signing_key, valid_until, &old_keys)
         .map_err(|e| Error::internal(format!("cannot sign the key document: {e}")))
 }

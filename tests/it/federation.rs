@@ -615,3 +615,36 @@ async fn a_peer_that_stalls_or_answers_garbage_is_contained() {
     say(&alice, &room, "still here").await;
     assert_eq!(bodies(&alice, &room).await, ["still here"]);
 }
+
+#[tokio::test]
+async fn a_rotated_signing_key_is_fetched_and_the_old_one_still_verifies() {
+    let mut cluster = Cluster::start(&["a.test", "b.test"]).await;
+    let alice = cluster.servers[0].register("alice").await;
+    let bob = cluster.servers[1].register("bob").await;
+    let room = create_public_room(&alice).await;
+    join_via(&bob, &room, "a.test").await;
+    say(&bob, &room, "signed with the first key").await;
+    eventually("A has the first message", || async {
+        bodies(&alice, &room).await.contains(&"signed with the first key".into())
+    })
+    .await;
+    let before: serde_json::Value = cluster.servers[1].client().raw("GET", "/_matrix/key/v2/server", None).await.1;
+
+    // B rotates its key while stopped (`ieum rotate-signing-key`).
+    cluster.servers[1].stop().await;
+    let db = ieum::storage::open_at(&cluster.servers[1].dir.path().join("db")).unwrap();
+    let (old, new) = ieum::service::rotate_signing_key(&*db, ruma::server_name!("b.test")).unwrap();
+    drop(db);
+    cluster.servers[1].start_again().await;
+    let after: serde_json::Value = cluster.servers[1].client().raw("GET", "/_matrix/key/v2/server", None).await.1;
+    assert!(before["verify_keys"][&old].is_object(), "{before}");
+    assert!(after["verify_keys"][&new].is_object(), "{after}");
+    assert!(after["old_verify_keys"][&old]["expired_ts"].is_u64(), "{after}");
+
+    // A learns the new key on first use: B's requests and events signed with it are accepted.
+    say(&bob, &room, "signed with the new key").await;
+    eventually("A has the second message", || async {
+        bodies(&alice, &room).await.contains(&"signed with the new key".into())
+    })
+    .await;
+}

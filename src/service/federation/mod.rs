@@ -103,7 +103,7 @@ impl Federation {
         if origin == self.core.server_name() {
             return Err(Error::unauthorized("A server does not send itself requests."));
         }
-        let keys = self.public_keys(origin, None).await?;
+        let keys = self.public_keys(origin, None, Some(xmatrix.key.as_str())).await?;
         if !keys.contains_key(xmatrix.key.as_str()) {
             return Err(Error::unauthorized(format!("Unknown signing key {} of {origin}.", xmatrix.key)));
         }
@@ -116,13 +116,21 @@ impl Federation {
     }
 
     /// The public keys of `server` usable for a signature made at `signed_at` (old keys
-    /// count for signatures made before they expired). Fetches them when not cached.
-    pub async fn public_keys(&self, server: &ServerName, signed_at: Option<u64>) -> Result<PublicKeySet> {
+    /// count for signatures made before they expired). Fetches them when not cached, or when
+    /// `wanted` (a key id) is not among the cached ones (the server rotated its key).
+    pub async fn public_keys(
+        &self,
+        server: &ServerName,
+        signed_at: Option<u64>,
+        wanted: Option<&str>,
+    ) -> Result<PublicKeySet> {
         if server == self.core.server_name() {
             let key_id = format!("ed25519:{}", self.core.signing_key.version());
             return Ok(BTreeMap::from([(key_id, Base64::new(self.core.signing_key.public_key().to_vec()))]));
         }
-        if let Some(keys) = self.keys.public_keys(server, now_ms(), signed_at) {
+        if let Some(keys) = self.keys.public_keys(server, now_ms(), signed_at)
+            && wanted.is_none_or(|id| keys.contains_key(id))
+        {
             return Ok(keys);
         }
         if let Some(retry_at) = self.key_failures.lock().unwrap_or_else(|e| e.into_inner()).get(server)
@@ -194,7 +202,7 @@ impl Federation {
         let document = if server == self.core.server_name() {
             super::server_keys::key_document(&self.core)?.json().get().to_owned()
         } else {
-            self.public_keys(server, None).await.ok();
+            self.public_keys(server, None, None).await.ok();
             match self.documents.lock().unwrap_or_else(|e| e.into_inner()).get(server) {
                 Some(document) => document.clone(),
                 None => return Ok(Vec::new()),
@@ -219,7 +227,15 @@ impl Federation {
         });
         let mut map = PublicKeyMap::new();
         for server in servers {
-            let keys = self.public_keys(&server, signed_at).await?;
+            // The key id the server signed with, so a rotated key is fetched anew.
+            let wanted = match object.get("signatures") {
+                Some(ruma::CanonicalJsonValue::Object(signatures)) => match signatures.get(server.as_str()) {
+                    Some(ruma::CanonicalJsonValue::Object(by_key)) => by_key.keys().next().cloned(),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let keys = self.public_keys(&server, signed_at, wanted.as_deref()).await?;
             map.insert(server.to_string(), keys);
         }
         Ok(map)
