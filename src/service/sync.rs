@@ -345,6 +345,29 @@ impl Sync {
     fn stripped_state<T>(&self, room_id: &RoomId, membership_event: &ruma::EventId) -> Result<Vec<Raw<T>>> {
         let mut events = Vec::new();
         let membership = self.rooms.pdu(membership_event)?;
+        // A room this server is not in: the state the other server sent with the invite (or
+        // the knock's answer), kept in the event's `unsigned`.
+        if self.rooms.room_record(room_id)?.is_none()
+            && let Some(pdu) = &membership
+        {
+            let unsigned = serde_json::from_str::<Value>(pdu.stored.pdu.get())
+                .ok()
+                .and_then(|mut v| v.get_mut("unsigned").map(Value::take))
+                .unwrap_or_default();
+            for key in ["invite_room_state", "knock_room_state"] {
+                if let Some(Value::Array(state)) = unsigned.get(key) {
+                    for entry in state {
+                        if entry.get("type").is_some_and(|t| t != "m.room.member")
+                            || entry.get("state_key").and_then(Value::as_str) != pdu.state_key.as_deref()
+                        {
+                            events.push(raw_event(entry.as_object().unwrap_or(&Map::new()))?);
+                        }
+                    }
+                }
+            }
+            events.push(raw_event(&stripped(pdu))?);
+            return Ok(events);
+        }
         let state = match &membership {
             Some(pdu) => self.rooms.state_after(pdu)?,
             None => self.rooms.current_state(room_id)?.unwrap_or_default(),

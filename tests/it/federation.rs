@@ -196,7 +196,11 @@ async fn invites_cross_servers_and_can_be_accepted_or_rejected() {
     // The invite reaches B's users through /sync, with the room's stripped state.
     let response = bob.send(sync_events::v3::Request::new()).await;
     let invited = response.rooms.invite.get(&room).expect("bob sees the invite");
-    assert!(!invited.invite_state.events.is_empty());
+    let types: Vec<String> =
+        invited.invite_state.events.iter().filter_map(|e| e.get_field::<String>("type").ok().flatten()).collect();
+    for wanted in ["m.room.create", "m.room.join_rules", "m.room.member"] {
+        assert!(types.iter().any(|t| t == wanted), "{wanted} in the invite's stripped state: {types:?}");
+    }
 
     // Bob accepts (joins through the inviter's server without being told where).
     bob.send(join_room_by_id_or_alias::v3::Request::new(room.clone().into())).await;
