@@ -121,6 +121,8 @@ fn federation_routes(r: Router<App>) -> Router<App> {
     let r = route::<f::membership::prepare_leave_event::v1::Request, _, _>(r, federation::make_leave);
     let r = route::<f::membership::create_leave_event::v2::Request, _, _>(r, federation::send_leave);
     let r = route::<f::membership::create_invite::v2::Request, _, _>(r, federation::invite);
+    let r = route::<f::membership::prepare_knock_event::v1::Request, _, _>(r, federation::make_knock);
+    let r = route::<f::membership::create_knock_event::v1::Request, _, _>(r, federation::send_knock);
     let r = route::<f::query::get_profile_information::v1::Request, _, _>(r, federation::query_profile);
     let r = route::<f::query::get_room_information::v1::Request, _, _>(r, federation::query_directory);
     let r = route::<f::device::get_devices::v1::Request, _, _>(r, federation::user_devices);

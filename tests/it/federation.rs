@@ -652,3 +652,49 @@ async fn a_rotated_signing_key_is_fetched_and_the_old_one_still_verifies() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn knocking_crosses_servers() {
+    use ruma::api::client::knock::knock_room;
+    let cluster = Cluster::start(&["a.test", "b.test"]).await;
+    let (a, b) = (&cluster.servers[0], &cluster.servers[1]);
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let mut request = create_room::v3::Request::new();
+    request.initial_state = vec![
+        Raw::new(
+            &serde_json::json!({ "type": "m.room.join_rules", "state_key": "", "content": { "join_rule": "knock" } }),
+        )
+        .unwrap()
+        .cast_unchecked(),
+    ];
+    let room = alice.send(request).await.room_id;
+
+    let mut knock = knock_room::v3::Request::new(room.clone().into());
+    knock.via = vec![OwnedServerName::try_from("a.test").unwrap()];
+    knock.reason = Some("let me in".into());
+    bob.send(knock).await;
+    // B shows the knock with the room's stripped state; A sees bob knocking.
+    let response = bob.send(sync_events::v3::Request::new()).await;
+    let knocked = response.rooms.knock.get(&room).expect("bob's sync shows the knock");
+    let types: Vec<String> =
+        knocked.knock_state.events.iter().filter_map(|e| e.get_field::<String>("type").ok().flatten()).collect();
+    assert!(types.iter().any(|t| t == "m.room.join_rules"), "{types:?}");
+    eventually("A sees the knock", || async {
+        alice
+            .send(ruma::api::client::membership::get_member_events::v3::Request::new(room.clone()))
+            .await
+            .chunk
+            .iter()
+            .filter_map(|m| m.deserialize_as::<serde_json::Value>().ok())
+            .any(|m| m["state_key"] == bob.user_id().as_str() && m["content"]["membership"] == "knock")
+    })
+    .await;
+
+    // Alice lets bob in; he joins.
+    let recipient = InvitationRecipient::UserId(invite_user::v3::InviteUserId::new(bob.user_id().to_owned()));
+    alice.send(invite_user::v3::Request::new(room.clone(), recipient)).await;
+    bob.send(join_room_by_id_or_alias::v3::Request::new(room.clone().into())).await;
+    eventually("A sees bob joined", || async { joined(&alice, &room).await.contains(&bob.user_id().to_string()) })
+        .await;
+}

@@ -90,8 +90,9 @@ pub async fn join_room_by_id_or_alias(
 /// `POST /_matrix/client/v3/knock/{roomIdOrAlias}`
 pub async fn knock_room(app: App, req: Ruma<knock_room::v3::Request>) -> Result<knock_room::v3::Response> {
     let session = req.user()?;
-    let room_id = app.rooms.resolve_room(&req.body.room_id_or_alias)?;
-    let room_id = app.rooms.knock(&session.user_id, &room_id, req.body.reason.as_deref()).await?;
+    let (room_id, mut servers) = app.rooms.resolve_room_with_servers(&req.body.room_id_or_alias).await?;
+    servers.splice(0..0, req.body.via.iter().cloned());
+    let room_id = app.rooms.knock(&session.user_id, &room_id, req.body.reason.as_deref(), &servers).await?;
     Ok(knock_room::v3::Response::new(room_id))
 }
 

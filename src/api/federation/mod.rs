@@ -11,7 +11,10 @@ use ruma::{
         directory::{get_public_rooms, get_public_rooms_filtered},
         discovery::{get_remote_server_keys, get_remote_server_keys_batch, get_server_keys, get_server_version},
         event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
-        membership::{create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event},
+        membership::{
+            create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event,
+            prepare_knock_event, prepare_leave_event,
+        },
         query::{get_profile_information, get_room_information},
         transactions::send_transaction_message,
     },
@@ -171,6 +174,31 @@ pub async fn send_leave(
     let origin = req.origin()?.to_owned();
     app.rooms.receive_membership(&origin, &req.body.room_id, &req.body.event_id, &req.body.pdu, "leave").await?;
     Ok(create_leave_event::v2::Response::new())
+}
+
+/// `GET /_matrix/federation/v1/make_knock/{roomId}/{userId}`
+pub async fn make_knock(
+    app: App,
+    req: Ruma<prepare_knock_event::v1::Request>,
+) -> Result<prepare_knock_event::v1::Response> {
+    let (version, event) = app.rooms.make_membership_template(
+        req.origin()?,
+        &req.body.room_id,
+        &req.body.user_id,
+        "knock",
+        &req.body.ver,
+    )?;
+    Ok(prepare_knock_event::v1::Response::new(version, event))
+}
+
+/// `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}`
+pub async fn send_knock(
+    app: App,
+    req: Ruma<create_knock_event::v1::Request>,
+) -> Result<create_knock_event::v1::Response> {
+    let origin = req.origin()?.to_owned();
+    let state = app.rooms.receive_knock(&origin, &req.body.room_id, &req.body.event_id, &req.body.pdu).await?;
+    Ok(create_knock_event::v1::Response::new(state))
 }
 
 /// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`

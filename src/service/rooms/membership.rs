@@ -268,9 +268,26 @@ impl Rooms {
         Ok(())
     }
 
-    pub async fn knock(&self, user_id: &UserId, room_id: &RoomId, reason: Option<&str>) -> Result<OwnedRoomId> {
+    pub async fn knock(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        reason: Option<&str>,
+        servers: &[ruma::OwnedServerName],
+    ) -> Result<OwnedRoomId> {
         if self.room_record(room_id)?.is_none() {
-            return Err(Error::not_found("This server does not know that room."));
+            // A room this server is not in: knock through another server.
+            let mut content = match self.profile_content(user_id, "knock")? {
+                Value::Object(map) => map,
+                _ => serde_json::Map::new(),
+            };
+            content.remove("membership");
+            if let Some(reason) = reason {
+                content.insert("reason".into(), Value::String(reason.to_owned()));
+            }
+            let candidates = self.join_candidates(user_id, room_id, servers);
+            self.knock_remote(user_id, room_id, &candidates, content).await?;
+            return Ok(room_id.to_owned());
         }
         match self.membership_of(room_id, user_id)?.as_deref() {
             Some("join") => return Err(Error::forbidden("You are already in this room.")),
@@ -339,7 +356,7 @@ impl Rooms {
                 self.last_membership_event(room_id, target)
             }
             "knock" if own => {
-                self.knock(sender, room_id, reason.as_deref()).await?;
+                self.knock(sender, room_id, reason.as_deref(), &[]).await?;
                 self.last_membership_event(room_id, target)
             }
             _ => Err(Error::bad_json(format!("Cannot set membership {membership:?} for {target} this way."))),

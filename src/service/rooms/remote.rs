@@ -12,7 +12,8 @@ use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedServerName, RoomId, RoomVersionId, ServerName,
     UserId,
     api::federation::membership::{
-        RawStrippedState, create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+        RawStrippedState, create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event,
+        prepare_knock_event, prepare_leave_event,
     },
     events::{StateEventType, TimelineEventType},
     signatures::{hash_and_sign_event, reference_hash},
@@ -264,7 +265,7 @@ impl Rooms {
         }
         let version =
             self.room_version(room_id)?.ok_or_else(|| Error::not_found(format!("Unknown room {room_id}.")))?;
-        if membership == "join" && !supported.contains(&version) {
+        if membership != "leave" && !supported.contains(&version) {
             return Err(Error::Matrix {
                 kind: ruma::api::error::ErrorKind::IncompatibleRoomVersion(
                     ruma::api::error::IncompatibleRoomVersionErrorData::new(version.clone()),
@@ -661,6 +662,92 @@ impl Rooms {
             .map_err(|reason| Error::forbidden(format!("Our join is not allowed by the room's state: {reason}")))
     }
 
+    /// The room's recommended stripped state (full PDUs, as Matrix 1.16 asks) for an invite
+    /// or a knock, with the member event of `sender` when given.
+    fn stripped_for_remote(&self, state: &StateMap, sender: Option<&UserId>) -> Result<Vec<RawStrippedState>> {
+        let mut stripped = Vec::new();
+        for kind in [
+            StateEventType::RoomCreate,
+            StateEventType::RoomJoinRules,
+            StateEventType::RoomName,
+            StateEventType::RoomCanonicalAlias,
+            StateEventType::RoomAvatar,
+            StateEventType::RoomEncryption,
+            StateEventType::RoomTopic,
+        ] {
+            if let Some(state_pdu) = self.state_pdu(state, &kind, "")? {
+                stripped.push(RawStrippedState::Pdu(state_pdu.stored.pdu.clone()));
+            }
+        }
+        if let Some(sender) = sender
+            && let Some(member) = self.state_pdu(state, &StateEventType::RoomMember, sender.as_str())?
+        {
+            stripped.push(RawStrippedState::Pdu(member.stored.pdu.clone()));
+        }
+        Ok(stripped)
+    }
+
+    /// `/send_knock`: checks and appends the knock; answers the room's stripped state.
+    pub async fn receive_knock(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &EventId,
+        raw_pdu: &RawValue,
+    ) -> Result<Vec<RawStrippedState>> {
+        self.receive_membership(origin, room_id, event_id, raw_pdu, "knock").await?;
+        let state = self.current_state(room_id)?.unwrap_or_default();
+        self.stripped_for_remote(&state, None)
+    }
+
+    /// Knocks on a room this server is not in, through one of `servers`.
+    pub async fn knock_remote(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        servers: &[OwnedServerName],
+        content: Map<String, Value>,
+    ) -> Result<()> {
+        let mut last_error = None;
+        for server in servers.iter().filter(|s| *s != self.core.server_name()) {
+            let mut request = prepare_knock_event::v1::Request::new(room_id.to_owned(), user_id.to_owned());
+            request.ver = SUPPORTED_VERSIONS.to_vec();
+            let template = match self.federation.client.send(server, request).await {
+                Ok(template) => template,
+                Err(error) => {
+                    last_error = Some(Error::remote(error));
+                    continue;
+                }
+            };
+            let version = template.room_version;
+            let rules = rules_for(&version)?;
+            let (event_id, object) = self.sign_template(&rules, &template.event, user_id, "knock", &content)?;
+            let request = create_knock_event::v1::Request::new(room_id.to_owned(), event_id.clone(), raw(&object)?);
+            match self.federation.client.send(server, request).await {
+                Ok(response) => {
+                    let mut with_state = object.clone();
+                    let stripped: Vec<CanonicalJsonValue> =
+                        response.knock_room_state.iter().filter_map(stripped_value).collect();
+                    let mut unsigned = CanonicalJsonObject::new();
+                    unsigned.insert("knock_room_state".into(), CanonicalJsonValue::Array(stripped));
+                    with_state.insert("unsigned".into(), CanonicalJsonValue::Object(unsigned));
+                    let mut stored = Pdu::from_object(event_id.clone(), room_id, &with_state)?.stored;
+                    stored.pdu = raw(&with_state)?;
+                    let user = user_id.to_owned();
+                    self.forget_cached_pdu(&event_id);
+                    self.core
+                        .blocking(move |db| {
+                            db.put_outside_membership(&user, "knock", &event_id, stored).map_err(Error::from)
+                        })
+                        .await?;
+                    return Ok(());
+                }
+                Err(error) => last_error = Some(Error::remote(error)),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::not_found("No server to knock through; give one with `via`.")))
+    }
+
     /// Fetches history older than the room's oldest timeline event from another server in
     /// the room (`/backfill`), checks it like any received event, and inserts it below the
     /// oldest entry. The state at the fetched events comes from one `/state_ids` at the
@@ -828,23 +915,7 @@ impl Rooms {
         let (event_id, _, object) = self.build(&rules, Some(room_id), &new, &prev, &auth_events, depth)?;
         let pdu = Pdu::from_object(event_id.clone(), room_id, &object)?;
         self.authorise(&rules, &pdu, &state)?;
-        let mut invite_state = Vec::new();
-        for kind in [
-            StateEventType::RoomCreate,
-            StateEventType::RoomJoinRules,
-            StateEventType::RoomName,
-            StateEventType::RoomCanonicalAlias,
-            StateEventType::RoomAvatar,
-            StateEventType::RoomEncryption,
-            StateEventType::RoomTopic,
-        ] {
-            if let Some(state_pdu) = self.state_pdu(&state, &kind, "")? {
-                invite_state.push(RawStrippedState::Pdu(state_pdu.stored.pdu.clone()));
-            }
-        }
-        if let Some(member) = self.state_pdu(&state, &StateEventType::RoomMember, sender.as_str())? {
-            invite_state.push(RawStrippedState::Pdu(member.stored.pdu.clone()));
-        }
+        let invite_state = self.stripped_for_remote(&state, Some(sender))?;
         let request = create_invite::v2::Request::new(
             room_id.to_owned(),
             event_id.clone(),
