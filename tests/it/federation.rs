@@ -698,3 +698,46 @@ async fn knocking_crosses_servers() {
     eventually("A sees bob joined", || async { joined(&alice, &room).await.contains(&bob.user_id().to_string()) })
         .await;
 }
+
+#[tokio::test]
+async fn a_server_acl_stops_traffic_both_ways() {
+    let cluster = Cluster::start(&["a.test", "b.test", "c.test"]).await;
+    let alice = cluster.servers[0].register("alice").await;
+    let bob = cluster.servers[1].register("bob").await;
+    let carol = cluster.servers[2].register("carol").await;
+    let room = create_public_room(&alice).await;
+    join_via(&bob, &room, "a.test").await;
+    join_via(&carol, &room, "a.test").await;
+    eventually("everyone is in", || async { joined(&bob, &room).await.len() == 3 }).await;
+
+    // The room denies c.test.
+    use ruma::api::client::state::send_state_event;
+    let acl = serde_json::json!({ "allow": ["*"], "deny": ["c.test"], "allow_ip_literals": false });
+    let request = send_state_event::v3::Request::new_raw(
+        room.clone(),
+        ruma::events::StateEventType::RoomServerAcl,
+        String::new(),
+        Raw::new(&acl).unwrap().cast_unchecked(),
+    );
+    alice.send(request).await;
+    eventually("B has the ACL", || async {
+        let request = ruma::api::client::state::get_state_event_for_key::v3::Request::new(
+            room.clone(),
+            ruma::events::StateEventType::RoomServerAcl,
+            String::new(),
+        );
+        bob.try_send(request).await.is_ok()
+    })
+    .await;
+
+    // C's messages are refused by A and B; A and B no longer send C anything.
+    say(&carol, &room, "from a denied server").await;
+    say(&alice, &room, "not for c").await;
+    eventually("B has A's message", || async { bodies(&bob, &room).await.contains(&"not for c".into()) }).await;
+    say(&bob, &room, "after the acl").await;
+    eventually("A has B's message", || async { bodies(&alice, &room).await.contains(&"after the acl".into()) }).await;
+    assert!(!bodies(&alice, &room).await.contains(&"from a denied server".into()));
+    assert!(!bodies(&bob, &room).await.contains(&"from a denied server".into()));
+    let at_c = bodies(&carol, &room).await;
+    assert!(!at_c.contains(&"not for c".into()) && !at_c.contains(&"after the acl".into()), "{at_c:?}");
+}

@@ -47,9 +47,10 @@ pub const SUPPORTED_VERSIONS: &[RoomVersionId] = &[
 const MAX_BACKFILL: usize = 100;
 
 impl Rooms {
-    /// Servers with joined members in a room (current state), ours excluded.
+    /// Servers with joined members in a room (current state), ours excluded, and those the
+    /// room's server ACL denies excluded too (nothing of the room is sent to them).
     pub fn remote_servers_in_room(&self, room_id: &RoomId) -> Result<BTreeSet<OwnedServerName>> {
-        Ok(self
+        let mut servers: BTreeSet<OwnedServerName> = self
             .core
             .db
             .members(room_id)?
@@ -57,7 +58,9 @@ impl Rooms {
             .filter(|(_, membership)| membership == "join")
             .map(|(user, _)| user.server_name().to_owned())
             .filter(|server| server != self.core.server_name())
-            .collect())
+            .collect();
+        servers.retain(|server| self.check_server_acl(server, room_id).is_ok());
+        Ok(servers)
     }
 
     /// Whether `server` has a user joined to the room (may read its events and state).
