@@ -87,6 +87,8 @@ pub fn client_routes() -> Router<App> {
     let r = route::<c::typing::create_typing_event::v3::Request, _, _>(r, sync::typing);
     let r = route::<c::receipt::create_receipt::v3::Request, _, _>(r, sync::receipt);
     let r = route::<c::read_marker::set_read_marker::v3::Request, _, _>(r, sync::read_markers);
+    let r = route::<c::presence::set_presence::v3::Request, _, _>(r, sync::set_presence);
+    let r = route::<c::presence::get_presence::v3::Request, _, _>(r, sync::get_presence);
     // Account data, tags, filters.
     let r = route::<c::config::set_global_account_data::v3::Request, _, _>(r, config::set_global_account_data);
     let r = route::<c::config::get_global_account_data::v3::Request, _, _>(r, config::get_global_account_data);

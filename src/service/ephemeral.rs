@@ -1,5 +1,5 @@
-//! Ephemeral room data: typing notifications (in memory, with expiry and their own
-//! serial) and receipts (durable, on the stream).
+//! Ephemeral data: typing notifications and presence (in memory, sharing one serial that
+//! sync tokens carry) and receipts (durable, on the stream).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -27,16 +27,47 @@ struct RoomTyping {
     changed: u64,
 }
 
+/// A user's presence as last reported (by a local client or the user's server).
+#[derive(Clone, Debug)]
+pub struct Presence {
+    pub presence: String,
+    pub status_msg: Option<String>,
+    /// When the user was last active (ms since the epoch).
+    pub last_active_ts: u64,
+    pub currently_active: bool,
+    /// Serial of the last change.
+    changed: u64,
+}
+
+impl Presence {
+    /// The `m.presence` event of `user_id` (client format).
+    pub fn event(&self, user_id: &UserId) -> Value {
+        let mut content = json!({
+            "presence": self.presence,
+            "last_active_ago": now_ms().saturating_sub(self.last_active_ts),
+            "currently_active": self.currently_active,
+        });
+        if let Some(status) = &self.status_msg {
+            content["status_msg"] = Value::String(status.clone());
+        }
+        json!({ "type": "m.presence", "sender": user_id, "content": content })
+    }
+}
+
+/// Presence states the spec knows.
+pub const PRESENCE_STATES: &[&str] = &["online", "offline", "unavailable", "busy"];
+
 pub struct Ephemeral {
     core: Arc<Core>,
     typing: Mutex<HashMap<OwnedRoomId, RoomTyping>>,
+    presence: Mutex<HashMap<OwnedUserId, Presence>>,
     /// Increases on every typing change (sync tokens carry it).
     serial: watch::Sender<u64>,
 }
 
 impl Ephemeral {
     pub fn new(core: Arc<Core>) -> Self {
-        Self { core, typing: Mutex::default(), serial: watch::channel(0).0 }
+        Self { core, typing: Mutex::default(), presence: Mutex::default(), serial: watch::channel(0).0 }
     }
 
     pub fn typing_serial(&self) -> u64 {
@@ -69,6 +100,43 @@ impl Ephemeral {
         if changed {
             room.changed = self.bump();
         }
+    }
+
+    /// Records a user's presence; returns whether anything a client sees changed.
+    pub fn set_presence(
+        &self,
+        user_id: &UserId,
+        presence: &str,
+        status_msg: Option<String>,
+        last_active_ts: u64,
+        currently_active: bool,
+    ) -> bool {
+        let mut all = self.presence.lock().unwrap_or_else(|e| e.into_inner());
+        let unchanged = all.get(user_id).is_some_and(|old| {
+            old.presence == presence && old.status_msg == status_msg && old.currently_active == currently_active
+        });
+        if unchanged {
+            if let Some(old) = all.get_mut(user_id) {
+                old.last_active_ts = old.last_active_ts.max(last_active_ts);
+            }
+            return false;
+        }
+        let changed = self.bump();
+        all.insert(
+            user_id.to_owned(),
+            Presence { presence: presence.to_owned(), status_msg, last_active_ts, currently_active, changed },
+        );
+        true
+    }
+
+    pub fn presence_of(&self, user_id: &UserId) -> Option<Presence> {
+        self.presence.lock().unwrap_or_else(|e| e.into_inner()).get(user_id).cloned()
+    }
+
+    /// Users whose presence changed after serial `since`.
+    pub fn presence_since(&self, since: u64) -> Vec<(OwnedUserId, Presence)> {
+        let all = self.presence.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter().filter(|(_, p)| p.changed > since).map(|(u, p)| (u.clone(), p.clone())).collect()
     }
 
     /// Drops expired typing notifications (called every second by a background task).

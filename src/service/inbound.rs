@@ -112,6 +112,14 @@ impl Services {
             }
         }
         for edu in &request.edus {
+            // Presence is read leniently: Synapse leaves out `last_active_ago` at times,
+            // which ruma's type requires.
+            if let Ok(value) = serde_json::from_str::<serde_json::Value>(edu.json().get())
+                && value["edu_type"] == "m.presence"
+            {
+                self.receive_presence(origin, &value["content"]);
+                continue;
+            }
             match edu.deserialize() {
                 Ok(edu) => self.receive_edu(origin, edu).await,
                 Err(error) => tracing::debug!(%origin, %error, "ignoring an EDU that does not parse"),
@@ -156,6 +164,52 @@ impl Services {
                 tracing::debug!(%origin, kind = ?std::mem::discriminant(&other), "EDU type not handled yet");
             }
         }
+    }
+
+    fn receive_presence(&self, origin: &ServerName, content: &serde_json::Value) {
+        let Some(updates) = content["push"].as_array() else { return };
+        for update in updates.iter().take(1000) {
+            let Some(Ok(user_id)) = update["user_id"].as_str().map(ruma::UserId::parse) else { continue };
+            let Some(presence) = update["presence"].as_str().filter(|p| super::ephemeral::PRESENCE_STATES.contains(p))
+            else {
+                continue;
+            };
+            if user_id.server_name() != origin {
+                continue;
+            }
+            let ago = update["last_active_ago"].as_u64().unwrap_or(0);
+            let status = update["status_msg"].as_str().map(str::to_owned);
+            let active = update["currently_active"].as_bool().unwrap_or(false);
+            self.ephemeral.set_presence(&user_id, presence, status, super::now_ms().saturating_sub(ago), active);
+        }
+    }
+
+    /// Sets a local user's presence and shares it with every server that shares a room.
+    pub async fn set_presence(&self, user_id: &ruma::UserId, presence: &str, status_msg: Option<String>) -> Result<()> {
+        if !super::ephemeral::PRESENCE_STATES.contains(&presence) {
+            return Err(Error::invalid_param(format!("Unknown presence state {presence:?}.")));
+        }
+        let active = presence == "online";
+        if !self.ephemeral.set_presence(user_id, presence, status_msg.clone(), super::now_ms(), active) {
+            return Ok(());
+        }
+        let mut servers = std::collections::BTreeSet::new();
+        for (room_id, record) in self.core.db.rooms_of_user(user_id)? {
+            if record.membership == "join" {
+                servers.extend(self.rooms.remote_servers_in_room(&room_id)?);
+            }
+        }
+        if servers.is_empty() {
+            return Ok(());
+        }
+        let mut update = serde_json::json!({
+            "user_id": user_id, "presence": presence, "last_active_ago": 0, "currently_active": active,
+        });
+        if let Some(status) = status_msg {
+            update["status_msg"] = serde_json::Value::String(status);
+        }
+        let edu = serde_json::json!({ "edu_type": "m.presence", "content": { "push": [update] } });
+        self.federation.queue_edu(servers.into_iter().collect(), &raw_edu(&edu)?).await
     }
 
     /// Shares a local user's typing state with the room's other servers.

@@ -122,6 +122,7 @@ pub struct SyncFilter {
     pub ephemeral: EventFilter,
     pub room_account_data: EventFilter,
     pub account_data: EventFilter,
+    pub presence: EventFilter,
     pub rooms: EventFilter,
     pub include_leave: bool,
 }
@@ -133,7 +134,14 @@ impl SyncFilter {
         rooms.rooms = room.rooms.as_ref().map(|r| r.iter().map(|x| x.to_string()).collect());
         rooms.not_rooms = room.not_rooms.iter().map(|x| x.to_string()).collect();
         let global = &definition.account_data;
+        let presence = &definition.presence;
         Self {
+            presence: EventFilter {
+                types: presence.types.clone(),
+                not_types: presence.not_types.clone(),
+                limit: presence.limit.map(|l| usize::try_from(u64::from(l)).unwrap_or(usize::MAX)),
+                ..EventFilter::default()
+            },
             timeline: EventFilter::from_room_event_filter(&room.timeline),
             state: EventFilter::from_room_event_filter(&room.state),
             ephemeral: EventFilter::from_room_event_filter(&room.ephemeral),
@@ -298,6 +306,7 @@ impl Sync {
         if let Some(limit) = filter.account_data.limit {
             response.account_data.events.truncate(limit);
         }
+        self.add_presence(user_id, since_or_zero.typing, &filter.presence, &mut response)?;
 
         for (room_id, record) in self.core.db.rooms_of_user(user_id)? {
             if record.pos > now.pos || !filter.rooms.matches_room(&room_id) {
@@ -339,6 +348,40 @@ impl Sync {
             }
         }
         Ok(response)
+    }
+
+    /// Presence changes since `since` of the user and of everyone sharing a joined room.
+    fn add_presence(
+        &self,
+        user_id: &ruma::UserId,
+        since: u64,
+        filter: &EventFilter,
+        response: &mut Response,
+    ) -> Result<()> {
+        if !filter.matches_type("m.presence") {
+            return Ok(());
+        }
+        let changed = self.ephemeral.presence_since(since);
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let mut visible: std::collections::HashSet<ruma::OwnedUserId> = std::collections::HashSet::new();
+        visible.insert(user_id.to_owned());
+        for (room_id, record) in self.core.db.rooms_of_user(user_id)? {
+            if record.membership == "join" {
+                visible
+                    .extend(self.core.db.members(&room_id)?.into_iter().filter(|(_, m)| m == "join").map(|(u, _)| u));
+            }
+        }
+        for (other, presence) in changed {
+            if visible.contains(&other) {
+                response.presence.events.push(Raw::from_json(raw(&presence.event(&other))?));
+            }
+        }
+        if let Some(limit) = filter.limit {
+            response.presence.events.truncate(limit);
+        }
+        Ok(())
     }
 
     /// Stripped state for an invite or knock: the recommended state plus the membership event.

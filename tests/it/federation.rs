@@ -741,3 +741,40 @@ async fn a_server_acl_stops_traffic_both_ways() {
     let at_c = bodies(&carol, &room).await;
     assert!(!at_c.contains(&"not for c".into()) && !at_c.contains(&"after the acl".into()), "{at_c:?}");
 }
+
+#[tokio::test]
+async fn presence_crosses_servers() {
+    use ruma::api::client::presence::{get_presence, set_presence};
+    let cluster = Cluster::start(&["a.test", "b.test"]).await;
+    let (a, b) = (&cluster.servers[0], &cluster.servers[1]);
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = create_public_room(&alice).await;
+    join_via(&bob, &room, "a.test").await;
+    eventually("A sees bob", || async { joined(&alice, &room).await.len() == 2 }).await;
+
+    let mut request = set_presence::v3::Request::new(bob.user_id().to_owned(), ruma::presence::PresenceState::Online);
+    request.status_msg = Some("in the ministry".into());
+    bob.send(request).await;
+    // Someone else may not set bob's presence.
+    let forged = set_presence::v3::Request::new(bob.user_id().to_owned(), ruma::presence::PresenceState::Offline);
+    assert_eq!(alice.try_send(forged).await.unwrap_err().status, 403);
+
+    eventually("A knows bob is online", || async {
+        match alice.try_send(get_presence::v3::Request::new(bob.user_id().to_owned())).await {
+            Ok(response) => {
+                response.presence == ruma::presence::PresenceState::Online
+                    && response.status_msg.as_deref() == Some("in the ministry")
+            }
+            Err(_) => false,
+        }
+    })
+    .await;
+    let response = alice.send(sync_events::v3::Request::new()).await;
+    let events: Vec<serde_json::Value> =
+        response.presence.events.iter().filter_map(|e| e.deserialize_as().ok()).collect();
+    assert!(
+        events.iter().any(|e| e["sender"] == bob.user_id().as_str() && e["content"]["presence"] == "online"),
+        "{events:?}"
+    );
+}

@@ -142,3 +142,38 @@ pub async fn read_markers(app: App, req: Ruma<set_read_marker::v3::Request>) -> 
     }
     Ok(set_read_marker::v3::Response::new())
 }
+
+/// `PUT /_matrix/client/v3/presence/{userId}/status`
+pub async fn set_presence(
+    app: App,
+    req: Ruma<ruma::api::client::presence::set_presence::v3::Request>,
+) -> Result<ruma::api::client::presence::set_presence::v3::Response> {
+    let session = req.user()?;
+    if req.body.user_id != session.user_id {
+        return Err(Error::forbidden("You may only set your own presence."));
+    }
+    app.set_presence(&session.user_id, req.body.presence.as_str(), req.body.status_msg.clone()).await?;
+    Ok(ruma::api::client::presence::set_presence::v3::Response::new())
+}
+
+/// `GET /_matrix/client/v3/presence/{userId}/status`
+pub async fn get_presence(
+    app: App,
+    req: Ruma<ruma::api::client::presence::get_presence::v3::Request>,
+) -> Result<ruma::api::client::presence::get_presence::v3::Response> {
+    req.user()?;
+    let presence = app
+        .ephemeral
+        .presence_of(&req.body.user_id)
+        .ok_or_else(|| Error::not_found("No presence is known for that user."))?;
+    let state = ruma::presence::PresenceState::from(presence.presence.as_str());
+    let mut response = ruma::api::client::presence::get_presence::v3::Response::new(state);
+    response.status_msg = presence.status_msg.clone();
+    response.currently_active = Some(presence.currently_active);
+    response.last_active_ago = Some(Duration::from_millis(ieum_now().saturating_sub(presence.last_active_ts)));
+    Ok(response)
+}
+
+fn ieum_now() -> u64 {
+    ruma::MilliSecondsSinceUnixEpoch::now().get().into()
+}
