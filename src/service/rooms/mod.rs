@@ -100,11 +100,21 @@ pub struct Rooms {
     pdu_cache: Mutex<HashMap<OwnedEventId, Arc<Pdu>>>,
     state_cache: Mutex<HashMap<StateGroupId, Arc<StateMap>>>,
     locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Rooms whose backfill failed recently: not asked again before this time (ms), so a
+    /// client paging back while the other servers are down is not held up every time.
+    backfill_retry: Mutex<HashMap<OwnedRoomId, u64>>,
 }
 
 impl Rooms {
     pub fn new(core: Arc<Core>, federation: Arc<super::federation::Federation>) -> Self {
-        Self { core, federation, pdu_cache: Mutex::default(), state_cache: Mutex::default(), locks: Mutex::default() }
+        Self {
+            core,
+            federation,
+            pdu_cache: Mutex::default(),
+            state_cache: Mutex::default(),
+            locks: Mutex::default(),
+            backfill_retry: Mutex::default(),
+        }
     }
 
     /// An event by id (any room), from the cache or storage.

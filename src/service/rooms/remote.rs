@@ -757,6 +757,19 @@ impl Rooms {
     /// oldest of them, carried forward event by event. Returns how many were added.
     pub async fn backfill_from_remote(&self, room_id: &RoomId, limit: usize) -> Result<usize> {
         let Some(version) = self.room_version(room_id)? else { return Ok(0) };
+        if self.backfill_retry.lock().unwrap_or_else(|e| e.into_inner()).get(room_id).is_some_and(|t| *t > now_ms()) {
+            return Ok(0);
+        }
+        let result = self.backfill_now(room_id, &version, limit).await;
+        if !matches!(result, Ok(n) if n > 0) {
+            // Nothing to fetch (or nobody answered): do not ask again for a minute.
+            self.backfill_retry.lock().unwrap_or_else(|e| e.into_inner()).insert(room_id.to_owned(), now_ms() + 60_000);
+        }
+        result
+    }
+
+    async fn backfill_now(&self, room_id: &RoomId, version: &RoomVersionId, limit: usize) -> Result<usize> {
+        let version = version.clone();
         let rules = rules_for(&version)?;
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().await;
