@@ -778,3 +778,32 @@ async fn presence_crosses_servers() {
         "{events:?}"
     );
 }
+
+#[tokio::test]
+async fn keys_kept_from_before_a_restart_verify_a_server_that_is_down() {
+    let mut cluster = Cluster::start(&["a.test", "b.test", "c.test"]).await;
+    let alice = cluster.servers[0].register("alice").await;
+    let bob = cluster.servers[1].register("bob").await;
+    let carol = cluster.servers[2].register("carol").await;
+    let room = create_public_room(&alice).await;
+    join_via(&bob, &room, "a.test").await;
+    join_via(&carol, &room, "a.test").await;
+    say(&bob, &room, "hello").await;
+    eventually("A has bob's hello", || async { bodies(&alice, &room).await.contains(&"hello".into()) }).await;
+
+    // A restarts (its key cache in memory is gone) while bob talks; then B goes down.
+    cluster.servers[0].stop().await;
+    say(&bob, &room, "while A was down").await;
+    eventually("C has it", || async { bodies(&carol, &room).await.contains(&"while A was down".into()) }).await;
+    cluster.servers[1].stop().await;
+    cluster.servers[0].start_again().await;
+
+    // C's next message leads A to fetch bob's event from C: bob's signature is checked
+    // with the keys A kept, since b.test cannot be asked.
+    say(&carol, &room, "after").await;
+    eventually("A has bob's event through C", || async {
+        let seen = bodies(&alice, &room).await;
+        seen.contains(&"while A was down".into()) && seen.contains(&"after".into())
+    })
+    .await;
+}

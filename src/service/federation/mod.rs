@@ -133,6 +133,13 @@ impl Federation {
         {
             return Ok(keys);
         }
+        // Keys fetched before a restart are kept in storage: use them while still valid.
+        if self.load_stored_document(server)
+            && let Some(keys) = self.keys.public_keys(server, now_ms(), signed_at)
+            && wanted.is_none_or(|id| keys.contains_key(id))
+        {
+            return Ok(keys);
+        }
         if let Some(retry_at) = self.key_failures.lock().unwrap_or_else(|e| e.into_inner()).get(server)
             && *retry_at > now_ms()
         {
@@ -193,7 +200,25 @@ impl Federation {
         self.keys.insert(verified);
         self.documents.lock().unwrap_or_else(|e| e.into_inner()).insert(server.to_owned(), document.to_owned());
         self.key_failures.lock().unwrap_or_else(|e| e.into_inner()).remove(server);
+        if let Err(error) = self.core.db.put_server_value(&stored_keys_name(server), document.as_bytes()) {
+            tracing::warn!(%server, %error, "cannot keep a server's keys in storage");
+        }
         Ok(())
+    }
+
+    /// Loads a key document kept from an earlier fetch into the cache; true if one was
+    /// found and is still valid.
+    fn load_stored_document(&self, server: &ServerName) -> bool {
+        let Ok(Some(stored)) = self.core.db.server_value(&stored_keys_name(server)) else { return false };
+        let Ok(document) = String::from_utf8(stored) else { return false };
+        match verify_key_document(&document, server, now_ms()) {
+            Ok(verified) => {
+                self.keys.insert(verified);
+                self.documents.lock().unwrap_or_else(|e| e.into_inner()).insert(server.to_owned(), document);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Key documents for the notary endpoint: ours, or a cached remote one (fetched on
@@ -271,4 +296,9 @@ impl Federation {
     pub fn sender(&self) -> Arc<Sender<FederationClient>> {
         self.sender.clone()
     }
+}
+
+/// Where a remote server's key document is kept (the server-values table).
+fn stored_keys_name(server: &ServerName) -> String {
+    format!("remote_keys/{server}")
 }
