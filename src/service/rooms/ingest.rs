@@ -316,7 +316,7 @@ impl Rooms {
 
     /// Fetches the auth events of `pdu` this server lacks (and theirs, recursively) from
     /// `origin`, checks each and stores it as an outlier, oldest first.
-    async fn fetch_auth_events(
+    pub(crate) async fn fetch_auth_events(
         &self,
         origin: &ServerName,
         room_id: &RoomId,
@@ -355,7 +355,11 @@ impl Rooms {
 
     /// The state-independent auth rules, then the state-dependent ones against the
     /// event's own auth events.
-    fn check_against_auth_events(&self, rules: &RoomVersionRules, pdu: &Pdu) -> std::result::Result<(), String> {
+    pub(crate) fn check_against_auth_events(
+        &self,
+        rules: &RoomVersionRules,
+        pdu: &Pdu,
+    ) -> std::result::Result<(), String> {
         let fetch_event = |id: &EventId| self.pdu(id).ok().flatten();
         state_res::check_state_independent_auth_rules(&rules.authorization, pdu, fetch_event)?;
         let mut auth_state: HashMap<(StateEventType, String), Arc<Pdu>> = HashMap::new();
@@ -498,22 +502,6 @@ impl Rooms {
         }
     }
 
-    /// Fetches the auth events of `pdu` this server lacks (for backfilled history).
-    pub(crate) async fn fetch_auth_events_for(
-        &self,
-        origin: &ServerName,
-        room_id: &RoomId,
-        version: &RoomVersionId,
-        pdu: &Pdu,
-    ) -> Result<()> {
-        self.fetch_auth_events(origin, room_id, version, pdu).await
-    }
-
-    /// Auth of `pdu` against its own auth events.
-    pub(crate) fn check_auth_events(&self, rules: &RoomVersionRules, pdu: &Pdu) -> std::result::Result<(), String> {
-        self.check_against_auth_events(rules, pdu)
-    }
-
     /// The state before an event, as `origin` reports it (`/state_ids`); the events are
     /// fetched, checked and stored as outliers.
     pub(crate) async fn state_before_remote(
@@ -544,8 +532,8 @@ impl Rooms {
         Ok(state)
     }
 
-    /// The state after an event we lack, from `origin`'s /state_ids (the state before it)
-    /// plus the event itself; the events are fetched, checked and stored as outliers.
+    /// The state after an event we lack: `origin`'s state before it plus the event itself
+    /// (fetched, checked and stored as an outlier like the state).
     async fn fetch_state_after(
         &self,
         origin: &ServerName,
@@ -553,25 +541,13 @@ impl Rooms {
         version: &RoomVersionId,
         event_id: &EventId,
     ) -> Result<StateMap> {
-        let response = self
-            .federation
-            .client
-            .send(origin, get_room_state_ids::v1::Request::new(event_id.to_owned(), room_id.to_owned()))
-            .await
-            .map_err(Error::remote)?;
-        let mut ids: Vec<OwnedEventId> = response.pdu_ids.clone();
-        ids.extend(response.auth_chain_ids);
-        ids.push(event_id.to_owned());
-        self.fetch_outliers(origin, room_id, version, &ids).await?;
-        // /state_ids answers the state before the event: the event itself goes on top.
-        let mut state = StateMap::new();
-        for id in response.pdu_ids.into_iter().chain([event_id.to_owned()]) {
-            let Some(state_pdu) = self.pdu(&id)? else { continue };
-            if let Some(key) = &state_pdu.state_key
-                && !state_pdu.stored.rejected
-            {
-                state.insert((state_pdu.kind.to_string().into(), key.clone()), id);
-            }
+        let mut state = self.state_before_remote(origin, room_id, version, event_id).await?;
+        self.fetch_outliers(origin, room_id, version, &[event_id.to_owned()]).await?;
+        if let Some(pdu) = self.pdu(event_id)?
+            && let Some(key) = &pdu.state_key
+            && !pdu.stored.rejected
+        {
+            state.insert((pdu.kind.to_string().into(), key.clone()), event_id.to_owned());
         }
         Ok(state)
     }

@@ -415,22 +415,35 @@ impl Rooms {
         let signed = raw(&object)?;
         if self.room_record(&request.room_id)?.is_none() {
             // Not in the room: keep the invite with the state the inviter sent, for /sync.
-            let mut with_state = object.clone();
-            let stripped: Vec<CanonicalJsonValue> =
-                request.invite_room_state.iter().filter_map(|state| stripped_value(state)).collect();
-            let mut unsigned = CanonicalJsonObject::new();
-            unsigned.insert("invite_room_state".into(), CanonicalJsonValue::Array(stripped));
-            with_state.insert("unsigned".into(), CanonicalJsonValue::Object(unsigned));
-            let mut stored = Pdu::from_object(event_id.clone(), &request.room_id, &with_state)?.stored;
-            stored.pdu = raw(&with_state)?;
-            let invitee = invitee.clone();
-            let id = event_id.clone();
-            self.forget_cached_pdu(&id);
-            self.core
-                .blocking(move |db| db.put_outside_membership(&invitee, "invite", &id, stored).map_err(Error::from))
-                .await?;
+            let state = Some(("invite_room_state", request.invite_room_state.as_slice()));
+            self.keep_outside_membership(&invitee, "invite", &request.room_id, event_id, object, state).await?;
         }
         Ok(signed)
+    }
+
+    /// Records a local user's membership in a room this server is not in, with the room's
+    /// stripped state (from the invite or the knock answer) under `unsigned.{key}` for /sync.
+    async fn keep_outside_membership(
+        &self,
+        user_id: &UserId,
+        membership: &'static str,
+        room_id: &RoomId,
+        event_id: OwnedEventId,
+        mut object: CanonicalJsonObject,
+        stripped_state: Option<(&str, &[RawStrippedState])>,
+    ) -> Result<()> {
+        if let Some((key, state)) = stripped_state {
+            let stripped = state.iter().filter_map(stripped_value).collect();
+            let unsigned = CanonicalJsonObject::from([(key.to_owned(), CanonicalJsonValue::Array(stripped))]);
+            object.insert("unsigned".into(), CanonicalJsonValue::Object(unsigned));
+        }
+        let stored = Pdu::from_object(event_id.clone(), room_id, &object)?.stored;
+        let user = user_id.to_owned();
+        self.forget_cached_pdu(&event_id);
+        self.core
+            .blocking(move |db| db.put_outside_membership(&user, membership, &event_id, stored).map_err(Error::from))
+            .await
+            .map(|_| ())
     }
 
     /// Joins a local user to a room this server is not in, through one of `servers`.
@@ -728,21 +741,8 @@ impl Rooms {
             let request = create_knock_event::v1::Request::new(room_id.to_owned(), event_id.clone(), raw(&object)?);
             match self.federation.client.send(server, request).await {
                 Ok(response) => {
-                    let mut with_state = object.clone();
-                    let stripped: Vec<CanonicalJsonValue> =
-                        response.knock_room_state.iter().filter_map(stripped_value).collect();
-                    let mut unsigned = CanonicalJsonObject::new();
-                    unsigned.insert("knock_room_state".into(), CanonicalJsonValue::Array(stripped));
-                    with_state.insert("unsigned".into(), CanonicalJsonValue::Object(unsigned));
-                    let mut stored = Pdu::from_object(event_id.clone(), room_id, &with_state)?.stored;
-                    stored.pdu = raw(&with_state)?;
-                    let user = user_id.to_owned();
-                    self.forget_cached_pdu(&event_id);
-                    self.core
-                        .blocking(move |db| {
-                            db.put_outside_membership(&user, "knock", &event_id, stored).map_err(Error::from)
-                        })
-                        .await?;
+                    let state = Some(("knock_room_state", response.knock_room_state.as_slice()));
+                    self.keep_outside_membership(user_id, "knock", room_id, event_id, object, state).await?;
                     return Ok(());
                 }
                 Err(error) => last_error = Some(Error::remote(error)),
@@ -829,8 +829,8 @@ impl Rooms {
                 continue;
             }
             let pdu = Pdu::from_object(id, room_id, &object)?;
-            self.fetch_auth_events_for(server, room_id, version, &pdu).await?;
-            if self.check_auth_events(rules, &pdu).is_err() {
+            self.fetch_auth_events(server, room_id, version, &pdu).await?;
+            if self.check_against_auth_events(rules, &pdu).is_err() {
                 tracing::info!(event_id = %pdu.event_id, "a backfilled event fails auth; not shown");
                 continue;
             }
@@ -894,13 +894,7 @@ impl Rooms {
             let request = create_leave_event::v2::Request::new(room_id.to_owned(), event_id.clone(), raw(&object)?);
             match self.federation.client.send(server, request).await {
                 Ok(_) => {
-                    let stored = Pdu::from_object(event_id.clone(), room_id, &object)?.stored;
-                    let user = user_id.to_owned();
-                    self.core
-                        .blocking(move |db| {
-                            db.put_outside_membership(&user, "leave", &event_id, stored).map_err(Error::from)
-                        })
-                        .await?;
+                    self.keep_outside_membership(user_id, "leave", room_id, event_id, object, None).await?;
                     return Ok(());
                 }
                 Err(error) => last_error = Some(Error::remote(error)),
