@@ -11,7 +11,7 @@ use ruma::api::client::{
 
 use super::{
     admin,
-    client::{account, config, room, sync},
+    client::{account, config, keys, room, sync},
     federation,
     ruma::{route, route_extra, route_reshaped},
     well_known,
@@ -99,6 +99,14 @@ pub fn client_routes() -> Router<App> {
     let r = route::<c::tag::delete_tag::v3::Request, _, _>(r, config::delete_tag);
     let r = route::<c::filter::create_filter::v3::Request, _, _>(r, config::create_filter);
     let r = route::<c::filter::get_filter::v3::Request, _, _>(r, config::get_filter);
+    // End-to-end encryption.
+    let r = route::<c::keys::upload_keys::v3::Request, _, _>(r, keys::upload_keys);
+    let r = route::<c::keys::get_keys::v3::Request, _, _>(r, keys::get_keys);
+    let r = route::<c::keys::claim_keys::v3::Request, _, _>(r, keys::claim_keys);
+    let r = route::<c::keys::get_key_changes::v3::Request, _, _>(r, keys::get_key_changes);
+    let r = route::<c::keys::upload_signing_keys::v3::Request, _, _>(r, keys::upload_signing_keys);
+    let r = route::<c::keys::upload_signatures::v3::Request, _, _>(r, keys::upload_signatures);
+    let r = route::<c::to_device::send_event_to_device::v3::Request, _, _>(r, keys::send_to_device);
     let r = federation_routes(r);
     // Synapse-compatible admin registration (shared secret), used by existing tools.
     r.route("/_synapse/admin/v1/register", get(admin::register_nonce).merge(post(admin::register_with_secret)))
@@ -128,6 +136,8 @@ fn federation_routes(r: Router<App>) -> Router<App> {
     let r = route::<f::query::get_profile_information::v1::Request, _, _>(r, federation::query_profile);
     let r = route::<f::query::get_room_information::v1::Request, _, _>(r, federation::query_directory);
     let r = route::<f::device::get_devices::v1::Request, _, _>(r, federation::user_devices);
+    let r = route::<f::keys::get_keys::v1::Request, _, _>(r, federation::user_keys_query);
+    let r = route::<f::keys::claim_keys::v1::Request, _, _>(r, federation::user_keys_claim);
     let r = route::<f::directory::get_public_rooms::v1::Request, _, _>(r, federation::public_rooms);
     route::<f::directory::get_public_rooms_filtered::v1::Request, _, _>(r, federation::public_rooms_filtered)
 }

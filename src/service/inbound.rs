@@ -160,8 +160,11 @@ impl Services {
                     }
                 }
             }
+            Edu::DeviceListUpdate(update) => self.e2ee.receive_device_list_update(origin, update).await,
+            Edu::DirectToDevice(content) => self.e2ee.receive_direct_to_device(origin, content).await,
+            Edu::SigningKeyUpdate(update) => self.e2ee.receive_signing_key_update(origin, update).await,
             other => {
-                tracing::debug!(%origin, kind = ?std::mem::discriminant(&other), "EDU type not handled yet");
+                tracing::debug!(%origin, kind = ?std::mem::discriminant(&other), "EDU type not handled");
             }
         }
     }

@@ -13,6 +13,7 @@ use crate::{
 
 pub mod account_data;
 pub mod directory;
+pub mod e2ee;
 pub mod ephemeral;
 pub mod federation;
 pub mod inbound;
@@ -53,6 +54,7 @@ pub struct Services {
     pub users: users::Users,
     pub uiaa: uiaa::Uiaa,
     pub rooms: Arc<rooms::Rooms>,
+    pub e2ee: Arc<e2ee::E2ee>,
     pub ephemeral: Arc<ephemeral::Ephemeral>,
     pub account_data: account_data::AccountData,
     pub directory: directory::Directory,
@@ -69,16 +71,18 @@ impl Services {
         let federation = Arc::new(federation::Federation::new(core.clone())?);
         let rooms = Arc::new(rooms::Rooms::new(core.clone(), federation.clone()));
         let ephemeral = Arc::new(ephemeral::Ephemeral::new(core.clone()));
+        let e2ee = Arc::new(e2ee::E2ee::new(core.clone(), rooms.clone(), federation.clone()));
         Ok(Self {
-            users: users::Users::new(core.clone()),
+            users: users::Users::new(core.clone(), e2ee.clone()),
             uiaa: uiaa::Uiaa::default(),
             account_data: account_data::AccountData::new(core.clone()),
             directory: directory::Directory::new(core.clone(), rooms.clone()),
-            sync: sync::Sync::new(core.clone(), rooms.clone(), ephemeral.clone()),
+            sync: sync::Sync::new(core.clone(), rooms.clone(), ephemeral.clone(), e2ee.clone()),
             ratelimit: ratelimit::RateLimiter::new(core.config.rate_limits.clone()),
             federation,
             transactions: inbound::Transactions::default(),
             rooms,
+            e2ee,
             ephemeral,
             core,
         })

@@ -30,6 +30,7 @@ use serde_json::{Map, Value};
 
 use super::{
     Core,
+    e2ee::E2ee,
     ephemeral::Ephemeral as EphemeralService,
     rooms::{Pdu, Rooms, StateMap, raw, timeline::position_token},
     users::Session,
@@ -43,6 +44,8 @@ use crate::{
 const MAX_TIMEOUT: Duration = Duration::from_secs(120);
 const DEFAULT_TIMELINE_LIMIT: usize = 10;
 const MAX_TIMELINE_LIMIT: usize = 500;
+/// The most to-device messages one sync response carries.
+const TO_DEVICE_LIMIT: usize = 100;
 
 /// A parsed `RoomEventFilter` (timeline, state, ephemeral, account data) or event filter.
 #[derive(Clone, Debug, Default)]
@@ -163,18 +166,39 @@ impl SyncFilter {
 pub struct SyncToken {
     pub pos: StreamPos,
     pub typing: u64,
+    /// To-device messages were delivered up to here, when not all up to `pos` fitted in one
+    /// response (None: up to `pos`).
+    pub to_device: Option<StreamPos>,
 }
 
 impl SyncToken {
+    pub fn new(pos: StreamPos, typing: u64) -> Self {
+        Self { pos, typing, to_device: None }
+    }
+
     pub fn parse(token: &str) -> Result<Self> {
         let bad = || Error::invalid_param(format!("Invalid since token {token:?}"));
         let rest = token.strip_prefix('s').ok_or_else(bad)?;
-        let (pos, typing) = rest.split_once('_').unwrap_or((rest, "0"));
-        Ok(Self { pos: pos.parse().map_err(|_| bad())?, typing: typing.parse().map_err(|_| bad())? })
+        let mut parts = rest.splitn(3, '_');
+        let pos = parts.next().unwrap_or_default().parse().map_err(|_| bad())?;
+        let typing = parts.next().unwrap_or("0").parse().map_err(|_| bad())?;
+        let to_device = parts.next().map(|td| td.parse::<StreamPos>().map_err(|_| bad())).transpose()?;
+        if to_device.is_some_and(|td| td > pos) {
+            return Err(bad());
+        }
+        Ok(Self { pos, typing, to_device })
     }
 
     pub fn render(&self) -> String {
-        format!("s{}_{}", self.pos, self.typing)
+        match self.to_device {
+            Some(td) if td != self.pos => format!("s{}_{}_{}", self.pos, self.typing, td),
+            _ => format!("s{}_{}", self.pos, self.typing),
+        }
+    }
+
+    /// Every to-device message at or below this position has been delivered.
+    pub fn to_device_pos(&self) -> StreamPos {
+        self.to_device.unwrap_or(self.pos)
     }
 }
 
@@ -191,6 +215,7 @@ pub struct Sync {
     core: Arc<Core>,
     rooms: Arc<Rooms>,
     ephemeral: Arc<EphemeralService>,
+    e2ee: Arc<E2ee>,
     unread: std::sync::Mutex<HashMap<(OwnedRoomId, OwnedUserId), Unread>>,
 }
 
@@ -219,8 +244,8 @@ const STRIPPED_TYPES: &[StateEventType] = &[
 ];
 
 impl Sync {
-    pub fn new(core: Arc<Core>, rooms: Arc<Rooms>, ephemeral: Arc<EphemeralService>) -> Self {
-        Self { core, rooms, ephemeral, unread: Default::default() }
+    pub fn new(core: Arc<Core>, rooms: Arc<Rooms>, ephemeral: Arc<EphemeralService>, e2ee: Arc<E2ee>) -> Self {
+        Self { core, rooms, ephemeral, e2ee, unread: Default::default() }
     }
 
     /// Resolves `filter` (inline JSON or stored id) into a `SyncFilter`.
@@ -274,9 +299,11 @@ impl Sync {
 
     fn compute(&self, session: &Session, since: Option<SyncToken>, params: &SyncParams) -> Result<Response> {
         let user_id = &session.user_id;
-        let now = SyncToken { pos: self.core.db.current_pos(), typing: self.ephemeral.typing_serial() };
-        let since_or_zero = since.unwrap_or(SyncToken { pos: 0, typing: 0 });
+        let mut now = SyncToken::new(self.core.db.current_pos(), self.ephemeral.typing_serial());
+        let since_or_zero = since.unwrap_or(SyncToken::new(0, 0));
         let mut response = Response::new(now.render());
+        self.add_encryption(session, since, &mut now, &mut response)?;
+        response.next_batch = now.render();
         let filter = &params.filter;
 
         let mut room_account_data: HashMap<OwnedRoomId, Vec<Raw<ruma::events::AnyRoomAccountDataEvent>>> =
@@ -348,6 +375,47 @@ impl Sync {
             }
         }
         Ok(response)
+    }
+
+    /// To-device messages, device-list changes and key counts. Delivers at most
+    /// `TO_DEVICE_LIMIT` messages; when more wait, `now` records how far delivery got.
+    fn add_encryption(
+        &self,
+        session: &Session,
+        since: Option<SyncToken>,
+        now: &mut SyncToken,
+        response: &mut Response,
+    ) -> Result<()> {
+        let (user_id, device_id) = (&session.user_id, &session.device_id);
+        let acknowledged = since.map(|s| s.to_device_pos());
+        let messages = self.e2ee.to_device_for_sync(user_id, device_id, acknowledged, now.pos, TO_DEVICE_LIMIT)?;
+        if messages.len() == TO_DEVICE_LIMIT {
+            now.to_device = messages.last().map(|(pos, _)| *pos);
+        }
+        response.to_device.events = messages.into_iter().map(|(_, event)| Raw::from_json(event)).collect();
+        if let Some(since) = since {
+            let delta = self.e2ee.device_list_delta(user_id, since.pos, now.pos)?;
+            response.device_lists.changed = delta.changed;
+            response.device_lists.left = delta.left;
+        }
+        for (algorithm, count) in self.core.db.one_time_key_counts(user_id, device_id)? {
+            response
+                .device_one_time_keys_count
+                .insert(algorithm.as_str().into(), UInt::try_from(count).unwrap_or_default());
+        }
+        response
+            .device_one_time_keys_count
+            .entry(ruma::OneTimeKeyAlgorithm::SignedCurve25519)
+            .or_insert(UInt::from(0u32));
+        response.device_unused_fallback_key_types = Some(
+            self.core
+                .db
+                .unused_fallback_key_types(user_id, device_id)?
+                .iter()
+                .map(|a| ruma::OneTimeKeyAlgorithm::from(a.as_str()))
+                .collect(),
+        );
+        Ok(())
     }
 
     /// Presence changes since `since` of the user and of everyone sharing a joined room.
@@ -825,10 +893,14 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_and_reject_garbage() {
-        let token = SyncToken { pos: 42, typing: 7 };
+        let token = SyncToken::new(42, 7);
         assert_eq!(SyncToken::parse(&token.render()).unwrap(), token);
+        let partial = SyncToken { to_device: Some(40), ..token };
+        assert_eq!(SyncToken::parse(&partial.render()).unwrap(), partial);
+        assert_eq!(partial.to_device_pos(), 40);
+        assert!(SyncToken::parse("s42_7_43").is_err(), "to-device beyond the stream");
         assert!(SyncToken::parse("garbage").is_err());
         assert!(SyncToken::parse("s-1_2").is_err());
-        assert_eq!(SyncToken::parse("s5").unwrap(), SyncToken { pos: 5, typing: 0 });
+        assert_eq!(SyncToken::parse("s5").unwrap(), SyncToken::new(5, 0));
     }
 }

@@ -41,6 +41,8 @@ pub struct LoginResult {
 
 pub struct Users {
     core: Arc<Core>,
+    /// Deleting or renaming a device changes the user's device list (end-to-end encryption).
+    e2ee: Arc<super::e2ee::E2ee>,
     /// Nonces handed out by the shared-secret admin registration, with their age.
     admin_nonces: Mutex<HashMap<String, Instant>>,
 }
@@ -75,8 +77,8 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
 }
 
 impl Users {
-    pub fn new(core: Arc<Core>) -> Self {
-        Self { core, admin_nonces: Mutex::default() }
+    pub fn new(core: Arc<Core>, e2ee: Arc<super::e2ee::E2ee>) -> Self {
+        Self { core, e2ee, admin_nonces: Mutex::default() }
     }
 
     /// A one-time nonce for `/_synapse/admin/v1/register` (valid for 60 seconds).
@@ -295,9 +297,14 @@ impl Users {
         Ok(Session { user_id: record.user_id, device_id: record.device_id, session_id: record.session_id })
     }
 
+    /// Deletes a device with its tokens, keys and inbox; other users and servers hear of it.
     pub async fn logout(&self, user_id: &UserId, device_id: &DeviceId) -> Result<()> {
-        let (user_id, device_id) = (user_id.to_owned(), device_id.to_owned());
-        self.core.blocking(move |db| Ok(db.delete_device(&user_id, &device_id)?)).await
+        let (user, device) = (user_id.to_owned(), device_id.to_owned());
+        let change = self.core.blocking(move |db| Ok(db.delete_device(&user, &device)?)).await?;
+        if let Some(change) = change {
+            self.e2ee.device_deleted(user_id, device_id, change).await?;
+        }
+        Ok(())
     }
 
     /// Removes every device (and token), optionally keeping one.
@@ -343,7 +350,8 @@ impl Users {
         let mut device = self.device(user_id, device_id)?;
         device.display_name = name;
         let owner = user_id.to_owned();
-        self.core.blocking(move |db| Ok(db.update_device(&owner, &device)?)).await
+        self.core.blocking(move |db| Ok(db.update_device(&owner, &device)?)).await?;
+        self.e2ee.device_renamed(user_id, device_id).await
     }
 
     /// Updates the profile record; the caller mirrors it into rooms.

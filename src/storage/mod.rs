@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 
 pub use ieum_federation::outbox::{OutboundItem, OutboundTransaction, OutboxError, OutboxSeq, OutboxStore, QueuedItem};
 
+pub mod e2ee;
 pub mod rocksdb;
 // The one place a backend is chosen (see `open`).
 use self::rocksdb as embedded;
@@ -198,8 +199,9 @@ pub trait UserStore: Send + Sync {
     fn update_device(&self, user_id: &UserId, device: &DeviceRecord) -> Result<()>;
     fn device(&self, user_id: &UserId, device_id: &ruma::DeviceId) -> Result<Option<DeviceRecord>>;
     fn devices(&self, user_id: &UserId) -> Result<Vec<DeviceRecord>>;
-    /// Deletes a device and every token that belongs to it.
-    fn delete_device(&self, user_id: &UserId, device_id: &ruma::DeviceId) -> Result<()>;
+    /// Deletes a device with every token, key and to-device message that belongs to it,
+    /// and records the change of the user's device list (None if there was no such device).
+    fn delete_device(&self, user_id: &UserId, device_id: &ruma::DeviceId) -> Result<Option<e2ee::DeviceListChange>>;
 }
 
 /// Events, the timeline, state and membership.
@@ -327,8 +329,8 @@ pub trait StreamStore: Send + Sync {
 /// Everything the service layer needs from a backend. The federation outbox trait is
 /// ieum-federation's (the sender there drives it); an `Arc<dyn Storage>` coerces to the
 /// `Arc<dyn OutboxStore>` the sender takes.
-pub trait Storage: UserStore + RoomStore + MetaStore + StreamStore + OutboxStore {}
-impl<T: UserStore + RoomStore + MetaStore + StreamStore + OutboxStore> Storage for T {}
+pub trait Storage: UserStore + RoomStore + MetaStore + StreamStore + OutboxStore + e2ee::KeyStore {}
+impl<T: UserStore + RoomStore + MetaStore + StreamStore + OutboxStore + e2ee::KeyStore> Storage for T {}
 
 impl From<StorageError> for OutboxError {
     fn from(error: StorageError) -> Self {

@@ -375,3 +375,98 @@ storage_test!(outbox_sequence_numbers_increase_across_destinations_and_reopen, |
     assert_eq!(outbound_summary(&z_items), [(true, 0), (true, 2)]);
     assert!(z_items[1].seq > highest);
 });
+
+storage_test!(one_time_keys_are_claimed_once_and_fallback_keys_reused, |store, reopen| {
+    use e2ee::KeyUpload;
+    let (owner, device) = (user_id!("@k:x"), ruma::device_id!("DEV"));
+    let upload = KeyUpload {
+        device_keys: Some(raw(r#"{"device_id":"DEV"}"#)),
+        one_time_keys: (0..50).map(|i| (format!("signed_curve25519:K{i:02}"), raw(&format!(r#""{i}""#)))).collect(),
+        fallback_keys: vec![("signed_curve25519:F".into(), raw(r#""fallback""#))],
+    };
+    let change = store.upload_keys(owner, device, upload).unwrap().expect("new device keys are a change");
+    assert_eq!(change.prev, None);
+    // The same device keys again: no change.
+    let again = KeyUpload { device_keys: Some(raw(r#"{"device_id":"DEV"}"#)), ..KeyUpload::default() };
+    assert!(store.upload_keys(owner, device, again).unwrap().is_none());
+    assert_eq!(store.one_time_key_counts(owner, device).unwrap()["signed_curve25519"], 50);
+    // Eight threads claim at once: every key handed out exactly once.
+    let claimed = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| {
+                for _ in 0..10 {
+                    let key = store.claim_key(owner, device, "signed_curve25519").unwrap().expect("a key");
+                    claimed.lock().unwrap().push(key.0);
+                }
+            });
+        }
+    });
+    let mut claimed = claimed.into_inner().unwrap();
+    let fallbacks = claimed.iter().filter(|k| k.as_str() == "signed_curve25519:F").count();
+    claimed.retain(|k| k.as_str() != "signed_curve25519:F");
+    claimed.sort();
+    claimed.dedup();
+    assert_eq!((claimed.len(), fallbacks), (50, 30));
+    assert!(store.unused_fallback_key_types(owner, device).unwrap().is_empty());
+    let store = {
+        drop(store);
+        reopen()
+    };
+    assert!(store.one_time_key_counts(owner, device).unwrap().is_empty());
+    assert_eq!(store.device_keys(owner).unwrap().len(), 1);
+});
+
+storage_test!(to_device_inboxes_and_device_list_changes, |store, reopen| {
+    let (alice, bob) = (user_id!("@a:x"), user_id!("@b:x"));
+    let device = ruma::device_id!("D");
+    let first = store
+        .queue_to_device(Some((alice, "S", "t1")), vec![(bob.to_owned(), device.to_owned(), raw(r#"{"n":1}"#))])
+        .unwrap()
+        .expect("stored");
+    assert!(store.queue_to_device(Some((alice, "S", "t1")), vec![]).unwrap().is_none(), "replayed txn");
+    assert!(store.to_device_txn_seen(alice, "S", "t1").unwrap());
+    let second =
+        store.queue_to_device(None, vec![(bob.to_owned(), device.to_owned(), raw(r#"{"n":2}"#))]).unwrap().unwrap();
+    assert!(second > first);
+    let all = store.to_device_messages(bob, device, 0, second, 10).unwrap();
+    assert_eq!(all.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [first, second]);
+    assert_eq!(store.to_device_messages(bob, device, first, second, 10).unwrap().len(), 1);
+    assert_eq!(store.to_device_messages(bob, device, 0, first, 10).unwrap().len(), 1, "bounded above");
+    store.delete_to_device(bob, device, first).unwrap();
+    let store = {
+        drop(store);
+        reopen()
+    };
+    assert_eq!(store.to_device_messages(bob, device, 0, u64::MAX, 10).unwrap().len(), 1);
+
+    // Device-list changes chain their positions; a deleted device takes its keys along.
+    let one = store.record_device_list_change(alice).unwrap();
+    let two = store.record_device_list_change(alice).unwrap();
+    assert_eq!(two.prev, Some(one.pos));
+    assert_eq!(store.device_list_changes(one.pos - 1, two.pos).unwrap(), vec![alice.to_owned()]);
+    assert!(store.device_list_changes(two.pos, u64::MAX).unwrap().is_empty());
+    let device_record = DeviceRecord {
+        device_id: device.to_owned(),
+        display_name: None,
+        created_ts: 0,
+        last_seen_ts: None,
+        last_seen_ip: None,
+        token_hash: [9; 32],
+        refresh_hash: None,
+    };
+    let token = TokenRecord {
+        user_id: bob.to_owned(),
+        device_id: device.to_owned(),
+        session_id: "S".into(),
+        expires_at: None,
+        kind: TokenKind::Access,
+    };
+    store.put_device_with_tokens(bob, &device_record, &token, None).unwrap();
+    let upload = e2ee::KeyUpload { device_keys: Some(raw("{}")), ..Default::default() };
+    store.upload_keys(bob, device, upload).unwrap();
+    let deleted = store.delete_device(bob, device).unwrap().expect("a change");
+    assert_eq!(store.last_device_list_change(bob).unwrap(), Some(deleted.pos));
+    assert!(store.device_keys(bob).unwrap().is_empty());
+    assert!(store.to_device_messages(bob, device, 0, u64::MAX, 10).unwrap().is_empty());
+});

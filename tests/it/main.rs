@@ -9,6 +9,7 @@ mod accounts;
 mod bad_input;
 mod directory;
 mod durability;
+mod e2ee;
 mod ephemeral;
 mod federation;
 mod membership;

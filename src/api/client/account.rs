@@ -182,7 +182,7 @@ pub async fn whoami(app: App, req: Ruma<whoami::v3::Request>) -> Result<whoami::
 }
 
 /// Sensitive actions ask the user to confirm their password (user-interactive auth).
-async fn require_password(
+pub(super) async fn require_password(
     app: &App,
     session: &crate::service::users::Session,
     auth: Option<&ruma::api::client::uiaa::AuthData>,

@@ -2,5 +2,6 @@
 
 pub mod account;
 pub mod config;
+pub mod keys;
 pub mod room;
 pub mod sync;

@@ -253,8 +253,25 @@ pub async fn user_devices(app: App, req: Ruma<get_devices::v1::Request>) -> Resu
     if user_id.server_name() != app.server_name() {
         return Err(Error::invalid_param("That user is not on this server."));
     }
-    // Device keys arrive with end-to-end encryption (issue 5); until then the list is empty.
-    Ok(get_devices::v1::Response::new(user_id.clone(), UInt::from(0u32)))
+    app.e2ee.user_devices(user_id)
+}
+
+/// `POST /_matrix/federation/v1/user/keys/query`
+pub async fn user_keys_query(
+    app: App,
+    req: Ruma<ruma::api::federation::keys::get_keys::v1::Request>,
+) -> Result<ruma::api::federation::keys::get_keys::v1::Response> {
+    req.origin()?;
+    app.e2ee.federation_query_keys(req.body.device_keys.clone())
+}
+
+/// `POST /_matrix/federation/v1/user/keys/claim`
+pub async fn user_keys_claim(
+    app: App,
+    req: Ruma<ruma::api::federation::keys::claim_keys::v1::Request>,
+) -> Result<ruma::api::federation::keys::claim_keys::v1::Response> {
+    req.origin()?;
+    app.e2ee.federation_claim_keys(req.body.one_time_keys.clone()).await
 }
 
 /// `GET /_matrix/federation/v1/publicRooms`

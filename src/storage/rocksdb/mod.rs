@@ -8,6 +8,7 @@
 //! readers only when every smaller position is durable (see `Positions`), so a sync
 //! reader never skips a change that was committed late.
 
+mod e2ee;
 mod keys;
 mod outbox;
 mod schema;
@@ -33,7 +34,7 @@ use tokio::sync::watch;
 use super::{
     AppendEvent, DeviceRecord, Direction, MembershipRecord, MetaStore, ReceiptRecord, Result, RoomHead, RoomRecord,
     RoomStore, StateGroup, StateGroupId, StorageError, StoredEvent, StreamPos, StreamStore, TokenRecord, UserRecord,
-    UserStore,
+    UserStore, e2ee::DeviceListChange,
 };
 use keys::{join, prefix, trailing_u64, u64_key, with_u64};
 use schema as cf;
@@ -92,7 +93,8 @@ pub struct RocksStorage {
     next_state_group: AtomicU64,
     /// The next federation outbox sequence number (see outbox.rs).
     next_outbox_seq: AtomicU64,
-    /// Serialises check-then-create operations (user ids, aliases), which are rare.
+    /// Serialises check-then-create operations (user ids, aliases, claiming one-time keys,
+    /// device-list changes and their `prev`, to-device transaction ids).
     create_lock: Mutex<()>,
 }
 
@@ -192,8 +194,17 @@ impl RocksStorage {
     /// Writes a batch that occupies a fresh stream position; the position becomes
     /// visible once it (and every earlier one) is durable.
     fn write_at_new_pos(&self, kind: u8, build: impl FnOnce(&mut WriteBatch, StreamPos)) -> Result<StreamPos> {
+        self.write_prepared_at_new_pos(kind, WriteBatch::default(), build)
+    }
+
+    /// `write_at_new_pos` for a batch that already holds the writes that need no position.
+    fn write_prepared_at_new_pos(
+        &self,
+        kind: u8,
+        mut batch: WriteBatch,
+        build: impl FnOnce(&mut WriteBatch, StreamPos),
+    ) -> Result<StreamPos> {
         let pos = self.positions.allocate();
-        let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(cf::STREAM), u64_key(pos), [kind]);
         build(&mut batch, pos);
         let result = self.write(batch);
@@ -231,6 +242,8 @@ const FIRST_STREAM_POS: StreamPos = 1 << 32;
 const KIND_EVENT: u8 = 1;
 const KIND_ACCOUNT_DATA: u8 = 2;
 const KIND_RECEIPT: u8 = 3;
+const KIND_DEVICE_LIST: u8 = 4;
+const KIND_TO_DEVICE: u8 = 5;
 
 impl UserStore for RocksStorage {
     fn user(&self, user_id: &UserId) -> Result<Option<UserRecord>> {
@@ -306,18 +319,21 @@ impl UserStore for RocksStorage {
             .collect()
     }
 
-    fn delete_device(&self, user_id: &UserId, device_id: &DeviceId) -> Result<()> {
+    fn delete_device(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Option<DeviceListChange>> {
         let key = join(&[user_id.as_bytes(), device_id.as_bytes()]);
         let Some(device) = self.get_json::<DeviceRecord>(cf::DEVICES, &key)? else {
-            return Ok(());
+            return Ok(None);
         };
-        let mut batch = WriteBatch::default();
-        batch.delete_cf(self.cf(cf::DEVICES), &key);
-        batch.delete_cf(self.cf(cf::TOKENS), device.token_hash);
-        if let Some(hash) = device.refresh_hash {
-            batch.delete_cf(self.cf(cf::TOKENS), hash);
-        }
-        self.write(batch)
+        // The device, its tokens, its keys and its inbox go in one batch with the change
+        // that tells everyone sharing a room to stop encrypting to it.
+        self.delete_device_with_change(user_id, device_id, |batch| {
+            batch.delete_cf(self.cf(cf::DEVICES), &key);
+            batch.delete_cf(self.cf(cf::TOKENS), device.token_hash);
+            if let Some(hash) = device.refresh_hash {
+                batch.delete_cf(self.cf(cf::TOKENS), hash);
+            }
+        })
+        .map(Some)
     }
 }
 

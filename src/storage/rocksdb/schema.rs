@@ -55,6 +55,28 @@ pub const OUTBOX: &str = "outbox";
 /// OUTBOX entries. Written before the transaction is sent; deleted with its entries.
 pub const OUTBOX_TXN: &str = "outbox_txn";
 
+/// `user_id 0xFF device_id` -> the device's keys (DeviceKeys JSON as uploaded, signatures added).
+pub const DEVICE_KEYS: &str = "device_keys";
+/// `user_id 0xFF device_id 0xFF algorithm 0xFF key_id` -> one-time key JSON (deleted when claimed).
+pub const ONE_TIME_KEYS: &str = "one_time_keys";
+/// `user_id 0xFF device_id 0xFF algorithm` -> FallbackKey (JSON): key id, key, used.
+pub const FALLBACK_KEYS: &str = "fallback_keys";
+/// `user_id` -> CrossSigningKeys (JSON): master, self-signing, user-signing public keys.
+pub const CROSS_SIGNING_KEYS: &str = "cross_signing_keys";
+/// `signer 0xFF target_user` -> signatures by the signer's user-signing key on the target's
+/// master key (JSON `{signer: {key_id: sig}}`), shown to the signer only.
+pub const USER_SIGNATURES: &str = "user_signatures";
+/// `pos u64` -> user_id. The device-list change stream (local and remote users).
+pub const DEVICE_LIST_STREAM: &str = "device_list_stream";
+/// `user_id` -> `pos u64`: the user's latest device-list change.
+pub const DEVICE_LIST_LAST: &str = "device_list_last";
+/// `user_id 0xFF device_id 0xFF pos u64` -> to-device event JSON `{sender, type, content}`.
+pub const TO_DEVICE: &str = "to_device";
+/// `user_id 0xFF session_id 0xFF txn_id` -> empty. `/sendToDevice` transactions already done.
+pub const TO_DEVICE_TXNS: &str = "to_device_txns";
+/// `user_id` -> RemoteDeviceList (JSON): our copy of a remote user's devices.
+pub const REMOTE_DEVICES: &str = "remote_devices";
+
 pub const ALL: &[&str] = &[
     META,
     USERS,
@@ -80,4 +102,14 @@ pub const ALL: &[&str] = &[
     RECEIPTS_STREAM,
     OUTBOX,
     OUTBOX_TXN,
+    DEVICE_KEYS,
+    ONE_TIME_KEYS,
+    FALLBACK_KEYS,
+    CROSS_SIGNING_KEYS,
+    USER_SIGNATURES,
+    DEVICE_LIST_STREAM,
+    DEVICE_LIST_LAST,
+    TO_DEVICE,
+    TO_DEVICE_TXNS,
+    REMOTE_DEVICES,
 ];
