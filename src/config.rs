@@ -39,6 +39,27 @@ pub struct Config {
     pub logging: LoggingConfig,
     #[serde(default)]
     pub federation: FederationConfig,
+    #[serde(default)]
+    pub presence: PresenceConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// Track and share presence (online while a client syncs, offline soon after the last
+    /// sync ends; shared in /sync and with other servers). Off: presence updates are
+    /// accepted and ignored, nothing is shared, other servers' presence is dropped.
+    /// Default on.
+    pub enabled: bool,
+    /// A user whose clients all stopped syncing is shown offline this long after the last
+    /// sync ended, in milliseconds. Default 30000.
+    pub offline_after_ms: u64,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self { enabled: true, offline_after_ms: 30_000 }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -75,15 +75,22 @@ impl Server {
                 tracing::info!(address = %local, "listening (HTTPS)");
             }
         }
-        // Background: expire typing notifications.
+        // Background: expire typing notifications; users who stopped syncing go offline.
         let ephemeral = app.ephemeral.clone();
+        let presence_app = app.clone();
         let mut stop = shutdown.subscribe();
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut ticks = 0u64;
             loop {
                 tokio::select! {
-                    _ = tick.tick() => ephemeral.expire_typing(),
+                    _ = tick.tick() => {}
                     _ = stop.wait_for(|stop| *stop) => break,
+                }
+                ephemeral.expire_typing();
+                ticks += 1;
+                if ticks % 2 == 0 {
+                    presence_app.expire_presence().await;
                 }
             }
         });

@@ -54,6 +54,30 @@ impl Presence {
     }
 }
 
+/// Local users' syncs in progress, for presence: (syncs running, when the last one ended).
+#[derive(Default)]
+struct Syncing {
+    running: u32,
+    ended: Option<Instant>,
+}
+
+/// Held while a sync runs; dropping it (the sync answered or the client went away)
+/// records the end.
+pub struct SyncGuard {
+    ephemeral: Arc<Ephemeral>,
+    user_id: OwnedUserId,
+}
+
+impl Drop for SyncGuard {
+    fn drop(&mut self) {
+        let mut syncing = self.ephemeral.syncing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = syncing.get_mut(&self.user_id) {
+            entry.running = entry.running.saturating_sub(1);
+            entry.ended = Some(Instant::now());
+        }
+    }
+}
+
 /// Presence states the spec knows.
 pub const PRESENCE_STATES: &[&str] = &["online", "offline", "unavailable", "busy"];
 
@@ -61,13 +85,52 @@ pub struct Ephemeral {
     core: Arc<Core>,
     typing: Mutex<HashMap<OwnedRoomId, RoomTyping>>,
     presence: Mutex<HashMap<OwnedUserId, Presence>>,
+    syncing: Mutex<HashMap<OwnedUserId, Syncing>>,
     /// Increases on every typing change (sync tokens carry it).
     serial: watch::Sender<u64>,
 }
 
 impl Ephemeral {
     pub fn new(core: Arc<Core>) -> Self {
-        Self { core, typing: Mutex::default(), presence: Mutex::default(), serial: watch::channel(0).0 }
+        Self {
+            core,
+            typing: Mutex::default(),
+            presence: Mutex::default(),
+            syncing: Mutex::default(),
+            serial: watch::channel(0).0,
+        }
+    }
+
+    /// Records that a local user's client is syncing, until the guard is dropped.
+    pub fn sync_started(self: &Arc<Self>, user_id: &UserId) -> SyncGuard {
+        let mut syncing = self.syncing.lock().unwrap_or_else(|e| e.into_inner());
+        syncing.entry(user_id.to_owned()).or_default().running += 1;
+        SyncGuard { ephemeral: self.clone(), user_id: user_id.to_owned() }
+    }
+
+    /// Local users shown online (or unavailable) whose last sync ended more than
+    /// `presence.offline_after_ms` ago: they go offline. Forgets them.
+    pub fn idle_syncers(&self) -> Vec<(OwnedUserId, Option<String>)> {
+        let offline_after = Duration::from_millis(self.core.config.presence.offline_after_ms);
+        let idle: Vec<OwnedUserId> = {
+            let mut syncing = self.syncing.lock().unwrap_or_else(|e| e.into_inner());
+            let idle: Vec<OwnedUserId> = syncing
+                .iter()
+                .filter(|(_, s)| s.running == 0 && s.ended.is_none_or(|t| t.elapsed() >= offline_after))
+                .map(|(u, _)| u.clone())
+                .collect();
+            for user in &idle {
+                syncing.remove(user);
+            }
+            idle
+        };
+        let presence = self.presence.lock().unwrap_or_else(|e| e.into_inner());
+        idle.into_iter()
+            .filter_map(|user| {
+                let current = presence.get(&user)?;
+                (current.presence != "offline").then(|| (user, current.status_msg.clone()))
+            })
+            .collect()
     }
 
     pub fn typing_serial(&self) -> u64 {

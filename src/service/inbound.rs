@@ -170,6 +170,9 @@ impl Services {
     }
 
     fn receive_presence(&self, origin: &ServerName, content: &serde_json::Value) {
+        if !self.core.config.presence.enabled {
+            return;
+        }
         let Some(updates) = content["push"].as_array() else { return };
         for update in updates.iter().take(1000) {
             let Some(Ok(user_id)) = update["user_id"].as_str().map(ruma::UserId::parse) else { continue };
@@ -187,10 +190,55 @@ impl Services {
         }
     }
 
+    /// A local user's client syncs (`set_presence` as it asked): online (or unavailable)
+    /// while it does; the guard, dropped when the sync ends, starts the offline countdown.
+    pub async fn syncing(
+        &self,
+        user_id: &ruma::UserId,
+        set_presence: &ruma::presence::PresenceState,
+    ) -> Result<Option<super::ephemeral::SyncGuard>> {
+        use ruma::presence::PresenceState;
+        if !self.core.config.presence.enabled || *set_presence == PresenceState::Offline {
+            return Ok(None);
+        }
+        let guard = self.ephemeral.sync_started(user_id);
+        let current = self.ephemeral.presence_of(user_id);
+        let status = current.as_ref().and_then(|p| p.status_msg.clone());
+        let target = match set_presence {
+            PresenceState::Unavailable => "unavailable",
+            // A user who chose unavailable (or busy) stays so while syncing.
+            _ if current.as_ref().is_some_and(|p| p.presence != "offline") => {
+                self.ephemeral.set_presence(
+                    user_id,
+                    &current.expect("checked").presence,
+                    status,
+                    super::now_ms(),
+                    true,
+                );
+                return Ok(Some(guard));
+            }
+            _ => "online",
+        };
+        self.set_presence(user_id, target, status).await?;
+        Ok(Some(guard))
+    }
+
+    /// Local users whose clients stopped syncing go offline (run every few seconds).
+    pub async fn expire_presence(&self) {
+        for (user_id, status) in self.ephemeral.idle_syncers() {
+            if let Err(error) = self.set_presence(&user_id, "offline", status).await {
+                tracing::warn!(%user_id, %error, "could not mark an idle user offline");
+            }
+        }
+    }
+
     /// Sets a local user's presence and shares it with every server that shares a room.
     pub async fn set_presence(&self, user_id: &ruma::UserId, presence: &str, status_msg: Option<String>) -> Result<()> {
         if !super::ephemeral::PRESENCE_STATES.contains(&presence) {
             return Err(Error::invalid_param(format!("Unknown presence state {presence:?}.")));
+        }
+        if !self.core.config.presence.enabled {
+            return Ok(());
         }
         let active = presence == "online";
         if !self.ephemeral.set_presence(user_id, presence, status_msg.clone(), super::now_ms(), active) {

@@ -426,7 +426,7 @@ impl Sync {
         filter: &EventFilter,
         response: &mut Response,
     ) -> Result<()> {
-        if !filter.matches_type("m.presence") {
+        if !filter.matches_type("m.presence") || !self.core.config.presence.enabled {
             return Ok(());
         }
         let changed = self.ephemeral.presence_since(since);

@@ -484,3 +484,72 @@ async fn receipt_for_event_outside_the_named_thread_is_rejected() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["errcode"], "M_INVALID_PARAM", "{body}");
 }
+
+/// The presence bob's sync shows for `user`, if any.
+async fn presence_seen(client: &Client, user: &ruma::UserId) -> Option<String> {
+    let (_, body) = client.raw("GET", &format!("/_matrix/client/v3/presence/{user}/status"), None).await;
+    body["presence"].as_str().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn syncing_makes_a_user_online_and_stopping_makes_them_offline() {
+    let server = TestServer::start_with(&[("IEUM_PRESENCE__OFFLINE_AFTER_MS", "1500")]).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = create_public_room(&alice).await;
+    join(&bob, &room).await;
+    let since = next_batch(&sync(&alice, &[]).await);
+
+    // set_presence=offline: syncing does not make bob online.
+    let (status, _) = bob.raw("GET", "/_matrix/client/v3/sync?timeout=0&set_presence=offline", None).await;
+    assert_eq!(status, 200);
+    assert_ne!(presence_seen(&alice, bob.user_id()).await.as_deref(), Some("online"));
+    // A plain sync does, and alice's sync shows it.
+    bob.raw("GET", "/_matrix/client/v3/sync?timeout=0", None).await;
+    assert_eq!(presence_seen(&alice, bob.user_id()).await.as_deref(), Some("online"));
+    let body = sync(&alice, &[("since", &since)]).await;
+    let shown = body["presence"]["events"].as_array().is_some_and(|events| {
+        events.iter().any(|e| e["sender"] == bob.user_id().as_str() && e["content"]["presence"] == "online")
+    });
+    assert!(shown, "{body}");
+    // While a long-poll runs bob stays online; after it ends and the timeout passes, offline.
+    let poller = bob.clone();
+    let poll = tokio::spawn(async move {
+        poller.raw("GET", "/_matrix/client/v3/sync?timeout=3000&since=s99999999999_0", None).await
+    });
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(presence_seen(&alice, bob.user_id()).await.as_deref(), Some("online"), "online during a long-poll");
+    poll.await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while presence_seen(&alice, bob.user_id()).await.as_deref() != Some("offline") {
+        assert!(Instant::now() < deadline, "bob never went offline");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A user who chose unavailable stays unavailable while syncing.
+    let (status, _) = bob
+        .raw(
+            "PUT",
+            &format!("/_matrix/client/v3/presence/{}/status", bob.user_id()),
+            Some(r#"{"presence":"unavailable"}"#),
+        )
+        .await;
+    assert_eq!(status, 200);
+    bob.raw("GET", "/_matrix/client/v3/sync?timeout=0", None).await;
+    assert_eq!(presence_seen(&alice, bob.user_id()).await.as_deref(), Some("unavailable"));
+}
+
+#[tokio::test]
+async fn presence_can_be_switched_off() {
+    let server = TestServer::start_with(&[("IEUM_PRESENCE__ENABLED", "false")]).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = create_public_room(&alice).await;
+    join(&bob, &room).await;
+    let (status, _) = bob
+        .raw("PUT", &format!("/_matrix/client/v3/presence/{}/status", bob.user_id()), Some(r#"{"presence":"online"}"#))
+        .await;
+    assert_eq!(status, 200, "updates are accepted");
+    bob.raw("GET", "/_matrix/client/v3/sync?timeout=0", None).await;
+    let body = sync(&alice, &[]).await;
+    assert!(body["presence"]["events"].as_array().is_none_or(|e| e.is_empty()), "no presence shared: {body}");
+}

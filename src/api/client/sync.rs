@@ -22,6 +22,7 @@ use crate::{
 /// `GET /_matrix/client/v3/sync`
 pub async fn sync(app: App, req: Ruma<sync_events::v3::Request>) -> Result<sync_events::v3::Response> {
     let session = req.user()?.clone();
+    let _syncing = app.syncing(&session.user_id, &req.body.set_presence).await?;
     let filter = app.sync.resolve_filter(&session.user_id, req.body.filter.as_ref())?;
     let params = SyncParams {
         since: req.body.since.clone(),
