@@ -9,6 +9,7 @@
 //! reader never skips a change that was committed late.
 
 mod keys;
+mod media;
 mod outbox;
 mod schema;
 

@@ -54,6 +54,13 @@ pub const OUTBOX: &str = "outbox";
 /// `destination` -> the transaction in flight (JSON): id, timestamp, `[kind, seq]` of its
 /// OUTBOX entries. Written before the transaction is sent; deleted with its entries.
 pub const OUTBOX_TXN: &str = "outbox_txn";
+/// `server_name 0xFF media_id` -> MediaRecord (JSON): local uploads (pending ones too) and
+/// cached copies of remote media.
+pub const MEDIA: &str = "media";
+/// `user_id 0xFF media_id` -> `unused_expires_ts u64`: a user's reserved async uploads.
+pub const MEDIA_PENDING: &str = "media_pending";
+/// `server_name 0xFF media_id 0xFF method 0xFF width u32 ++ height u32` -> ThumbnailRecord (JSON).
+pub const MEDIA_THUMBNAILS: &str = "media_thumbnails";
 
 pub const ALL: &[&str] = &[
     META,
@@ -80,4 +87,7 @@ pub const ALL: &[&str] = &[
     RECEIPTS_STREAM,
     OUTBOX,
     OUTBOX_TXN,
+    MEDIA,
+    MEDIA_PENDING,
+    MEDIA_THUMBNAILS,
 ];
