@@ -466,3 +466,15 @@ async fn the_federation_media_api_needs_signatures_and_serves_multipart() {
     }
     let _ = UInt::MIN;
 }
+
+#[tokio::test]
+async fn remote_media_honours_the_closed_federation_policy() {
+    let server = TestServer::start_with(&[("IEUM_FEDERATION__ALLOW", "[\"friend.test\"]")]).await;
+    let alice = server.register("alice").await;
+    let started = std::time::Instant::now();
+    let got = download(&alice, &"mxc://stranger.test/abcdef".into()).await;
+    assert_eq!((got.status, got.errcode().as_str()), (403, "M_FORBIDDEN"));
+    let got = thumbnail(&alice, &"mxc://stranger.test/abcdef".into(), 32, 32, "crop").await;
+    assert_eq!((got.status, got.errcode().as_str()), (403, "M_FORBIDDEN"));
+    assert!(started.elapsed() < Duration::from_secs(2), "refused without a network attempt");
+}
