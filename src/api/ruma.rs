@@ -245,12 +245,24 @@ where
         .map_err(|e| Error::invalid_param(format!("Invalid path: {e}")))?;
     args.extend(extra_args.iter().map(|arg| arg.to_string()));
     let client_addr = parts.extensions.get::<ConnectInfo<PeerAddr>>().map(|c| c.0.0);
+    // An endpoint with its own (large) body limit takes an access token, which does not
+    // depend on the body: it is checked before the body is read, so nobody unauthenticated
+    // makes the server buffer an upload.
+    let early = match body_limit {
+        Some(_) => {
+            Some(R::Authentication::authenticate(app, &http::Request::from_parts(parts.clone(), Bytes::new())).await?)
+        }
+        None => None,
+    };
     let limit = body_limit.map_or(app.core.config.http.max_request_bytes, |limit| limit(app));
     let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| Error::too_large(format!("Request body is larger than {limit} bytes.")))?;
     let request = http::Request::from_parts(parts, bytes);
-    let Caller { session, origin } = R::Authentication::authenticate(app, &request).await?;
+    let Caller { session, origin } = match early {
+        Some(caller) => caller,
+        None => R::Authentication::authenticate(app, &request).await?,
+    };
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (parts, bytes) = request.into_parts();
     let body = parse::<R>(parts, &bytes, &args)?;

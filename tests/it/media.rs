@@ -163,6 +163,14 @@ async fn the_upload_limit_is_configured_advertised_and_enforced() {
     upload(&alice, &vec![7u8; 100_000], None, "application/octet-stream").await;
     let error = alice.try_send(media::create_content::v3::Request::new(vec![7u8; 100_001])).await.unwrap_err();
     assert_eq!((error.status, error.errcode()), (413, "M_TOO_LARGE"));
+    // Without a token the body is not even read: 401, not 413.
+    let anonymous = reqwest::Client::new()
+        .post(format!("{}/_matrix/media/v3/upload", alice.base))
+        .body(vec![7u8; 200_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
 
     // The default is 50 MiB, above the 1 MiB JSON body limit.
     let server = TestServer::start().await;
