@@ -41,6 +41,8 @@ pub struct Config {
     pub federation: FederationConfig,
     #[serde(default)]
     pub presence: PresenceConfig,
+    #[serde(default)]
+    pub media: MediaConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -226,6 +228,57 @@ impl Default for FederationConfig {
     }
 }
 
+/// What the old unauthenticated media endpoints (`/_matrix/media/{r0,v3}/download|thumbnail`)
+/// serve. Matrix 1.11 replaced them with `/_matrix/client/v1/media/*` (access token required).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LegacyMedia {
+    /// Media uploaded here (and remote media already cached) is served; remote media is
+    /// never fetched for them. Older clients keep showing local images.
+    Local,
+    /// Every request answers M_NOT_FOUND (Synapse's `enable_authenticated_media` freeze
+    /// with nothing before the freeze).
+    Off,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Largest upload in bytes (M_TOO_LARGE above it), advertised as `m.upload.size`.
+    /// Default 50 MiB.
+    pub max_upload_size: usize,
+    /// Largest remote file fetched over federation, in bytes. Default 50 MiB.
+    pub max_remote_size: usize,
+    /// The unauthenticated `/_matrix/media/{r0,v3}/download|thumbnail|config` endpoints:
+    /// "local" (default) or "off". See `LegacyMedia`.
+    pub legacy_unauthenticated: LegacyMedia,
+    /// With `legacy_unauthenticated = "local"`: when set (ms since the epoch), only media
+    /// created before this moment is served there (a freeze, as Synapse does it).
+    pub legacy_frozen_after_ms: Option<u64>,
+    /// Async uploads (`POST /_matrix/media/v1/create`) a user may hold unfilled at once
+    /// (M_LIMIT_EXCEEDED above it). Default 10.
+    pub max_pending_uploads: usize,
+    /// How long a reserved async upload id stays usable, in milliseconds. Default 24 h.
+    pub unused_expiry_ms: u64,
+    /// Largest image (width x height, in pixels) decoded to make a thumbnail; larger ones
+    /// answer M_TOO_LARGE without being decoded. Default 32 megapixels.
+    pub max_thumbnail_pixels: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            max_upload_size: 50 * 1024 * 1024,
+            max_remote_size: 50 * 1024 * 1024,
+            legacy_unauthenticated: LegacyMedia::Local,
+            legacy_frozen_after_ms: None,
+            max_pending_uploads: 10,
+            unused_expiry_ms: 24 * 3600 * 1000,
+            max_thumbnail_pixels: 32_000_000,
+        }
+    }
+}
+
 fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<SocketAddr>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -316,6 +369,9 @@ impl Config {
         }
         if federation.request_timeout_ms < 100 {
             return Err("federation.request_timeout_ms: must be at least 100".into());
+        }
+        if self.media.max_upload_size == 0 || self.media.max_pending_uploads == 0 {
+            return Err("media.max_upload_size and media.max_pending_uploads: must be positive".into());
         }
         for (name, limit) in [
             ("login", self.rate_limits.login),

@@ -214,7 +214,27 @@ impl FederationClient {
         let http_request = request.try_into_http_request::<Vec<u8>>(&base_url, input, ()).map_err(|e| {
             FederationError::BadResponse { server: server.to_string(), detail: format!("cannot build request: {e}") }
         })?;
-        self.execute::<R>(server, &destination, http_request).await
+        self.execute::<R>(server, &destination, http_request, MAX_RESPONSE_BYTES).await
+    }
+
+    /// Like `send`, refusing an answer larger than `max_bytes` (remote media: the caller's
+    /// own size cap, not the 256 MiB allowed for a `/send_join`).
+    pub async fn send_limited<R>(
+        &self,
+        server: &ServerName,
+        request: R,
+        max_bytes: u64,
+    ) -> Result<R::IncomingResponse, FederationError>
+    where
+        R: OutgoingRequest<Authentication = ServerSignatures, PathBuilder = SinglePath>,
+    {
+        self.check_permitted(server)?;
+        let (base_url, destination) = self.destination(server).await?;
+        let input = XMatrixSigningInput::new(self.origin.clone(), server.to_owned(), &self.key);
+        let http_request = request.try_into_http_request::<Vec<u8>>(&base_url, input, ()).map_err(|e| {
+            FederationError::BadResponse { server: server.to_string(), detail: format!("cannot build request: {e}") }
+        })?;
+        self.execute::<R>(server, &destination, http_request, max_bytes.min(MAX_RESPONSE_BYTES)).await
     }
 
     /// Sends an unauthenticated request (key fetches) to `server` and parses the answer.
@@ -231,7 +251,7 @@ impl FederationClient {
         let http_request = request.try_into_http_request::<Vec<u8>>(&base_url, (), ()).map_err(|e| {
             FederationError::BadResponse { server: server.to_string(), detail: format!("cannot build request: {e}") }
         })?;
-        self.execute::<R>(server, &destination, http_request).await
+        self.execute::<R>(server, &destination, http_request, MAX_RESPONSE_BYTES).await
     }
 
     fn check_permitted(&self, server: &ServerName) -> Result<(), FederationError> {
@@ -249,6 +269,7 @@ impl FederationClient {
         server: &ServerName,
         destination: &Destination,
         http_request: ruma::exports::http::Request<Vec<u8>>,
+        limit: u64,
     ) -> Result<R::IncomingResponse, FederationError> {
         let client = if self.config.skip_verify.contains(server.as_str()) { &self.unverified } else { &self.verified };
         let (parts, body) = http_request.into_parts();
@@ -265,13 +286,15 @@ impl FederationClient {
             .await
             .map_err(|e| FederationError::Network { server: server.to_string(), detail: error_chain(&e) })?;
         let status = response.status();
-        if response.content_length().is_some_and(|length| length > MAX_RESPONSE_BYTES) {
+        // Kept for the parser: multipart answers (federation media) need their Content-Type.
+        let headers = response.headers().clone();
+        if response.content_length().is_some_and(|length| length > limit) {
             return Err(FederationError::BadResponse {
                 server: server.to_string(),
-                detail: format!("answer larger than {MAX_RESPONSE_BYTES} bytes"),
+                detail: format!("answer larger than {limit} bytes"),
             });
         }
-        let bytes = read_limited(response, MAX_RESPONSE_BYTES)
+        let bytes = read_limited(response, limit)
             .await
             .map_err(|detail| FederationError::Network { server: server.to_string(), detail })?;
         if !status.is_success() {
@@ -281,8 +304,11 @@ impl FederationClient {
                 body: String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned(),
             });
         }
-        let http_response = ruma::exports::http::Response::builder()
-            .status(status.as_u16())
+        let mut builder = ruma::exports::http::Response::builder().status(status.as_u16());
+        for (name, value) in &headers {
+            builder = builder.header(name.as_str(), value.as_bytes());
+        }
+        let http_response = builder
             .body(bytes.as_slice())
             .map_err(|e| FederationError::BadResponse { server: server.to_string(), detail: e.to_string() })?;
         R::IncomingResponse::try_from_http_response(http_response)

@@ -11,9 +11,9 @@ use ruma::api::client::{
 
 use super::{
     admin,
-    client::{account, config, keys, room, sync},
+    client::{account, config, keys, media, room, sync},
     federation,
-    ruma::{route, route_extra, route_reshaped},
+    ruma::{route, route_extra, route_limited, route_reshaped},
     well_known,
 };
 use crate::app::App;
@@ -108,6 +108,7 @@ pub fn client_routes() -> Router<App> {
     let r = route::<c::keys::upload_signatures::v3::Request, _, _>(r, keys::upload_signatures);
     let r = route::<c::to_device::send_event_to_device::v3::Request, _, _>(r, keys::send_to_device);
     let r = federation_routes(r);
+    let r = r.merge(media_routes());
     // Synapse-compatible admin registration (shared secret), used by existing tools.
     r.route("/_synapse/admin/v1/register", get(admin::register_nonce).merge(post(admin::register_with_secret)))
 }
@@ -140,6 +141,46 @@ fn federation_routes(r: Router<App>) -> Router<App> {
     let r = route::<f::keys::claim_keys::v1::Request, _, _>(r, federation::user_keys_claim);
     let r = route::<f::directory::get_public_rooms::v1::Request, _, _>(r, federation::public_rooms);
     route::<f::directory::get_public_rooms_filtered::v1::Request, _, _>(r, federation::public_rooms_filtered)
+}
+
+/// The media repository (client, legacy and federation endpoints), every response with
+/// the media security headers (`media::media_headers`).
+fn media_routes() -> Router<App> {
+    #[allow(deprecated)]
+    use ruma::api::client::media as legacy;
+    use ruma::api::{client::authenticated_media as auth, federation::authenticated_media as f};
+    let r = Router::new();
+    let r = route_limited::<legacy::create_content::v3::Request, _, _>(r, media::upload, media::upload_limit);
+    let r = route::<legacy::create_mxc_uri::v1::Request, _, _>(r, media::create_mxc_uri);
+    let r =
+        route_limited::<legacy::create_content_async::v3::Request, _, _>(r, media::upload_async, media::upload_limit);
+    let r = route::<auth::get_media_config::v1::Request, _, _>(r, media::config);
+    let r = route::<auth::get_content::v1::Request, _, _>(r, media::download);
+    let r = route::<auth::get_content_as_filename::v1::Request, _, _>(r, media::download_as);
+    let r = route::<auth::get_content_thumbnail::v1::Request, _, _>(r, media::thumbnail);
+    // matrix-nio asks for `download/{serverName}/{mediaId}/` (an empty file name).
+    let r = route_extra::<auth::get_content::v1::Request, _, _>(
+        r,
+        "/_matrix/client/v1/media/download/{server_name}/{media_id}/",
+        &[],
+        media::download,
+    );
+    #[allow(deprecated)]
+    let r = {
+        let r = route::<legacy::get_media_config::v3::Request, _, _>(r, media::legacy_config);
+        let r = route::<legacy::get_content::v3::Request, _, _>(r, media::legacy_download);
+        let r = route_extra::<legacy::get_content::v3::Request, _, _>(
+            r,
+            "/_matrix/media/v3/download/{server_name}/{media_id}/",
+            &[],
+            media::legacy_download,
+        );
+        let r = route::<legacy::get_content_as_filename::v3::Request, _, _>(r, media::legacy_download_as);
+        route::<legacy::get_content_thumbnail::v3::Request, _, _>(r, media::legacy_thumbnail)
+    };
+    let r = route::<f::get_content::v1::Request, _, _>(r, federation::media::download);
+    let r = route::<f::get_content_thumbnail::v1::Request, _, _>(r, federation::media::thumbnail);
+    r.layer(axum::middleware::from_fn(media::media_headers))
 }
 
 fn empty_state_key_routes(r: Router<App>) -> Router<App> {

@@ -230,8 +230,11 @@ fn method_filter(method: &http::Method) -> MethodFilter {
     }
 }
 
+/// The largest body an endpoint accepts, when it is not `http.max_request_bytes` (uploads).
+pub type BodyLimit = fn(&App) -> usize;
+
 /// Parses and authenticates one request for endpoint `R`.
-async fn extract<R>(app: &App, request: Request, extra_args: &[&str]) -> Result<Ruma<R>>
+async fn extract<R>(app: &App, request: Request, extra_args: &[&str], body_limit: Option<BodyLimit>) -> Result<Ruma<R>>
 where
     R: IncomingRequest,
     R::Authentication: Authenticate,
@@ -242,12 +245,24 @@ where
         .map_err(|e| Error::invalid_param(format!("Invalid path: {e}")))?;
     args.extend(extra_args.iter().map(|arg| arg.to_string()));
     let client_addr = parts.extensions.get::<ConnectInfo<PeerAddr>>().map(|c| c.0.0);
-    let limit = app.core.config.http.max_request_bytes;
+    // An endpoint with its own (large) body limit takes an access token, which does not
+    // depend on the body: it is checked before the body is read, so nobody unauthenticated
+    // makes the server buffer an upload.
+    let early = match body_limit {
+        Some(_) => {
+            Some(R::Authentication::authenticate(app, &http::Request::from_parts(parts.clone(), Bytes::new())).await?)
+        }
+        None => None,
+    };
+    let limit = body_limit.map_or(app.core.config.http.max_request_bytes, |limit| limit(app));
     let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| Error::too_large(format!("Request body is larger than {limit} bytes.")))?;
     let request = http::Request::from_parts(parts, bytes);
-    let Caller { session, origin } = R::Authentication::authenticate(app, &request).await?;
+    let Caller { session, origin } = match early {
+        Some(caller) => caller,
+        None => R::Authentication::authenticate(app, &request).await?,
+    };
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (parts, bytes) = request.into_parts();
     let body = parse::<R>(parts, &bytes, &args)?;
@@ -292,7 +307,34 @@ where
 }
 
 /// Like `route`, with the serialised success body rewritten by `reshape`.
-pub fn route_reshaped<R, F, Fut>(mut router: Router<App>, handler: F, reshape: Option<Reshape>) -> Router<App>
+pub fn route_reshaped<R, F, Fut>(router: Router<App>, handler: F, reshape: Option<Reshape>) -> Router<App>
+where
+    R: IncomingRequest + Send + 'static,
+    R::Authentication: Authenticate,
+    F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
+{
+    route_full(router, handler, reshape, None)
+}
+
+/// Like `route`, for an endpoint whose body may be larger than `http.max_request_bytes`
+/// (media uploads): `body_limit` gives its own limit (M_TOO_LARGE above it).
+pub fn route_limited<R, F, Fut>(router: Router<App>, handler: F, body_limit: BodyLimit) -> Router<App>
+where
+    R: IncomingRequest + Send + 'static,
+    R::Authentication: Authenticate,
+    F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
+{
+    route_full(router, handler, None, Some(body_limit))
+}
+
+fn route_full<R, F, Fut>(
+    mut router: Router<App>,
+    handler: F,
+    reshape: Option<Reshape>,
+    body_limit: Option<BodyLimit>,
+) -> Router<App>
 where
     R: IncomingRequest + Send + 'static,
     R::Authentication: Authenticate,
@@ -307,7 +349,7 @@ where
             on(filter, move |State(app): State<App>, request: Request| {
                 let handler = handler.clone();
                 async move {
-                    match extract::<R>(&app, request, &[]).await {
+                    match extract::<R>(&app, request, &[], body_limit).await {
                         Ok(request) => match handler(app, request).await {
                             Ok(response) => success_response(response, reshape),
                             Err(error) => error_response(error),
@@ -341,7 +383,7 @@ where
         on(filter, move |State(app): State<App>, request: Request| {
             let handler = handler.clone();
             async move {
-                match extract::<R>(&app, request, extra_args).await {
+                match extract::<R>(&app, request, extra_args, None).await {
                     Ok(request) => match handler(app, request).await {
                         Ok(response) => success_response(response, None),
                         Err(error) => error_response(error),

@@ -17,6 +17,7 @@ pub mod e2ee;
 pub mod ephemeral;
 pub mod federation;
 pub mod inbound;
+pub mod media;
 pub mod ratelimit;
 pub mod rooms;
 pub mod server_keys;
@@ -62,6 +63,7 @@ pub struct Services {
     pub ratelimit: ratelimit::RateLimiter,
     pub federation: Arc<federation::Federation>,
     pub transactions: inbound::Transactions,
+    pub media: media::Media,
 }
 
 impl Services {
@@ -79,6 +81,7 @@ impl Services {
             directory: directory::Directory::new(core.clone(), rooms.clone()),
             sync: sync::Sync::new(core.clone(), rooms.clone(), ephemeral.clone(), e2ee.clone()),
             ratelimit: ratelimit::RateLimiter::new(core.config.rate_limits.clone()),
+            media: media::Media::new(core.clone(), federation.clone()),
             federation,
             transactions: inbound::Transactions::default(),
             rooms,

@@ -14,9 +14,11 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+pub use self::media::{FillOutcome, MediaFiles, MediaRecord, MediaStore, ThumbnailRecord};
 pub use ieum_federation::outbox::{OutboundItem, OutboundTransaction, OutboxError, OutboxSeq, OutboxStore, QueuedItem};
 
 pub mod e2ee;
+pub mod media;
 pub mod rocksdb;
 // The one place a backend is chosen (see `open`).
 use self::rocksdb as embedded;
@@ -329,8 +331,8 @@ pub trait StreamStore: Send + Sync {
 /// Everything the service layer needs from a backend. The federation outbox trait is
 /// ieum-federation's (the sender there drives it); an `Arc<dyn Storage>` coerces to the
 /// `Arc<dyn OutboxStore>` the sender takes.
-pub trait Storage: UserStore + RoomStore + MetaStore + StreamStore + OutboxStore + e2ee::KeyStore {}
-impl<T: UserStore + RoomStore + MetaStore + StreamStore + OutboxStore + e2ee::KeyStore> Storage for T {}
+pub trait Storage: UserStore + RoomStore + MetaStore + StreamStore + OutboxStore + e2ee::KeyStore + MediaStore {}
+impl<T: UserStore + RoomStore + MetaStore + StreamStore + OutboxStore + e2ee::KeyStore + MediaStore> Storage for T {}
 
 impl From<StorageError> for OutboxError {
     fn from(error: StorageError) -> Self {

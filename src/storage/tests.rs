@@ -470,3 +470,64 @@ storage_test!(to_device_inboxes_and_device_list_changes, |store, reopen| {
     assert!(store.device_keys(bob).unwrap().is_empty());
     assert!(store.to_device_messages(bob, device, 0, u64::MAX, 10).unwrap().is_empty());
 });
+
+fn media_record(uploader: &str, pending: bool, expires: Option<u64>) -> MediaRecord {
+    MediaRecord {
+        sha256: (!pending).then(|| "ab".repeat(32)),
+        size: if pending { 0 } else { 5 },
+        content_type: (!pending).then(|| "text/plain".to_owned()),
+        filename: None,
+        uploader: Some(uploader.try_into().unwrap()),
+        created_ts: 1,
+        unused_expires_ts: expires,
+    }
+}
+
+storage_test!(media_reservations_are_limited_filled_once_and_kept, |store, reopen| {
+    let server = ruma::owned_server_name!("ieum.test");
+    let alice = user_id!("@alice:ieum.test");
+    let bob = user_id!("@bob:ieum.test");
+    let now = 1_000;
+    assert!(store.reserve_media(&server, "one", &media_record(alice.as_str(), true, Some(now + 10)), 2, now).unwrap());
+    assert!(store.reserve_media(&server, "two", &media_record(alice.as_str(), true, Some(now + 10)), 2, now).unwrap());
+    // A third live reservation is over the limit; bob has his own budget.
+    assert!(
+        !store.reserve_media(&server, "three", &media_record(alice.as_str(), true, Some(now + 10)), 2, now).unwrap()
+    );
+    assert!(store.media(&server, "three").unwrap().is_none());
+    assert!(store.reserve_media(&server, "b1", &media_record(bob.as_str(), true, Some(now + 10)), 2, now).unwrap());
+
+    let filled = media_record(alice.as_str(), false, None);
+    assert_eq!(store.fill_media(&server, "one", bob, &filled, now).unwrap(), FillOutcome::NotYours);
+    assert_eq!(store.fill_media(&server, "one", alice, &filled, now).unwrap(), FillOutcome::Filled);
+    assert_eq!(store.fill_media(&server, "one", alice, &filled, now).unwrap(), FillOutcome::AlreadyFilled);
+    assert_eq!(store.fill_media(&server, "nope", alice, &filled, now).unwrap(), FillOutcome::Unknown);
+    // Expired reservations cannot be filled, and no longer count.
+    assert_eq!(store.fill_media(&server, "two", alice, &filled, now + 10).unwrap(), FillOutcome::Unknown);
+    assert!(
+        store.reserve_media(&server, "four", &media_record(alice.as_str(), true, Some(now + 50)), 1, now + 20).unwrap()
+    );
+
+    let thumbnail = ThumbnailRecord {
+        method: "crop".into(),
+        width: 32,
+        height: 32,
+        sha256: "cd".repeat(32),
+        size: 10,
+        content_type: "image/png".into(),
+        created_ts: 2,
+    };
+    store.put_thumbnail(&server, "one", &thumbnail).unwrap();
+    // A media id that is a prefix of another does not see its thumbnails.
+    store.put_thumbnail(&server, "on", &ThumbnailRecord { width: 96, height: 96, ..thumbnail.clone() }).unwrap();
+    drop(store);
+    let store = reopen();
+    assert_eq!(store.media(&server, "one").unwrap(), Some(filled));
+    assert_eq!(store.thumbnail(&server, "one", "crop", 32, 32).unwrap(), Some(thumbnail.clone()));
+    assert_eq!(store.thumbnail(&server, "one", "scale", 32, 32).unwrap(), None);
+    assert_eq!(store.thumbnails(&server, "one").unwrap(), vec![thumbnail]);
+    let remote = ruma::owned_server_name!("other.test");
+    let copy = MediaRecord { uploader: None, ..media_record(alice.as_str(), false, None) };
+    store.put_media(&remote, "one", &copy).unwrap();
+    assert_eq!(store.media(&remote, "one").unwrap(), Some(copy));
+});

@@ -3,5 +3,6 @@
 pub mod account;
 pub mod config;
 pub mod keys;
+pub mod media;
 pub mod room;
 pub mod sync;

@@ -2,6 +2,8 @@
 //! backfill, joins, leaves, invites, queries and the public room directory. Every
 //! endpoint but the key ones is authenticated by X-Matrix (`Ruma::origin`).
 
+pub mod media;
+
 use ruma::{
     MilliSecondsSinceUnixEpoch, UInt,
     api::federation::{

@@ -32,12 +32,22 @@ impl Rooms {
         }
         // Everything that can be refused is checked before the first event is written, so
         // a refused request leaves no half-created room behind.
+        let federate = request.creation_content.as_ref().is_none_or(|content| {
+            serde_json::from_str::<Value>(content.json().get())
+                .ok()
+                .and_then(|c| c.get("m.federate").and_then(Value::as_bool))
+                .unwrap_or(true)
+        });
         for invitee in &request.invite {
             if invitee.server_name() != self.core.server_name() {
-                return Err(Error::forbidden(format!(
-                    "Cannot invite {invitee}: federation with {} is not enabled on this server.",
-                    invitee.server_name()
-                )));
+                // Invited over federation once the room exists (as `/invite` does).
+                if !federate || !self.federation.permits(invitee.server_name()) {
+                    return Err(Error::forbidden(format!(
+                        "Cannot invite {invitee}: this room is not shared with {}.",
+                        invitee.server_name()
+                    )));
+                }
+                continue;
             }
             if self.core.db.user(invitee)?.is_none() {
                 return Err(Error::not_found(format!("Unknown user {invitee}")));

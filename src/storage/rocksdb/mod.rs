@@ -10,6 +10,7 @@
 
 mod e2ee;
 mod keys;
+mod media;
 mod outbox;
 mod schema;
 

@@ -54,6 +54,13 @@ pub const OUTBOX: &str = "outbox";
 /// `destination` -> the transaction in flight (JSON): id, timestamp, `[kind, seq]` of its
 /// OUTBOX entries. Written before the transaction is sent; deleted with its entries.
 pub const OUTBOX_TXN: &str = "outbox_txn";
+/// `server_name 0xFF media_id` -> MediaRecord (JSON): local uploads (pending ones too) and
+/// cached copies of remote media.
+pub const MEDIA: &str = "media";
+/// `user_id 0xFF media_id` -> `unused_expires_ts u64`: a user's reserved async uploads.
+pub const MEDIA_PENDING: &str = "media_pending";
+/// `server_name 0xFF media_id 0xFF method 0xFF width u32 ++ height u32` -> ThumbnailRecord (JSON).
+pub const MEDIA_THUMBNAILS: &str = "media_thumbnails";
 
 /// `user_id 0xFF device_id` -> the device's keys (DeviceKeys JSON as uploaded, signatures added).
 pub const DEVICE_KEYS: &str = "device_keys";
@@ -112,4 +119,7 @@ pub const ALL: &[&str] = &[
     TO_DEVICE,
     TO_DEVICE_TXNS,
     REMOTE_DEVICES,
+    MEDIA,
+    MEDIA_PENDING,
+    MEDIA_THUMBNAILS,
 ];
