@@ -11,7 +11,7 @@ use ruma::api::client::{
 
 use super::{
     admin,
-    client::{account, config, room, sync},
+    client::{account, config, key_backup, room, sync},
     federation,
     ruma::{route, route_extra, route_reshaped},
     well_known,
@@ -99,6 +99,27 @@ pub fn client_routes() -> Router<App> {
     let r = route::<c::tag::delete_tag::v3::Request, _, _>(r, config::delete_tag);
     let r = route::<c::filter::create_filter::v3::Request, _, _>(r, config::create_filter);
     let r = route::<c::filter::get_filter::v3::Request, _, _>(r, config::get_filter);
+    // Server-side key backups.
+    let r = route::<c::backup::create_backup_version::v3::Request, _, _>(r, key_backup::create_backup_version);
+    let r = route::<c::backup::get_latest_backup_info::v3::Request, _, _>(r, key_backup::get_latest_backup_info);
+    let r = route::<c::backup::get_backup_info::v3::Request, _, _>(r, key_backup::get_backup_info);
+    let r = route::<c::backup::update_backup_version::v3::Request, _, _>(r, key_backup::update_backup_version);
+    let r = route::<c::backup::delete_backup_version::v3::Request, _, _>(r, key_backup::delete_backup_version);
+    let r = route::<c::backup::add_backup_keys::v3::Request, _, _>(r, key_backup::add_backup_keys);
+    let r = route::<c::backup::add_backup_keys_for_room::v3::Request, _, _>(r, key_backup::add_backup_keys_for_room);
+    let r =
+        route::<c::backup::add_backup_keys_for_session::v3::Request, _, _>(r, key_backup::add_backup_keys_for_session);
+    let r = route::<c::backup::get_backup_keys::v3::Request, _, _>(r, key_backup::get_backup_keys);
+    let r = route::<c::backup::get_backup_keys_for_room::v3::Request, _, _>(r, key_backup::get_backup_keys_for_room);
+    let r =
+        route::<c::backup::get_backup_keys_for_session::v3::Request, _, _>(r, key_backup::get_backup_keys_for_session);
+    let r = route::<c::backup::delete_backup_keys::v3::Request, _, _>(r, key_backup::delete_backup_keys);
+    let r =
+        route::<c::backup::delete_backup_keys_for_room::v3::Request, _, _>(r, key_backup::delete_backup_keys_for_room);
+    let r = route::<c::backup::delete_backup_keys_for_session::v3::Request, _, _>(
+        r,
+        key_backup::delete_backup_keys_for_session,
+    );
     let r = federation_routes(r);
     // Synapse-compatible admin registration (shared secret), used by existing tools.
     r.route("/_synapse/admin/v1/register", get(admin::register_nonce).merge(post(admin::register_with_secret)))

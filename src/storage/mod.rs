@@ -16,6 +16,12 @@ use serde_json::value::RawValue;
 
 pub use ieum_federation::outbox::{OutboundItem, OutboundTransaction, OutboxError, OutboxSeq, OutboxStore, QueuedItem};
 
+pub mod backup;
+pub use backup::{
+    BackupDelete, BackupKeyRecord, BackupKeysState, BackupScope, BackupStore, BackupUpdate, BackupUpload,
+    BackupVersionRecord,
+};
+
 pub mod rocksdb;
 // The one place a backend is chosen (see `open`).
 use self::rocksdb as embedded;
@@ -327,8 +333,8 @@ pub trait StreamStore: Send + Sync {
 /// Everything the service layer needs from a backend. The federation outbox trait is
 /// ieum-federation's (the sender there drives it); an `Arc<dyn Storage>` coerces to the
 /// `Arc<dyn OutboxStore>` the sender takes.
-pub trait Storage: UserStore + RoomStore + MetaStore + StreamStore + OutboxStore {}
-impl<T: UserStore + RoomStore + MetaStore + StreamStore + OutboxStore> Storage for T {}
+pub trait Storage: UserStore + RoomStore + MetaStore + StreamStore + OutboxStore + BackupStore {}
+impl<T: UserStore + RoomStore + MetaStore + StreamStore + OutboxStore + BackupStore> Storage for T {}
 
 impl From<StorageError> for OutboxError {
     fn from(error: StorageError) -> Self {

@@ -11,6 +11,7 @@ mod directory;
 mod durability;
 mod ephemeral;
 mod federation;
+mod key_backup;
 mod membership;
 mod messages;
 mod rooms;

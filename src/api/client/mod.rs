@@ -2,5 +2,6 @@
 
 pub mod account;
 pub mod config;
+pub mod key_backup;
 pub mod room;
 pub mod sync;

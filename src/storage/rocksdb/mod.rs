@@ -8,6 +8,7 @@
 //! readers only when every smaller position is durable (see `Positions`), so a sync
 //! reader never skips a change that was committed late.
 
+mod backup;
 mod keys;
 mod outbox;
 mod schema;
@@ -94,6 +95,8 @@ pub struct RocksStorage {
     next_outbox_seq: AtomicU64,
     /// Serialises check-then-create operations (user ids, aliases), which are rare.
     create_lock: Mutex<()>,
+    /// Serialises read-then-write key backup operations per user (see backup.rs).
+    backup_locks: backup::BackupLocks,
 }
 
 fn backend(e: ::rocksdb::Error) -> StorageError {
@@ -156,6 +159,7 @@ impl RocksStorage {
             next_state_group: AtomicU64::new(last_group + 1),
             next_outbox_seq: AtomicU64::new(last_outbox_seq + 1),
             create_lock: Mutex::new(()),
+            backup_locks: backup::BackupLocks::default(),
         })
     }
 

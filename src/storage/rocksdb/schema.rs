@@ -54,6 +54,11 @@ pub const OUTBOX: &str = "outbox";
 /// `destination` -> the transaction in flight (JSON): id, timestamp, `[kind, seq]` of its
 /// OUTBOX entries. Written before the transaction is sent; deleted with its entries.
 pub const OUTBOX_TXN: &str = "outbox_txn";
+/// `user_id 0xFF version u64` -> BackupVersionRecord (JSON): algorithm, auth data, key count,
+/// etag; deleted versions stay as tombstones so their numbers are never reused.
+pub const BACKUP_VERSIONS: &str = "backup_versions";
+/// `user_id 0xFF version u64 room_id 0xFF session_id` -> BackupKeyRecord (JSON).
+pub const BACKUP_KEYS: &str = "backup_keys";
 
 pub const ALL: &[&str] = &[
     META,
@@ -80,4 +85,6 @@ pub const ALL: &[&str] = &[
     RECEIPTS_STREAM,
     OUTBOX,
     OUTBOX_TXN,
+    BACKUP_VERSIONS,
+    BACKUP_KEYS,
 ];
