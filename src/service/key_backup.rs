@@ -21,7 +21,8 @@ use super::Core;
 use crate::{
     error::{Error, Result},
     storage::{
-        BackupDelete, BackupKeyRecord, BackupKeysState, BackupScope, BackupUpdate, BackupUpload, BackupVersionRecord,
+        BackupDelete, BackupKeyRecord, BackupKeys, BackupKeysState, BackupScope, BackupUpdate, BackupUpload,
+        BackupVersionRecord,
     },
 };
 
@@ -119,13 +120,23 @@ fn key_record(room_id: &RoomId, session_id: &str, key: &Raw<KeyBackupData>) -> R
     if !is_object(&body.session_data) {
         return Err(Error::bad_json(format!("`session_data` of session {session_id} in {room_id} must be an object.")));
     }
-    let data = serde_json::value::to_raw_value(&body).map_err(|e| Error::internal(e.to_string()))?;
     Ok(BackupKeyRecord {
         first_message_index: body.first_message_index.into(),
         forwarded_count: body.forwarded_count.into(),
         is_verified: body.is_verified,
-        data,
+        session_data: body.session_data,
     })
+}
+
+/// A stored key as the spec's `KeyBackupData` (only its four fields, as Synapse answers).
+fn key_json(record: BackupKeyRecord) -> Result<Raw<KeyBackupData>> {
+    let body = KeyBody {
+        first_message_index: UInt::new_saturating(record.first_message_index),
+        forwarded_count: UInt::new_saturating(record.forwarded_count),
+        is_verified: record.is_verified,
+        session_data: record.session_data,
+    };
+    serde_json::value::to_raw_value(&body).map(Raw::from_json).map_err(|e| Error::internal(e.to_string()))
 }
 
 fn version_info(record: BackupVersionRecord) -> Result<VersionInfo> {
@@ -227,10 +238,11 @@ impl KeyBackup {
                 "At most {MAX_SESSIONS_PER_REQUEST} session keys per request; send them in batches."
             )));
         }
-        let mut keys = Vec::with_capacity(total);
-        for (room_id, sessions) in &rooms {
+        let mut keys = BackupKeys::new();
+        for (room_id, sessions) in rooms {
             for (session_id, key) in sessions {
-                keys.push((room_id.clone(), session_id.clone(), key_record(room_id, session_id, key)?));
+                let record = key_record(&room_id, &session_id, &key)?;
+                keys.insert((room_id.clone(), session_id), record);
             }
         }
         let number = parse_version(version).ok_or_else(unknown_version)?;
@@ -252,7 +264,7 @@ impl KeyBackup {
         let found = self.core.db.backup_keys(user_id, number, scope)?.ok_or_else(unknown_version)?;
         let mut rooms = RoomKeys::new();
         for (room_id, session_id, record) in found {
-            rooms.entry(room_id).or_default().insert(session_id, Raw::from_json(record.data));
+            rooms.entry(room_id).or_default().insert(session_id, key_json(record)?);
         }
         Ok(rooms)
     }
@@ -272,7 +284,7 @@ impl KeyBackup {
             .backup_keys(user_id, number, BackupScope::Session(room_id, session_id))?
             .ok_or_else(unknown_version)?;
         let (_, _, record) = found.into_iter().next().ok_or_else(|| Error::not_found("No key for that session."))?;
-        Ok(Raw::from_json(record.data))
+        key_json(record)
     }
 
     /// `DELETE /room_keys/keys[/{roomId}[/{sessionId}]]`.
@@ -324,7 +336,9 @@ mod tests {
         .unwrap();
         let record = key_record(room, "s", &good).unwrap();
         assert!(record.is_verified);
-        assert!(!record.data.get().contains("extra"), "{}", record.data.get());
+        assert_eq!(record.session_data.get(), r#"{"a":"b"}"#);
+        let served = key_json(record).unwrap();
+        assert!(!served.json().get().contains("extra"), "{}", served.json().get());
         for bad in [
             r#"{"first_message_index":-1,"forwarded_count":0,"is_verified":true,"session_data":{}}"#,
             r#"{"first_message_index":1,"forwarded_count":0,"is_verified":"yes","session_data":{}}"#,

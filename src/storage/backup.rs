@@ -3,6 +3,8 @@
 //! Every method is one atomic unit. A version's key count and etag live in its record and are
 //! updated in the same batch as its keys, so reading them never scans the keys.
 
+use std::collections::BTreeMap;
+
 use ruma::{OwnedRoomId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -24,15 +26,15 @@ pub struct BackupVersionRecord {
     pub deleted: bool,
 }
 
-/// One backed-up session key: the metadata the replacement rule reads, and the whole
-/// `KeyBackupData` object to hand back.
+/// One backed-up session key (the spec's `KeyBackupData`): the metadata the replacement rule
+/// reads, and the encrypted part as the client sent it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BackupKeyRecord {
     pub first_message_index: u64,
     pub forwarded_count: u64,
     pub is_verified: bool,
-    /// The `KeyBackupData` JSON object served on reads.
-    pub data: Box<RawValue>,
+    /// The algorithm-dependent encrypted data, a JSON object never read by the server.
+    pub session_data: Box<RawValue>,
 }
 
 impl BackupKeyRecord {
@@ -90,6 +92,9 @@ pub enum BackupDelete {
     NoSuchVersion,
 }
 
+/// Session keys by (room, session): one key per session by construction.
+pub type BackupKeys = BTreeMap<(OwnedRoomId, String), BackupKeyRecord>;
+
 /// Which keys of a version a read or a delete covers.
 #[derive(Clone, Copy, Debug)]
 pub enum BackupScope<'a> {
@@ -117,12 +122,7 @@ pub trait BackupStore: Send + Sync {
     fn delete_backup_version(&self, user_id: &UserId, version: u64) -> Result<BackupDelete>;
     /// Merges keys into the current version by the spec's replacement rule
     /// (`BackupKeyRecord::replaces`); the etag moves only if a key was written.
-    fn put_backup_keys(
-        &self,
-        user_id: &UserId,
-        version: u64,
-        keys: Vec<(OwnedRoomId, String, BackupKeyRecord)>,
-    ) -> Result<BackupUpload>;
+    fn put_backup_keys(&self, user_id: &UserId, version: u64, keys: BackupKeys) -> Result<BackupUpload>;
     /// The keys of a live version in `scope`, in (room, session) order; `None` if the version
     /// is not live.
     fn backup_keys(

@@ -18,7 +18,7 @@ pub use ieum_federation::outbox::{OutboundItem, OutboundTransaction, OutboxError
 
 pub mod backup;
 pub use backup::{
-    BackupDelete, BackupKeyRecord, BackupKeysState, BackupScope, BackupStore, BackupUpdate, BackupUpload,
+    BackupDelete, BackupKeyRecord, BackupKeys, BackupKeysState, BackupScope, BackupStore, BackupUpdate, BackupUpload,
     BackupVersionRecord,
 };
 

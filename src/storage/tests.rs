@@ -381,12 +381,14 @@ fn backup_key(verified: bool, index: u64, forwarded: u64, tag: &str) -> BackupKe
         first_message_index: index,
         forwarded_count: forwarded,
         is_verified: verified,
-        data: raw(&format!(r#"{{"tag":"{tag}"}}"#)),
+        session_data: raw(&format!(r#"{{"tag":"{tag}"}}"#)),
     }
 }
 
 fn backup_tags(keys: &[(OwnedRoomId, String, BackupKeyRecord)]) -> Vec<(String, String, String)> {
-    keys.iter().map(|(room, session, key)| (room.to_string(), session.clone(), key.data.get().to_owned())).collect()
+    keys.iter()
+        .map(|(room, session, key)| (room.to_string(), session.clone(), key.session_data.get().to_owned()))
+        .collect()
 }
 
 storage_test!(backup_versions_are_numbered_upwards_and_never_reused, |store, reopen| {
@@ -418,9 +420,12 @@ storage_test!(backup_keys_follow_the_replacement_rule_and_keep_count_and_etag, |
     let alice = user_id!("@alice:x");
     let (r1, r2) = (owned_room_id!("!r1:x"), owned_room_id!("!r2:x"));
     let v = store.create_backup_version(alice, "m.algo", &raw("{}")).unwrap();
-    let put = |keys: Vec<(OwnedRoomId, String, BackupKeyRecord)>| match store.put_backup_keys(alice, v, keys).unwrap() {
-        BackupUpload::Stored(state) => state,
-        other => panic!("{other:?}"),
+    let put = |keys: Vec<(OwnedRoomId, String, BackupKeyRecord)>| {
+        let keys: BackupKeys = keys.into_iter().map(|(room, session, key)| ((room, session), key)).collect();
+        match store.put_backup_keys(alice, v, keys).unwrap() {
+            BackupUpload::Stored(state) => state,
+            other => panic!("{other:?}"),
+        }
     };
     let state = put(vec![
         (r1.clone(), "s1".into(), backup_key(false, 5, 2, "a")),
@@ -429,13 +434,15 @@ storage_test!(backup_keys_follow_the_replacement_rule_and_keep_count_and_etag, |
     ]);
     assert_eq!(state, BackupKeysState { count: 3, etag: 1 });
     // Worse keys change nothing, not even the etag.
-    let state = put(vec![
-        (r1.clone(), "s1".into(), backup_key(false, 6, 0, "worse index")),
-        (r1.clone(), "s1".into(), backup_key(false, 5, 2, "tie")),
-        (r2.clone(), "s1".into(), backup_key(false, 0, 0, "unverified")),
-        (r2.clone(), "s1".into(), backup_key(false, 0, 0, "unverified, lower index loses too")),
-    ]);
-    assert_eq!(state, BackupKeysState { count: 3, etag: 1 });
+    for worse in [
+        vec![
+            (r1.clone(), "s1".into(), backup_key(false, 6, 0, "worse index")),
+            (r2.clone(), "s1".into(), backup_key(false, 0, 0, "unverified")),
+        ],
+        vec![(r1.clone(), "s1".into(), backup_key(false, 5, 2, "tie"))],
+    ] {
+        assert_eq!(put(worse), BackupKeysState { count: 3, etag: 1 });
+    }
     // Each winning branch: lower forwarded_count at the same index, lower index, verified.
     assert_eq!(put(vec![(r1.clone(), "s1".into(), backup_key(false, 5, 1, "fwd"))]).etag, 2);
     assert_eq!(put(vec![(r1.clone(), "s1".into(), backup_key(false, 4, 9, "idx"))]).etag, 3);
@@ -472,7 +479,7 @@ storage_test!(backup_keys_follow_the_replacement_rule_and_keep_count_and_etag, |
 
 storage_test!(backup_uploads_go_only_to_the_current_version, |store, _reopen| {
     let alice = user_id!("@alice:x");
-    let key = || vec![(owned_room_id!("!r:x"), "s".to_owned(), backup_key(false, 0, 0, "k"))];
+    let key = || BackupKeys::from([((owned_room_id!("!r:x"), "s".to_owned()), backup_key(false, 0, 0, "k"))]);
     assert_eq!(store.put_backup_keys(alice, 1, key()).unwrap(), BackupUpload::NoSuchVersion);
     let v1 = store.create_backup_version(alice, "m.algo", &raw("{}")).unwrap();
     assert!(matches!(store.put_backup_keys(alice, v1, key()).unwrap(), BackupUpload::Stored(_)));

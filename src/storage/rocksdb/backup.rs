@@ -6,7 +6,6 @@
 //! A version's count and etag are kept in its record, updated in the same batch as its keys.
 
 use std::{
-    collections::BTreeMap,
     hash::{Hash, Hasher},
     sync::{Mutex, MutexGuard},
 };
@@ -17,7 +16,7 @@ use serde_json::value::RawValue;
 
 use super::{RocksStorage, backend, decode, encode, keys, parse_id, schema as cf};
 use crate::storage::{
-    BackupDelete, BackupKeyRecord, BackupKeysState, BackupScope, BackupStore, BackupUpdate, BackupUpload,
+    BackupDelete, BackupKeyRecord, BackupKeys, BackupKeysState, BackupScope, BackupStore, BackupUpdate, BackupUpload,
     BackupVersionRecord, Result, StorageError,
 };
 
@@ -227,12 +226,7 @@ impl BackupStore for RocksStorage {
         Ok(BackupDelete::Deleted)
     }
 
-    fn put_backup_keys(
-        &self,
-        user_id: &UserId,
-        version: u64,
-        keys: Vec<(OwnedRoomId, String, BackupKeyRecord)>,
-    ) -> Result<BackupUpload> {
+    fn put_backup_keys(&self, user_id: &UserId, version: u64, keys: BackupKeys) -> Result<BackupUpload> {
         let _guard = self.backup_locks.lock(user_id);
         let Some(mut current) = self.current_version(user_id)? else {
             return Ok(BackupUpload::NoSuchVersion);
@@ -243,44 +237,22 @@ impl BackupStore for RocksStorage {
                 None => BackupUpload::NoSuchVersion,
             });
         }
-        // The best key per session among the request's and the stored ones; `stored` says
-        // whether the session already had a key (for the count).
-        let mut winners: BTreeMap<Vec<u8>, (BackupKeyRecord, bool, bool)> = BTreeMap::new();
-        let key_names: Vec<Vec<u8>> =
-            keys.iter().map(|(room_id, session_id, _)| session_key(user_id, version, room_id, session_id)).collect();
         let handle = self.cf(cf::BACKUP_KEYS);
-        let existing = self.db.multi_get_cf(key_names.iter().map(|key| (handle, key.as_slice())));
-        for ((name, (_, _, record)), stored) in key_names.into_iter().zip(keys).zip(existing) {
-            let stored = stored.map_err(backend)?;
-            let entry = match winners.remove(&name) {
-                Some(entry) => entry,
-                None => match stored {
-                    Some(bytes) => (decode(cf::BACKUP_KEYS, &bytes)?, true, false),
-                    None => {
-                        winners.insert(name, (record, false, true));
-                        continue;
-                    }
-                },
-            };
-            let (best, was_stored, changed) = entry;
-            if record.replaces(&best) {
-                winners.insert(name, (record, was_stored, true));
-            } else {
-                winners.insert(name, (best, was_stored, changed));
-            }
-        }
+        let names: Vec<Vec<u8>> =
+            keys.keys().map(|(room_id, session_id)| session_key(user_id, version, room_id, session_id)).collect();
+        let stored = self.db.multi_get_cf(names.iter().map(|name| (handle, name.as_slice())));
         let mut batch = WriteBatch::default();
-        let mut changed_any = false;
-        for (name, (record, was_stored, changed)) in winners {
-            if changed {
-                changed_any = true;
-                if !was_stored {
-                    current.count += 1;
-                }
-                batch.put_cf(handle, name, encode(&record));
+        let mut changed = false;
+        for ((name, record), stored) in names.into_iter().zip(keys.into_values()).zip(stored) {
+            match stored.map_err(backend)? {
+                Some(bytes) if !record.replaces(&decode(cf::BACKUP_KEYS, &bytes)?) => continue,
+                Some(_) => {}
+                None => current.count += 1,
             }
+            batch.put_cf(handle, name, encode(&record));
+            changed = true;
         }
-        if changed_any {
+        if changed {
             current.etag += 1;
             batch.put_cf(self.cf(cf::BACKUP_VERSIONS), version_key(user_id, version), encode(&current));
             self.write(batch)?;
