@@ -11,7 +11,7 @@ use ruma::api::client::{
 
 use super::{
     admin,
-    client::{account, config, keys, media, room, sync},
+    client::{account, config, key_backup, keys, media, room, sync},
     federation,
     ruma::{route, route_extra, route_limited, route_reshaped},
     well_known,
@@ -107,6 +107,27 @@ pub fn client_routes() -> Router<App> {
     let r = route::<c::keys::upload_signing_keys::v3::Request, _, _>(r, keys::upload_signing_keys);
     let r = route::<c::keys::upload_signatures::v3::Request, _, _>(r, keys::upload_signatures);
     let r = route::<c::to_device::send_event_to_device::v3::Request, _, _>(r, keys::send_to_device);
+    // Server-side key backups.
+    let r = route::<c::backup::create_backup_version::v3::Request, _, _>(r, key_backup::create_backup_version);
+    let r = route::<c::backup::get_latest_backup_info::v3::Request, _, _>(r, key_backup::get_latest_backup_info);
+    let r = route::<c::backup::get_backup_info::v3::Request, _, _>(r, key_backup::get_backup_info);
+    let r = route::<c::backup::update_backup_version::v3::Request, _, _>(r, key_backup::update_backup_version);
+    let r = route::<c::backup::delete_backup_version::v3::Request, _, _>(r, key_backup::delete_backup_version);
+    let r = route::<c::backup::add_backup_keys::v3::Request, _, _>(r, key_backup::add_backup_keys);
+    let r = route::<c::backup::add_backup_keys_for_room::v3::Request, _, _>(r, key_backup::add_backup_keys_for_room);
+    let r =
+        route::<c::backup::add_backup_keys_for_session::v3::Request, _, _>(r, key_backup::add_backup_keys_for_session);
+    let r = route::<c::backup::get_backup_keys::v3::Request, _, _>(r, key_backup::get_backup_keys);
+    let r = route::<c::backup::get_backup_keys_for_room::v3::Request, _, _>(r, key_backup::get_backup_keys_for_room);
+    let r =
+        route::<c::backup::get_backup_keys_for_session::v3::Request, _, _>(r, key_backup::get_backup_keys_for_session);
+    let r = route::<c::backup::delete_backup_keys::v3::Request, _, _>(r, key_backup::delete_backup_keys);
+    let r =
+        route::<c::backup::delete_backup_keys_for_room::v3::Request, _, _>(r, key_backup::delete_backup_keys_for_room);
+    let r = route::<c::backup::delete_backup_keys_for_session::v3::Request, _, _>(
+        r,
+        key_backup::delete_backup_keys_for_session,
+    );
     let r = federation_routes(r);
     let r = r.merge(media_routes());
     // Synapse-compatible admin registration (shared secret), used by existing tools.

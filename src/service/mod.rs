@@ -18,6 +18,7 @@ pub mod ephemeral;
 pub mod federation;
 pub mod inbound;
 pub mod media;
+pub mod key_backup;
 pub mod ratelimit;
 pub mod rooms;
 pub mod server_keys;
@@ -64,6 +65,7 @@ pub struct Services {
     pub federation: Arc<federation::Federation>,
     pub transactions: inbound::Transactions,
     pub media: media::Media,
+    pub key_backup: key_backup::KeyBackup,
 }
 
 impl Services {
@@ -84,6 +86,7 @@ impl Services {
             media: media::Media::new(core.clone(), federation.clone()),
             federation,
             transactions: inbound::Transactions::default(),
+            key_backup: key_backup::KeyBackup::new(core.clone()),
             rooms,
             e2ee,
             ephemeral,

@@ -335,6 +335,9 @@ impl Users {
         user.displayname = None;
         user.avatar_url = None;
         self.core.blocking(move |db| Ok(db.put_user(&user)?)).await?;
+        // Their key backups go with the account: nobody can read them any more.
+        let owner = user_id.to_owned();
+        self.core.blocking(move |db| Ok(db.delete_all_backups(&owner)?)).await?;
         self.logout_all(user_id, None).await
     }
 

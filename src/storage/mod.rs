@@ -19,6 +19,12 @@ pub use ieum_federation::outbox::{OutboundItem, OutboundTransaction, OutboxError
 
 pub mod e2ee;
 pub mod media;
+pub mod backup;
+pub use backup::{
+    BackupDelete, BackupKeyRecord, BackupKeys, BackupKeysState, BackupScope, BackupStore, BackupUpdate, BackupUpload,
+    BackupVersionRecord,
+};
+
 pub mod rocksdb;
 // The one place a backend is chosen (see `open`).
 use self::rocksdb as embedded;
@@ -331,8 +337,14 @@ pub trait StreamStore: Send + Sync {
 /// Everything the service layer needs from a backend. The federation outbox trait is
 /// ieum-federation's (the sender there drives it); an `Arc<dyn Storage>` coerces to the
 /// `Arc<dyn OutboxStore>` the sender takes.
-pub trait Storage: UserStore + RoomStore + MetaStore + StreamStore + OutboxStore + e2ee::KeyStore + MediaStore {}
-impl<T: UserStore + RoomStore + MetaStore + StreamStore + OutboxStore + e2ee::KeyStore + MediaStore> Storage for T {}
+pub trait Storage:
+    UserStore + RoomStore + MetaStore + StreamStore + OutboxStore + e2ee::KeyStore + MediaStore + BackupStore
+{
+}
+impl<T: UserStore + RoomStore + MetaStore + StreamStore + OutboxStore + e2ee::KeyStore + MediaStore + BackupStore> Storage
+    for T
+{
+}
 
 impl From<StorageError> for OutboxError {
     fn from(error: StorageError) -> Self {

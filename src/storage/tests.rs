@@ -531,3 +531,126 @@ storage_test!(media_reservations_are_limited_filled_once_and_kept, |store, reope
     store.put_media(&remote, "one", &copy).unwrap();
     assert_eq!(store.media(&remote, "one").unwrap(), Some(copy));
 });
+
+fn backup_key(verified: bool, index: u64, forwarded: u64, tag: &str) -> BackupKeyRecord {
+    BackupKeyRecord {
+        first_message_index: index,
+        forwarded_count: forwarded,
+        is_verified: verified,
+        session_data: raw(&format!(r#"{{"tag":"{tag}"}}"#)),
+    }
+}
+
+fn backup_tags(keys: &[(OwnedRoomId, String, BackupKeyRecord)]) -> Vec<(String, String, String)> {
+    keys.iter()
+        .map(|(room, session, key)| (room.to_string(), session.clone(), key.session_data.get().to_owned()))
+        .collect()
+}
+
+storage_test!(backup_versions_are_numbered_upwards_and_never_reused, |store, reopen| {
+    let alice = user_id!("@alice:x");
+    let bob = user_id!("@bob:x");
+    assert!(store.backup_version(alice, None).unwrap().is_none());
+    assert_eq!(store.create_backup_version(alice, "m.algo", &raw(r#"{"k":1}"#)).unwrap(), 1);
+    assert_eq!(store.create_backup_version(alice, "m.algo", &raw(r#"{"k":2}"#)).unwrap(), 2);
+    // Another user's numbers are their own.
+    assert_eq!(store.create_backup_version(bob, "m.algo", &raw("{}")).unwrap(), 1);
+    assert_eq!(store.backup_version(alice, None).unwrap().unwrap().version, 2);
+    assert_eq!(store.delete_backup_version(alice, 2).unwrap(), BackupDelete::Deleted);
+    assert_eq!(store.delete_backup_version(alice, 2).unwrap(), BackupDelete::AlreadyDeleted);
+    assert_eq!(store.delete_backup_version(alice, 9).unwrap(), BackupDelete::NoSuchVersion);
+    // The current version falls back to the newest live one; a deleted one is gone.
+    assert_eq!(store.backup_version(alice, None).unwrap().unwrap().version, 1);
+    assert!(store.backup_version(alice, Some(2)).unwrap().is_none());
+    drop(store);
+    let store = reopen();
+    assert_eq!(store.create_backup_version(alice, "m.algo", &raw("{}")).unwrap(), 3);
+    assert_eq!(store.update_backup_version(alice, 3, "m.other", &raw("{}")).unwrap(), BackupUpdate::AlgorithmMismatch);
+    assert_eq!(store.update_backup_version(alice, 2, "m.algo", &raw("{}")).unwrap(), BackupUpdate::NoSuchVersion);
+    assert_eq!(store.update_backup_version(alice, 3, "m.algo", &raw(r#"{"k":3}"#)).unwrap(), BackupUpdate::Updated);
+    let current = store.backup_version(alice, None).unwrap().unwrap();
+    assert_eq!((current.version, current.auth_data.get()), (3, r#"{"k":3}"#));
+});
+
+storage_test!(backup_keys_follow_the_replacement_rule_and_keep_count_and_etag, |store, reopen| {
+    let alice = user_id!("@alice:x");
+    let (r1, r2) = (owned_room_id!("!r1:x"), owned_room_id!("!r2:x"));
+    let v = store.create_backup_version(alice, "m.algo", &raw("{}")).unwrap();
+    let put = |keys: Vec<(OwnedRoomId, String, BackupKeyRecord)>| {
+        let keys: BackupKeys = keys.into_iter().map(|(room, session, key)| ((room, session), key)).collect();
+        match store.put_backup_keys(alice, v, keys).unwrap() {
+            BackupUpload::Stored(state) => state,
+            other => panic!("{other:?}"),
+        }
+    };
+    let state = put(vec![
+        (r1.clone(), "s1".into(), backup_key(false, 5, 2, "a")),
+        (r1.clone(), "s2".into(), backup_key(false, 0, 0, "b")),
+        (r2.clone(), "s1".into(), backup_key(true, 0, 0, "c")),
+    ]);
+    assert_eq!(state, BackupKeysState { count: 3, etag: 1 });
+    // Worse keys change nothing, not even the etag.
+    for worse in [
+        vec![
+            (r1.clone(), "s1".into(), backup_key(false, 6, 0, "worse index")),
+            (r2.clone(), "s1".into(), backup_key(false, 0, 0, "unverified")),
+        ],
+        vec![(r1.clone(), "s1".into(), backup_key(false, 5, 2, "tie"))],
+    ] {
+        assert_eq!(put(worse), BackupKeysState { count: 3, etag: 1 });
+    }
+    // Each winning branch: lower forwarded_count at the same index, lower index, verified.
+    assert_eq!(put(vec![(r1.clone(), "s1".into(), backup_key(false, 5, 1, "fwd"))]).etag, 2);
+    assert_eq!(put(vec![(r1.clone(), "s1".into(), backup_key(false, 4, 9, "idx"))]).etag, 3);
+    assert_eq!(
+        put(vec![(r1.clone(), "s1".into(), backup_key(true, 9, 9, "ver"))]),
+        BackupKeysState { count: 3, etag: 4 }
+    );
+    let all = store.backup_keys(alice, v, BackupScope::All).unwrap().unwrap();
+    assert_eq!(
+        backup_tags(&all),
+        [
+            ("!r1:x".into(), "s1".into(), r#"{"tag":"ver"}"#.into()),
+            ("!r1:x".into(), "s2".into(), r#"{"tag":"b"}"#.into()),
+            ("!r2:x".into(), "s1".into(), r#"{"tag":"c"}"#.into()),
+        ]
+    );
+    assert_eq!(store.backup_keys(alice, v, BackupScope::Room(&r2)).unwrap().unwrap().len(), 1);
+    assert!(store.backup_keys(alice, v, BackupScope::Session(&r2, "nope")).unwrap().unwrap().is_empty());
+    assert!(store.backup_keys(alice, v + 1, BackupScope::All).unwrap().is_none());
+
+    drop(store);
+    let store = reopen();
+    let version = store.backup_version(alice, Some(v)).unwrap().unwrap();
+    assert_eq!((version.count, version.etag), (3, 4));
+    // Deletes move the etag and the count; a delete of nothing still moves the etag (Synapse).
+    let state = store.delete_backup_keys(alice, v, BackupScope::Session(&r1, "s2")).unwrap().unwrap();
+    assert_eq!(state, BackupKeysState { count: 2, etag: 5 });
+    let state = store.delete_backup_keys(alice, v, BackupScope::Room(&r1)).unwrap().unwrap();
+    assert_eq!(state, BackupKeysState { count: 1, etag: 6 });
+    let state = store.delete_backup_keys(alice, v, BackupScope::Room(&r1)).unwrap().unwrap();
+    assert_eq!(state, BackupKeysState { count: 1, etag: 7 });
+    assert!(store.delete_backup_keys(alice, v + 1, BackupScope::All).unwrap().is_none());
+});
+
+storage_test!(backup_uploads_go_only_to_the_current_version, |store, _reopen| {
+    let alice = user_id!("@alice:x");
+    let key = || BackupKeys::from([((owned_room_id!("!r:x"), "s".to_owned()), backup_key(false, 0, 0, "k"))]);
+    assert_eq!(store.put_backup_keys(alice, 1, key()).unwrap(), BackupUpload::NoSuchVersion);
+    let v1 = store.create_backup_version(alice, "m.algo", &raw("{}")).unwrap();
+    assert!(matches!(store.put_backup_keys(alice, v1, key()).unwrap(), BackupUpload::Stored(_)));
+    let v2 = store.create_backup_version(alice, "m.algo", &raw("{}")).unwrap();
+    assert_eq!(store.put_backup_keys(alice, v1, key()).unwrap(), BackupUpload::NotCurrent { current: v2 });
+    assert_eq!(store.put_backup_keys(alice, 77, key()).unwrap(), BackupUpload::NoSuchVersion);
+    // The older version keeps its keys; deleting it drops them and its count.
+    assert_eq!(store.backup_keys(alice, v1, BackupScope::All).unwrap().unwrap().len(), 1);
+    store.delete_backup_version(alice, v1).unwrap();
+    assert!(store.backup_keys(alice, v1, BackupScope::All).unwrap().is_none());
+    assert!(matches!(store.put_backup_keys(alice, v2, key()).unwrap(), BackupUpload::Stored(s) if s.count == 1));
+    // Deactivation: every version and key goes; numbers still are not reused.
+    store.delete_all_backups(alice).unwrap();
+    assert!(store.backup_version(alice, None).unwrap().is_none());
+    assert!(store.backup_keys(alice, v2, BackupScope::All).unwrap().is_none());
+    assert_eq!(store.create_backup_version(alice, "m.algo", &raw("{}")).unwrap(), v2 + 1);
+    assert!(store.backup_keys(alice, v2 + 1, BackupScope::All).unwrap().unwrap().is_empty());
+});

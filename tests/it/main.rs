@@ -12,6 +12,7 @@ mod durability;
 mod e2ee;
 mod ephemeral;
 mod federation;
+mod key_backup;
 mod media;
 mod membership;
 mod messages;

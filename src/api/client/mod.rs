@@ -4,5 +4,6 @@ pub mod account;
 pub mod config;
 pub mod keys;
 pub mod media;
+pub mod key_backup;
 pub mod room;
 pub mod sync;

@@ -9,6 +9,7 @@
 //! reader never skips a change that was committed late.
 
 mod e2ee;
+mod backup;
 mod keys;
 mod media;
 mod outbox;
@@ -97,6 +98,8 @@ pub struct RocksStorage {
     /// Serialises check-then-create operations (user ids, aliases, claiming one-time keys,
     /// device-list changes and their `prev`, to-device transaction ids).
     create_lock: Mutex<()>,
+    /// Serialises read-then-write key backup operations per user (see backup.rs).
+    backup_locks: backup::BackupLocks,
 }
 
 fn backend(e: ::rocksdb::Error) -> StorageError {
@@ -159,6 +162,7 @@ impl RocksStorage {
             next_state_group: AtomicU64::new(last_group + 1),
             next_outbox_seq: AtomicU64::new(last_outbox_seq + 1),
             create_lock: Mutex::new(()),
+            backup_locks: backup::BackupLocks::default(),
         })
     }
 

@@ -83,6 +83,11 @@ pub const TO_DEVICE: &str = "to_device";
 pub const TO_DEVICE_TXNS: &str = "to_device_txns";
 /// `user_id` -> RemoteDeviceList (JSON): our copy of a remote user's devices.
 pub const REMOTE_DEVICES: &str = "remote_devices";
+/// `user_id 0xFF version u64` -> BackupVersionRecord (JSON): algorithm, auth data, key count,
+/// etag; deleted versions stay as tombstones so their numbers are never reused.
+pub const BACKUP_VERSIONS: &str = "backup_versions";
+/// `user_id 0xFF version u64 room_id 0xFF session_id` -> BackupKeyRecord (JSON).
+pub const BACKUP_KEYS: &str = "backup_keys";
 
 pub const ALL: &[&str] = &[
     META,
@@ -122,4 +127,6 @@ pub const ALL: &[&str] = &[
     MEDIA,
     MEDIA_PENDING,
     MEDIA_THUMBNAILS,
+    BACKUP_VERSIONS,
+    BACKUP_KEYS,
 ];
