@@ -16,6 +16,7 @@ pub mod directory;
 pub mod ephemeral;
 pub mod federation;
 pub mod inbound;
+pub mod push;
 pub mod ratelimit;
 pub mod rooms;
 pub mod server_keys;
@@ -60,6 +61,7 @@ pub struct Services {
     pub ratelimit: ratelimit::RateLimiter,
     pub federation: Arc<federation::Federation>,
     pub transactions: inbound::Transactions,
+    pub push: Arc<push::Push>,
 }
 
 impl Services {
@@ -78,6 +80,7 @@ impl Services {
             ratelimit: ratelimit::RateLimiter::new(core.config.rate_limits.clone()),
             federation,
             transactions: inbound::Transactions::default(),
+            push: rooms.push.clone(),
             rooms,
             ephemeral,
             core,

@@ -297,7 +297,15 @@ impl Users {
 
     pub async fn logout(&self, user_id: &UserId, device_id: &DeviceId) -> Result<()> {
         let (user_id, device_id) = (user_id.to_owned(), device_id.to_owned());
-        self.core.blocking(move |db| Ok(db.delete_device(&user_id, &device_id)?)).await
+        self.core
+            .blocking(move |db| {
+                db.delete_device(&user_id, &device_id)?;
+                // Pushers belong to the device that set them (a second write: a crash between
+                // leaves a pusher whose device is gone, removed at the next logout of it).
+                db.delete_device_pushers(&user_id, &device_id)?;
+                Ok(())
+            })
+            .await
     }
 
     /// Removes every device (and token), optionally keeping one.

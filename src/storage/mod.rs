@@ -16,7 +16,9 @@ use serde_json::value::RawValue;
 
 pub use ieum_federation::outbox::{OutboundItem, OutboundTransaction, OutboxError, OutboxSeq, OutboxStore, QueuedItem};
 
+pub mod push;
 pub mod rocksdb;
+pub use push::{DeliveryRecord, NotificationRecord, PushStore, PushWrites, PusherRecord};
 // The one place a backend is chosen (see `open`).
 use self::rocksdb as embedded;
 #[cfg(test)]
@@ -156,6 +158,8 @@ pub struct AppendEvent<'a> {
     pub txn_key: Option<(OwnedUserId, String, String)>,
     /// Redact this earlier event (its new, redacted PDU and the redaction in client format).
     pub redact: Option<(OwnedEventId, StoredEvent)>,
+    /// Notification records, push deliveries and the sender's implicit read position.
+    pub push: PushWrites,
 }
 
 /// Direction of a timeline walk.
@@ -327,8 +331,8 @@ pub trait StreamStore: Send + Sync {
 /// Everything the service layer needs from a backend. The federation outbox trait is
 /// ieum-federation's (the sender there drives it); an `Arc<dyn Storage>` coerces to the
 /// `Arc<dyn OutboxStore>` the sender takes.
-pub trait Storage: UserStore + RoomStore + MetaStore + StreamStore + OutboxStore {}
-impl<T: UserStore + RoomStore + MetaStore + StreamStore + OutboxStore> Storage for T {}
+pub trait Storage: UserStore + RoomStore + MetaStore + StreamStore + OutboxStore + PushStore {}
+impl<T: UserStore + RoomStore + MetaStore + StreamStore + OutboxStore + PushStore> Storage for T {}
 
 impl From<StorageError> for OutboxError {
     fn from(error: StorageError) -> Self {

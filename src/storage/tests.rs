@@ -78,6 +78,7 @@ fn append(store: &dyn Storage, room: &RoomId, id: &OwnedEventId, membership: Opt
                 .into_iter()
                 .collect(),
             txn_key: Some((owned_user_id!("@a:x"), "S".into(), id.to_string())),
+            push: Default::default(),
             redact: None,
         })
         .unwrap()

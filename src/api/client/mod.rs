@@ -2,5 +2,6 @@
 
 pub mod account;
 pub mod config;
+pub mod push;
 pub mod room;
 pub mod sync;

@@ -10,6 +10,7 @@
 
 mod keys;
 mod outbox;
+mod push;
 mod schema;
 
 use std::{
@@ -367,6 +368,7 @@ impl RoomStore for RocksStorage {
                 batch.put_cf(self.cf(cf::EVENTS), redacted_id.as_bytes(), encode(redacted));
             }
             batch.put_cf(self.cf(cf::EVENTS), append.event_id.as_bytes(), encode(&event));
+            self.write_push(batch, pos, &append.push);
         })
     }
 

@@ -54,6 +54,19 @@ pub const OUTBOX: &str = "outbox";
 /// `destination` -> the transaction in flight (JSON): id, timestamp, `[kind, seq]` of its
 /// OUTBOX entries. Written before the transaction is sent; deleted with its entries.
 pub const OUTBOX_TXN: &str = "outbox_txn";
+/// `user_id 0xFF room_id 0xFF pos u64` -> NotificationRecord (JSON): the user's notified events
+/// in a room; counting after a read receipt is one short range scan.
+pub const PUSH_ROOM_NOTIFS: &str = "push_room_notifs";
+/// `user_id 0xFF pos u64` -> NotificationRecord (JSON): `/notifications`, newest first.
+pub const PUSH_USER_NOTIFS: &str = "push_user_notifs";
+/// `user_id 0xFF room_id` -> `pos u64`: the user's latest own event in the room (implicit receipt).
+pub const PUSH_SENT_READ: &str = "push_sent_read";
+/// `user_id 0xFF app_id 0xFF pushkey` -> PusherRecord (JSON).
+pub const PUSHERS: &str = "pushers";
+/// `app_id 0xFF pushkey 0xFF user_id` -> empty: who else uses a pushkey (`append: false`).
+pub const PUSHER_KEYS: &str = "pusher_keys";
+/// `pos u64 ++ index u32` -> DeliveryRecord (JSON): push-gateway deliveries still to make.
+pub const PUSH_QUEUE: &str = "push_queue";
 
 pub const ALL: &[&str] = &[
     META,
@@ -80,4 +93,10 @@ pub const ALL: &[&str] = &[
     RECEIPTS_STREAM,
     OUTBOX,
     OUTBOX_TXN,
+    PUSH_ROOM_NOTIFS,
+    PUSH_USER_NOTIFS,
+    PUSH_SENT_READ,
+    PUSHERS,
+    PUSHER_KEYS,
+    PUSH_QUEUE,
 ];
