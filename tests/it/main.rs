@@ -13,6 +13,7 @@ mod ephemeral;
 mod federation;
 mod membership;
 mod messages;
+mod push;
 mod rooms;
 mod smoke;
 mod sync;
