@@ -556,3 +556,50 @@ async fn failing_and_hanging_gateways_get_retries_and_the_queue_survives_a_resta
     let body = next_push(&mut received, Duration::from_secs(5)).await;
     assert_eq!(body["notification"]["event_id"], event_id.as_str());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Cost of evaluation (run by hand: cargo test --test it push::send_cost -- --ignored --nocapture)
+// ---------------------------------------------------------------------------------------------
+
+/// Times `Rooms::send` of 50 messages in a room with 1,000 LOCAL joined members (every one's
+/// rules evaluated) and in a room with 1,000 members of another server (none evaluated: the
+/// baseline without push evaluation), on the same server in the same run.
+#[tokio::test]
+#[ignore]
+async fn send_cost_in_a_1000_member_room() {
+    use ieum::service::rooms::NewEvent;
+    use ruma::events::StateEventType;
+    let server = TestServer::start().await;
+    let app = server.app();
+    let alice = server.register("alice").await;
+    let mut results = Vec::new();
+    for (label, domain) in
+        [("remote members (no evaluation)", "elsewhere.test"), ("local members (evaluated)", "ieum.test")]
+    {
+        let room_id = create_public_room(&alice).await;
+        for i in 0..1000 {
+            let user = ruma::UserId::parse(format!("@member{i}:{domain}")).unwrap();
+            let join = NewEvent::state(
+                &room_id,
+                &user,
+                StateEventType::RoomMember,
+                user.as_str(),
+                json!({"membership": "join", "displayname": format!("Member {i}")}),
+            );
+            app.rooms.send(join).await.expect("join");
+        }
+        let start = std::time::Instant::now();
+        for i in 0..50 {
+            let mut content = serde_json::Map::new();
+            content.insert("msgtype".into(), json!("m.text"));
+            content.insert("body".into(), json!(format!("message {i}")));
+            let message = NewEvent::new(&room_id, alice.user_id(), "m.room.message".into(), None, content);
+            app.rooms.send(message).await.expect("send");
+        }
+        let per_send = start.elapsed() / 50;
+        results.push((label, per_send));
+    }
+    for (label, per_send) in &results {
+        println!("Rooms::send in a 1,000-member room, {label}: {per_send:?} per message");
+    }
+}
