@@ -603,3 +603,29 @@ async fn send_cost_in_a_1000_member_room() {
         println!("Rooms::send in a 1,000-member room, {label}: {per_send:?} per message");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Remote events
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn remote_events_count_and_highlight() {
+    use crate::federation::{Cluster, eventually, join_via};
+    let cluster = Cluster::start(&["a.test", "b.test"]).await;
+    let (a, b) = (&cluster.servers[0], &cluster.servers[1]);
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room_id = create_public_room(&alice).await;
+    join_via(&bob, &room_id, "a.test").await;
+    // Alice (on a.test) mentions bob; bob's server evaluates bob's rules on receipt.
+    mention(&alice, &room_id, &bob).await;
+    send_text(&alice, &room_id, "and a plain one").await;
+    eventually("B counts A's messages", || async {
+        let body = sync(&bob, &[]).await;
+        let unread = &body["rooms"]["join"][room_id.as_str()]["unread_notifications"];
+        unread["notification_count"] == 2 && unread["highlight_count"] == 1
+    })
+    .await;
+    let (_, list) = bob.raw("GET", "/_matrix/client/v3/notifications?only=highlight", None).await;
+    assert_eq!(list["notifications"].as_array().unwrap().len(), 1, "{list}");
+}

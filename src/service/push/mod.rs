@@ -18,8 +18,8 @@ use ruma::{
     api::client::push::{Pusher, PusherIds, PusherKind},
     events::StateEventType,
     push::{
-        Action, AnyPushRule, InsertPushRuleError, NewPushRule, PushConditionPowerLevelsCtx, PushConditionRoomCtx,
-        RemovePushRuleError, RuleKind, Ruleset,
+        Action, AnyPushRule, FlattenedJson, InsertPushRuleError, NewPushRule, PushConditionPowerLevelsCtx,
+        PushConditionRoomCtx, RemovePushRuleError, RuleKind, Ruleset,
     },
     serde::Raw,
 };
@@ -206,6 +206,8 @@ impl Push {
         let power_levels: Option<PushConditionPowerLevelsCtx> =
             rooms.power_levels(state, version).ok().map(PushConditionPowerLevelsCtx::from);
         let event: Raw<ruma::events::AnySyncTimelineEvent> = Raw::from_json(pdu.stored.pdu.clone());
+        // Flattened once for every member (ruma's `get_actions` would flatten it per call).
+        let flattened = FlattenedJson::from_raw(&event);
         let thread_id = thread_of(pdu);
         let member_count = UInt::try_from(joined as u64).unwrap_or_default();
         let now = now_ms();
@@ -220,7 +222,13 @@ impl Push {
             if let Some(power_levels) = &power_levels {
                 context = context.with_power_levels(power_levels.clone());
             }
-            let actions = rules.get_actions(&event, &context).await;
+            let mut actions: &[Action] = &[];
+            for rule in rules.iter() {
+                if rule.applies(&flattened, &context).await {
+                    actions = rule.actions();
+                    break;
+                }
+            }
             let notify = actions.iter().any(Action::should_notify);
             let highlight = actions.iter().any(Action::is_highlight);
             if !notify && !highlight {
