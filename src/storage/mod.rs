@@ -18,7 +18,7 @@ pub use ieum_federation::outbox::{OutboundItem, OutboundTransaction, OutboxError
 
 pub mod push;
 pub mod rocksdb;
-pub use push::{DeliveryRecord, NotificationRecord, PushStore, PushWrites, PusherRecord};
+pub use push::{DeliveryRecord, NotificationRecord, PushStore, PushWrites, PusherRecord, UnreadEntry};
 // The one place a backend is chosen (see `open`).
 use self::rocksdb as embedded;
 #[cfg(test)]

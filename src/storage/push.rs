@@ -30,6 +30,15 @@ pub struct NotificationRecord {
     pub pos: StreamPos,
 }
 
+/// What counting needs of one notification (the per-room index holds only this).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnreadEntry {
+    pub pos: StreamPos,
+    pub notify: bool,
+    pub highlight: bool,
+    pub thread_id: Option<String>,
+}
+
 /// An HTTP pusher as stored (the client's `POST /pushers/set` body, validated).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PusherRecord {
@@ -79,13 +88,8 @@ impl PushWrites {
 }
 
 pub trait PushStore: Send + Sync {
-    /// A user's notification records in a room at positions strictly after `after`, oldest first.
-    fn room_notifications(
-        &self,
-        user_id: &UserId,
-        room_id: &RoomId,
-        after: StreamPos,
-    ) -> Result<Vec<NotificationRecord>>;
+    /// A user's notifications in a room at positions strictly after `after`, oldest first.
+    fn room_notifications(&self, user_id: &UserId, room_id: &RoomId, after: StreamPos) -> Result<Vec<UnreadEntry>>;
     /// A user's notification records (every room) strictly before `before`, newest first.
     fn user_notifications(&self, user_id: &UserId, before: StreamPos, limit: usize) -> Result<Vec<NotificationRecord>>;
     /// The position of the user's latest own event in a room (an implicit read receipt).

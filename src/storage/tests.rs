@@ -451,8 +451,8 @@ storage_test!(notifications_are_written_with_their_event_and_read_back_by_positi
     let a = user_id!("@a:x");
     let all = store.room_notifications(a, room, 0).unwrap();
     assert_eq!(
-        all.iter().map(|n| (n.pos, n.event_id.clone())).collect::<Vec<_>>(),
-        [(p1, e1.clone()), (p2, e2.clone())]
+        all.iter().map(|n| (n.pos, n.notify, n.highlight)).collect::<Vec<_>>(),
+        [(p1, true, false), (p2, true, true)]
     );
     assert_eq!(all[1].thread_id.as_deref(), Some("$n1"));
     assert!(all[1].highlight);

@@ -8,7 +8,12 @@ use ruma::{DeviceId, RoomId, UserId};
 use super::{RocksStorage, backend, decode, encode, keys, schema as cf};
 use crate::storage::{
     DeliveryRecord, NotificationRecord, PushStore, PushWrites, PusherRecord, Result, StorageError, StreamPos,
+    UnreadEntry,
 };
+
+/// PUSH_ROOM_NOTIFS value: one flag byte (1 = notify, 2 = highlight), then the thread root.
+const FLAG_NOTIFY: u8 = 1;
+const FLAG_HIGHLIGHT: u8 = 2;
 
 fn queue_key(seq: (StreamPos, u32)) -> [u8; 12] {
     let mut key = [0u8; 12];
@@ -44,11 +49,17 @@ impl RocksStorage {
         for record in &push.notifications {
             let mut record = record.clone();
             record.pos = pos;
-            let value = encode(&record);
             let mut key = room_prefix(&record.user_id, &record.room_id);
             key.extend_from_slice(&pos.to_be_bytes());
-            batch.put_cf(self.cf(cf::PUSH_ROOM_NOTIFS), key, &value);
-            batch.put_cf(self.cf(cf::PUSH_USER_NOTIFS), keys::with_u64(record.user_id.as_bytes(), pos), &value);
+            let flags = if record.notify { FLAG_NOTIFY } else { 0 } | if record.highlight { FLAG_HIGHLIGHT } else { 0 };
+            let mut compact = vec![flags];
+            compact.extend_from_slice(record.thread_id.as_deref().unwrap_or("").as_bytes());
+            batch.put_cf(self.cf(cf::PUSH_ROOM_NOTIFS), key, compact);
+            batch.put_cf(
+                self.cf(cf::PUSH_USER_NOTIFS),
+                keys::with_u64(record.user_id.as_bytes(), pos),
+                encode(&record),
+            );
         }
         for (index, delivery) in push.deliveries.iter().enumerate() {
             let mut delivery = delivery.clone();
@@ -63,12 +74,7 @@ impl RocksStorage {
 }
 
 impl PushStore for RocksStorage {
-    fn room_notifications(
-        &self,
-        user_id: &UserId,
-        room_id: &RoomId,
-        after: StreamPos,
-    ) -> Result<Vec<NotificationRecord>> {
+    fn room_notifications(&self, user_id: &UserId, room_id: &RoomId, after: StreamPos) -> Result<Vec<UnreadEntry>> {
         let prefix = room_prefix(user_id, room_id);
         let mut start = prefix.clone();
         start.extend_from_slice(&after.saturating_add(1).to_be_bytes());
@@ -79,7 +85,19 @@ impl PushStore for RocksStorage {
             if !key.starts_with(&prefix) {
                 break;
             }
-            out.push(decode(cf::PUSH_ROOM_NOTIFS, &value)?);
+            let corrupt = || StorageError::Corrupt { table: cf::PUSH_ROOM_NOTIFS, detail: "bad entry".into() };
+            let pos = keys::trailing_u64(&key).ok_or_else(corrupt)?;
+            let (&flags, thread) = value.split_first().ok_or_else(corrupt)?;
+            let thread_id = match thread {
+                [] => None,
+                bytes => Some(String::from_utf8(bytes.to_vec()).map_err(|_| corrupt())?),
+            };
+            out.push(UnreadEntry {
+                pos,
+                notify: flags & FLAG_NOTIFY != 0,
+                highlight: flags & FLAG_HIGHLIGHT != 0,
+                thread_id,
+            });
         }
         Ok(out)
     }

@@ -54,8 +54,8 @@ pub const OUTBOX: &str = "outbox";
 /// `destination` -> the transaction in flight (JSON): id, timestamp, `[kind, seq]` of its
 /// OUTBOX entries. Written before the transaction is sent; deleted with its entries.
 pub const OUTBOX_TXN: &str = "outbox_txn";
-/// `user_id 0xFF room_id 0xFF pos u64` -> NotificationRecord (JSON): the user's notified events
-/// in a room; counting after a read receipt is one short range scan.
+/// `user_id 0xFF room_id 0xFF pos u64` -> `flags u8 ++ thread root` (1 notify, 2 highlight):
+/// the user's notified events in a room; counting after a read receipt is one short scan.
 pub const PUSH_ROOM_NOTIFS: &str = "push_room_notifs";
 /// `user_id 0xFF pos u64` -> NotificationRecord (JSON): `/notifications`, newest first.
 pub const PUSH_USER_NOTIFS: &str = "push_user_notifs";
