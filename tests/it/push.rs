@@ -66,11 +66,24 @@ async fn default_rules_are_the_specs() {
     assert_eq!(status, 200, "{body}");
     let overrides = rule_ids(&body["global"], "override");
     assert_eq!(overrides[0], ".m.rule.master", "{overrides:?}");
-    for id in
-        [".m.rule.suppress_notices", ".m.rule.invite_for_me", ".m.rule.is_user_mention", ".m.rule.is_room_mention"]
-    {
-        assert!(overrides.contains(&id.to_owned()), "{id} missing from {overrides:?}");
-    }
+    // The spec's order, the deprecated legacy mention rules included (Synapse still serves them).
+    let expected = [
+        ".m.rule.master",
+        ".m.rule.suppress_notices",
+        ".m.rule.invite_for_me",
+        ".m.rule.member_event",
+        ".m.rule.is_user_mention",
+        ".m.rule.contains_display_name",
+        ".m.rule.is_room_mention",
+        ".m.rule.roomnotif",
+        ".m.rule.tombstone",
+        ".m.rule.reaction",
+        ".m.rule.room.server_acl",
+        ".m.rule.suppress_edits",
+    ];
+    assert_eq!(overrides, expected);
+    assert_eq!(rule_ids(&body["global"], "content"), [".m.rule.contains_user_name"]);
+    assert_eq!(body["global"]["content"][0]["pattern"], alice.user_id().localpart());
     let underrides = rule_ids(&body["global"], "underride");
     for id in [".m.rule.message", ".m.rule.encrypted", ".m.rule.room_one_to_one"] {
         assert!(underrides.contains(&id.to_owned()), "{id} missing from {underrides:?}");
@@ -197,12 +210,14 @@ async fn counts_follow_push_rules() {
     mention(&bob, &room_id, &alice).await;
     assert_eq!(counts(&alice, &room_id).await, (2, 1));
     // Display name in the body (.m.rule.contains_display_name) highlights too, when the
-    // message has no m.mentions.
+    // message has no m.mentions...
     let name = alice.user_id().localpart().to_owned();
     send_text(&bob, &room_id, &format!("hey {name}, look")).await;
-    let (n, h) = counts(&alice, &room_id).await;
-    assert_eq!(n, 3);
-    assert!(h >= 1);
+    assert_eq!(counts(&alice, &room_id).await, (3, 2));
+    // ...but not when it has m.mentions that do not name alice (intentional mentions win).
+    let content = json!({"msgtype": "m.text", "body": format!("{name} again"), "m.mentions": {}});
+    send_event(&bob, &room_id, "m.room.message", content).await;
+    assert_eq!(counts(&alice, &room_id).await, (4, 2));
     // Bob's own messages never count, and his sending marked alice's earlier one read.
     assert_eq!(counts(&bob, &room_id).await.0, 0);
 
@@ -210,12 +225,12 @@ async fn counts_follow_push_rules() {
     let (status, _) = put_rule(&alice, "room", room_id.as_str(), "", json!({"actions": []})).await;
     assert_eq!(status, 200);
     let last = send_text(&bob, &room_id, "muted").await;
-    assert_eq!(counts(&alice, &room_id).await.0, 3);
+    assert_eq!(counts(&alice, &room_id).await.0, 4);
     // An override dont_notify rule for the room also mutes (even mentions).
     let rule = json!({"actions": ["dont_notify"], "conditions": [{"kind": "event_match", "key": "room_id", "pattern": room_id}]});
     assert_eq!(put_rule(&alice, "override", "mute", "", rule).await.0, 200);
     mention(&bob, &room_id, &alice).await;
-    assert_eq!(counts(&alice, &room_id).await.0, 3);
+    assert_eq!(counts(&alice, &room_id).await.0, 4);
 
     // Read receipts clear.
     receipt(&alice, &room_id, "m.read.private", &last, None).await;

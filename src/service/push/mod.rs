@@ -23,7 +23,7 @@ use ruma::{
     },
     serde::Raw,
 };
-use serde_json::{Value, value::RawValue};
+use serde_json::{Value, json, value::RawValue};
 
 use super::{
     Core, now_ms,
@@ -208,6 +208,7 @@ impl Push {
         let event: Raw<ruma::events::AnySyncTimelineEvent> = Raw::from_json(pdu.stored.pdu.clone());
         // Flattened once for every member (ruma's `get_actions` would flatten it per call).
         let flattened = FlattenedJson::from_raw(&event);
+        let intentional_mentions = pdu.content_value().contains_key("m.mentions");
         let thread_id = thread_of(pdu);
         let member_count = UInt::try_from(joined as u64).unwrap_or_default();
         let now = now_ms();
@@ -224,6 +225,9 @@ impl Push {
             }
             let mut actions: &[Action] = &[];
             for rule in rules.iter() {
+                if intentional_mentions && LEGACY_MENTION_RULES.contains(&rule.rule_id()) {
+                    continue;
+                }
                 if rule.applies(&flattened, &context).await {
                     actions = rule.actions();
                     break;
@@ -483,12 +487,60 @@ pub fn thread_of(pdu: &Pdu) -> Option<String> {
     relates_to.get("event_id").and_then(Value::as_str).map(ToOwned::to_owned)
 }
 
+/// The legacy mention rules (deprecated since Matrix 1.7, still in the spec's default set):
+/// never applied to an event whose content has `m.mentions` (spec: intentional mentions).
+const LEGACY_MENTION_RULES: &[&str] =
+    &[".m.rule.contains_display_name", ".m.rule.roomnotif", ".m.rule.contains_user_name"];
+
+/// The spec's server-default rules: ruma's set plus the deprecated legacy mention rules ruma
+/// no longer lists (`.m.rule.contains_display_name` and `.m.rule.roomnotif` after the
+/// intentional-mention rules, `.m.rule.contains_user_name` as the content rule), as Synapse
+/// still serves them.
+pub fn server_default(user_id: &UserId) -> Ruleset {
+    let mut value = serde_json::to_value(Ruleset::server_default(user_id)).unwrap_or_default();
+    let highlight_sound = json!(["notify", {"set_tweak": "sound", "value": "default"}, {"set_tweak": "highlight"}]);
+    let display_name = json!({
+        "rule_id": ".m.rule.contains_display_name", "default": true, "enabled": true,
+        "conditions": [{"kind": "contains_display_name"}], "actions": highlight_sound,
+    });
+    let room_notif = json!({
+        "rule_id": ".m.rule.roomnotif", "default": true, "enabled": true,
+        "conditions": [
+            {"kind": "event_match", "key": "content.body", "pattern": "@room"},
+            {"kind": "sender_notification_permission", "key": "room"},
+        ],
+        "actions": ["notify", {"set_tweak": "highlight"}],
+    });
+    if let Some(Value::Array(overrides)) = value.get_mut("override") {
+        let after =
+            |id: &str, list: &Vec<Value>| list.iter().position(|r| r["rule_id"] == id).map_or(list.len(), |i| i + 1);
+        let at = after(".m.rule.is_user_mention", overrides);
+        overrides.insert(at, display_name);
+        let at = after(".m.rule.is_room_mention", overrides);
+        overrides.insert(at, room_notif);
+    }
+    let user_name = json!({
+        "rule_id": ".m.rule.contains_user_name", "default": true, "enabled": true,
+        "pattern": user_id.localpart(), "actions": highlight_sound,
+    });
+    if let Value::Object(map) = &mut value {
+        let content = map.entry("content").or_insert_with(|| Value::Array(Vec::new()));
+        if let Value::Array(content) = content {
+            content.insert(0, user_name);
+        }
+    }
+    serde_json::from_value(value).unwrap_or_else(|error| {
+        tracing::warn!(%error, "legacy default push rules do not parse; serving ruma's defaults");
+        Ruleset::server_default(user_id)
+    })
+}
+
 /// The user's rules from their stored `m.push_rules` content (merged with today's defaults),
 /// or the server defaults when nothing is stored.
 pub fn stored_or_default(stored: Option<&RawValue>, user_id: &UserId) -> Ruleset {
     match stored.and_then(parse_stored) {
         Some(stored) => merge_with_defaults(stored, user_id),
-        None => Ruleset::server_default(user_id),
+        None => server_default(user_id),
     }
 }
 
@@ -512,7 +564,7 @@ fn parse_stored(content: &RawValue) -> Option<Ruleset> {
 /// default order, with the enabled flag and actions the user gave it; defaults that no longer
 /// exist are dropped.
 pub fn merge_with_defaults(stored: Ruleset, user_id: &UserId) -> Ruleset {
-    let defaults = Ruleset::server_default(user_id);
+    let defaults = server_default(user_id);
     let mut merged = Ruleset::new();
     let stored_rules: Vec<AnyPushRule> = stored.into_iter().collect();
     let user_rules: Vec<&AnyPushRule> = stored_rules.iter().filter(|rule| !rule.is_server_default()).collect();
