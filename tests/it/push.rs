@@ -644,3 +644,21 @@ async fn remote_events_count_and_highlight() {
     let (_, list) = bob.raw("GET", "/_matrix/client/v3/notifications?only=highlight", None).await;
     assert_eq!(list["notifications"].as_array().unwrap().len(), 1, "{list}");
 }
+
+#[tokio::test]
+async fn an_invite_notifies_the_invitee() {
+    let server = TestServer::start_with(FAST).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let (url, _mode, mut received) = gateway(Mode::Accept).await;
+    assert_eq!(set_pusher(&bob, &http_pusher(&url, "bob-key", None)).await.0, 200);
+    let room_id = create_public_room(&alice).await;
+    let path = format!("/_matrix/client/v3/rooms/{}/invite", enc(room_id.as_str()));
+    let (status, answer) = alice.raw("POST", &path, Some(&json!({"user_id": bob.user_id()}).to_string())).await;
+    assert_eq!(status, 200, "{answer}");
+    let body = next_push(&mut received, Duration::from_secs(5)).await;
+    let n = &body["notification"];
+    assert_eq!(n["type"], "m.room.member", "{body}");
+    assert_eq!(n["user_is_target"], true, "{body}");
+    assert_eq!(n["room_id"], room_id.as_str());
+}

@@ -193,13 +193,23 @@ impl Push {
         }
         let members = self.core.db.members(&pdu.room_id)?;
         let joined = members.iter().filter(|(_, membership)| membership == "join").count();
-        let targets: Vec<&OwnedUserId> = members
+        let mut targets: Vec<OwnedUserId> = members
             .iter()
             .filter(|(user, membership)| {
                 membership == "join" && user.server_name() == server_name && *user != pdu.sender
             })
-            .map(|(user, _)| user)
+            .map(|(user, _)| user.clone())
             .collect();
+        // The invitee of an invite is not a member yet, but `.m.rule.invite_for_me` is for them.
+        if pdu.kind == ruma::events::TimelineEventType::RoomMember
+            && pdu.membership().as_deref() == Some("invite")
+            && let Some(invitee) = pdu.state_key.as_deref().and_then(|key| UserId::parse(key).ok())
+            && invitee.server_name() == server_name
+            && invitee != pdu.sender
+            && !targets.contains(&invitee)
+        {
+            targets.push(invitee);
+        }
         if targets.is_empty() {
             return Ok(writes);
         }
@@ -212,7 +222,7 @@ impl Push {
         let thread_id = thread_of(pdu);
         let member_count = UInt::try_from(joined as u64).unwrap_or_default();
         let now = now_ms();
-        for user_id in targets {
+        for user_id in &targets {
             let rules = self.ruleset(user_id)?;
             let display_name = rooms
                 .state_pdu(state, &StateEventType::RoomMember, user_id.as_str())?
