@@ -43,6 +43,8 @@ pub struct Config {
     pub presence: PresenceConfig,
     #[serde(default)]
     pub media: MediaConfig,
+    #[serde(default)]
+    pub push: PushConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -275,6 +277,39 @@ impl Default for MediaConfig {
             max_pending_uploads: 10,
             unused_expiry_ms: 24 * 3600 * 1000,
             max_thumbnail_pixels: 32_000_000,
+        }
+    }
+}
+
+/// Push notifications: delivery to the push gateways of users' HTTP pushers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// Send notifications to push gateways at all. Off: pushers can still be set and counts
+    /// are kept, but nothing is queued or sent. Default on.
+    pub enabled: bool,
+    /// Timeout of one request to a push gateway (connect and answer), in milliseconds.
+    /// Default 10000.
+    pub request_timeout_ms: u64,
+    /// Attempts per notification before it is given up. Default 10.
+    pub max_attempts: u32,
+    /// A notification older than this (ms since it was queued) is given up. Default one day.
+    pub max_age_ms: u64,
+    /// Wait after the first failure (ms); doubled after each further one. Default 1000.
+    pub initial_backoff_ms: u64,
+    /// Longest wait between two attempts (ms). Default one hour.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            request_timeout_ms: 10_000,
+            max_attempts: 10,
+            max_age_ms: 24 * 3600 * 1000,
+            initial_backoff_ms: 1_000,
+            max_backoff_ms: 3600 * 1000,
         }
     }
 }

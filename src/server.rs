@@ -96,6 +96,10 @@ impl Server {
         });
         // Background: the federation sender (resumes what was queued before a restart).
         tasks.spawn(app.federation.sender().run(shutdown.subscribe()));
+        // Background: the push-gateway sender (resumes deliveries queued before a restart).
+        let push_sender =
+            crate::service::push::sender::PushSender::new(app.core.clone(), app.push.clone(), app.rooms.clone());
+        tasks.spawn(push_sender.run(shutdown.subscribe()));
         Ok(Self { addrs, tls_addrs, app, shutdown, tasks })
     }
 

@@ -11,7 +11,7 @@ use ruma::api::client::{
 
 use super::{
     admin,
-    client::{account, config, key_backup, keys, media, room, sync},
+    client::{account, config, key_backup, keys, media, push, room, sync},
     federation,
     ruma::{route, route_extra, route_limited, route_reshaped},
     well_known,
@@ -24,7 +24,19 @@ pub fn client_routes() -> Router<App> {
     let r = route::<c::discovery::get_supported_versions::Request, _, _>(r, well_known::versions);
     let r = route::<c::discovery::discover_homeserver::Request, _, _>(r, well_known::well_known_client);
     let r = route::<c::discovery::get_capabilities::v3::Request, _, _>(r, well_known::capabilities);
-    let r = route::<c::push::get_pushrules_all::v3::Request, _, _>(r, well_known::push_rules);
+    // Push rules, pushers, notifications.
+    let r = route::<c::push::get_pushrules_all::v3::Request, _, _>(r, push::get_pushrules_all);
+    let r = route::<c::push::get_pushrules_global_scope::v3::Request, _, _>(r, push::get_pushrules_global_scope);
+    let r = route::<c::push::get_pushrule::v3::Request, _, _>(r, push::get_pushrule);
+    let r = route::<c::push::set_pushrule::v3::Request, _, _>(r, push::set_pushrule);
+    let r = route::<c::push::delete_pushrule::v3::Request, _, _>(r, push::delete_pushrule);
+    let r = route::<c::push::get_pushrule_enabled::v3::Request, _, _>(r, push::get_pushrule_enabled);
+    let r = route::<c::push::set_pushrule_enabled::v3::Request, _, _>(r, push::set_pushrule_enabled);
+    let r = route::<c::push::get_pushrule_actions::v3::Request, _, _>(r, push::get_pushrule_actions);
+    let r = route::<c::push::set_pushrule_actions::v3::Request, _, _>(r, push::set_pushrule_actions);
+    let r = route::<c::push::get_pushers::v3::Request, _, _>(r, push::get_pushers);
+    let r = route::<c::push::set_pusher::v3::Request, _, _>(r, push::set_pusher);
+    let r = route::<c::push::get_notifications::v3::Request, _, _>(r, push::get_notifications);
     // Accounts and sessions.
     let r = route::<c::account::register::v3::Request, _, _>(r, account::register);
     let r = route::<c::account::get_username_availability::v3::Request, _, _>(r, account::username_available);

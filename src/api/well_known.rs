@@ -1,22 +1,17 @@
-//! Discovery: `/.well-known/matrix/client`, `/versions`, `/capabilities`, and the default
-//! push rules clients fetch at start-up.
+//! Discovery: `/.well-known/matrix/client`, `/versions`, `/capabilities`.
 
 use std::collections::BTreeMap;
 
 use ruma::{
     RoomVersionId,
-    api::client::{
-        discovery::{
-            discover_homeserver::{self, HomeserverInfo},
-            get_capabilities::{
-                self,
-                v3::{Capabilities, RoomVersionStability, RoomVersionsCapability},
-            },
-            get_supported_versions,
+    api::client::discovery::{
+        discover_homeserver::{self, HomeserverInfo},
+        get_capabilities::{
+            self,
+            v3::{Capabilities, RoomVersionStability, RoomVersionsCapability},
         },
-        push::get_pushrules_all,
+        get_supported_versions,
     },
-    push::Ruleset,
 };
 
 use crate::{api::ruma::Ruma, app::App, error::Result, service::rooms::SUPPORTED_CREATE_VERSIONS};
@@ -69,13 +64,4 @@ pub async fn capabilities(
     let mut capabilities = Capabilities::new();
     capabilities.room_versions = RoomVersionsCapability::new(app.core.config.rooms.default_version.clone(), available);
     Ok(get_capabilities::v3::Response::new(capabilities))
-}
-
-/// `GET /_matrix/client/v3/pushrules/`: the spec's default rules for the user.
-pub async fn push_rules(
-    _app: App,
-    req: Ruma<get_pushrules_all::v3::Request>,
-) -> Result<get_pushrules_all::v3::Response> {
-    let session = req.user()?;
-    Ok(get_pushrules_all::v3::Response::new(Ruleset::server_default(&session.user_id)))
 }

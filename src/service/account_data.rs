@@ -8,10 +8,10 @@ use serde_json::{Map, Value, value::RawValue};
 use super::{Core, rooms::raw};
 use crate::error::{Error, Result};
 
-/// The `m.push_rules` account data: the user's rules (the spec's defaults until rules can
-/// be edited).
-pub fn push_rules_content(user_id: &UserId) -> Result<Box<RawValue>> {
-    raw(&serde_json::json!({ "global": ruma::push::Ruleset::server_default(user_id) }))
+/// The `m.push_rules` account data as clients see it: the stored rules (see `super::push`)
+/// merged with the current server defaults, or the defaults when none are stored.
+pub fn push_rules_content(user_id: &UserId, stored: Option<&RawValue>) -> Result<Box<RawValue>> {
+    raw(&serde_json::json!({ "global": super::push::stored_or_default(stored, user_id) }))
 }
 
 /// Types that have their own endpoints and may not be written as account data.
@@ -58,11 +58,12 @@ impl AccountData {
     }
 
     pub fn get(&self, user_id: &UserId, room_id: Option<&RoomId>, kind: &str) -> Result<Box<RawValue>> {
-        if let Some(content) = self.core.db.account_data(user_id, room_id, kind)? {
-            return Ok(content);
-        }
+        let stored = self.core.db.account_data(user_id, room_id, kind)?;
         if room_id.is_none() && kind == "m.push_rules" {
-            return push_rules_content(user_id);
+            return push_rules_content(user_id, stored.as_deref());
+        }
+        if let Some(content) = stored {
+            return Ok(content);
         }
         Err(Error::not_found("No account data of that type."))
     }

@@ -17,8 +17,9 @@ pub mod e2ee;
 pub mod ephemeral;
 pub mod federation;
 pub mod inbound;
-pub mod media;
 pub mod key_backup;
+pub mod media;
+pub mod push;
 pub mod ratelimit;
 pub mod rooms;
 pub mod server_keys;
@@ -66,6 +67,7 @@ pub struct Services {
     pub transactions: inbound::Transactions,
     pub media: media::Media,
     pub key_backup: key_backup::KeyBackup,
+    pub push: Arc<push::Push>,
 }
 
 impl Services {
@@ -87,6 +89,7 @@ impl Services {
             federation,
             transactions: inbound::Transactions::default(),
             key_backup: key_backup::KeyBackup::new(core.clone()),
+            push: rooms.push.clone(),
             rooms,
             e2ee,
             ephemeral,

@@ -59,6 +59,8 @@ pub struct EventFilter {
     pub limit: Option<usize>,
     pub contains_url: Option<bool>,
     pub lazy_load_members: bool,
+    /// `unread_thread_notifications` (timeline filter): per-thread unread counts.
+    pub unread_thread_notifications: bool,
 }
 
 /// Type patterns: `*` matches any run of characters.
@@ -85,6 +87,7 @@ impl EventFilter {
             limit: filter.limit.map(|l| usize::try_from(u64::from(l)).unwrap_or(usize::MAX)),
             contains_url: filter.url_filter.map(|f| f == ruma::api::client::filter::UrlFilter::EventsWithUrl),
             lazy_load_members: !filter.lazy_load_options.is_disabled(),
+            unread_thread_notifications: filter.unread_thread_notifications,
         }
     }
 
@@ -216,7 +219,6 @@ pub struct Sync {
     rooms: Arc<Rooms>,
     ephemeral: Arc<EphemeralService>,
     e2ee: Arc<E2ee>,
-    unread: std::sync::Mutex<HashMap<(OwnedRoomId, OwnedUserId), Unread>>,
 }
 
 fn raw_event<T>(event: &Map<String, Value>) -> Result<Raw<T>> {
@@ -245,7 +247,7 @@ const STRIPPED_TYPES: &[StateEventType] = &[
 
 impl Sync {
     pub fn new(core: Arc<Core>, rooms: Arc<Rooms>, ephemeral: Arc<EphemeralService>, e2ee: Arc<E2ee>) -> Self {
-        Self { core, rooms, ephemeral, e2ee, unread: Default::default() }
+        Self { core, rooms, ephemeral, e2ee }
     }
 
     /// Resolves `filter` (inline JSON or stored id) into a `SyncFilter`.
@@ -308,7 +310,13 @@ impl Sync {
 
         let mut room_account_data: HashMap<OwnedRoomId, Vec<Raw<ruma::events::AnyRoomAccountDataEvent>>> =
             HashMap::new();
-        for (room_id, kind, content) in self.core.db.account_data_since(user_id, since_or_zero.pos)? {
+        let mut stored_push_rules = false;
+        for (room_id, kind, mut content) in self.core.db.account_data_since(user_id, since_or_zero.pos)? {
+            if room_id.is_none() && kind == "m.push_rules" {
+                // Stored rules are brought up to date with the server defaults (see push.rs).
+                stored_push_rules = true;
+                content = super::account_data::push_rules_content(user_id, Some(&content))?;
+            }
             let mut event = Map::new();
             event.insert("type".into(), Value::String(kind.clone()));
             event.insert("content".into(), serde_json::from_str(content.get()).unwrap_or(Value::Object(Map::new())));
@@ -323,8 +331,8 @@ impl Sync {
             }
         }
         // Push rules are account data too; clients expect them in an initial sync.
-        if since.is_none() && filter.account_data.matches_type("m.push_rules") {
-            let content = super::account_data::push_rules_content(user_id)?;
+        if since.is_none() && !stored_push_rules && filter.account_data.matches_type("m.push_rules") {
+            let content = super::account_data::push_rules_content(user_id, None)?;
             let mut event = Map::new();
             event.insert("type".into(), Value::String("m.push_rules".into()));
             event.insert("content".into(), serde_json::from_str(content.get()).unwrap_or_default());
@@ -718,7 +726,10 @@ impl Sync {
         if let Some(summary) = summary {
             room.summary = summary;
         }
-        room.unread_notifications = self.unread(room_id, user_id)?;
+        let (unread, unread_threads) =
+            self.unread(room_id, user_id, params.filter.timeline.unread_thread_notifications)?;
+        room.unread_notifications = unread;
+        room.unread_thread_notifications = unread_threads;
         Ok(Some(room))
     }
 
@@ -780,89 +791,36 @@ impl Sync {
         Ok(summary)
     }
 
-    /// Notification and highlight counts: messages from others after the user's read
-    /// receipt; highlights are those that mention the user. Counted incrementally: each
-    /// (room, user) remembers how far it has counted, so a sync scans only new events.
-    /// (Push-rule evaluation replaces this approximation when push rules land.)
-    fn unread(&self, room_id: &RoomId, user_id: &UserId) -> Result<UnreadNotificationsCount> {
-        let read_pos = match self.ephemeral.last_read(room_id, user_id)? {
-            Some(receipt) => self.core.db.event(&receipt.event_id)?.and_then(|e| e.pos).unwrap_or(0),
-            None => self.core.db.membership(room_id, user_id)?.map(|m| m.pos).unwrap_or(0),
+    /// Notification and highlight counts from the push-rule evaluation done when each event
+    /// was appended (`service::push`): notified events after the user's read receipts (an
+    /// unthreaded `m.read`/`m.read.private` clears everything before it, a threaded one its
+    /// thread, `main` the main timeline) or their own latest event. With `by_thread`
+    /// (`unread_thread_notifications` in the timeline filter), the room's counts are the main
+    /// timeline's and each thread with unread notifications gets its own.
+    fn unread(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        by_thread: bool,
+    ) -> Result<(UnreadNotificationsCount, std::collections::BTreeMap<ruma::OwnedEventId, UnreadNotificationsCount>)>
+    {
+        let counts = self.rooms.push.counts(room_id, user_id)?;
+        let count = |(notifications, highlights): (u64, u64)| {
+            let mut count = UnreadNotificationsCount::new();
+            count.notification_count = Some(UInt::try_from(notifications).unwrap_or_default());
+            count.highlight_count = Some(UInt::try_from(highlights).unwrap_or_default());
+            count
         };
-        let key = (room_id.to_owned(), user_id.to_owned());
-        let mut state = {
-            let cache = self.unread.lock().unwrap_or_else(|e| e.into_inner());
-            cache.get(&key).copied().filter(|s| s.read_pos == read_pos).unwrap_or(Unread {
-                read_pos,
-                counted_to: read_pos,
-                ..Unread::default()
-            })
-        };
-        let mut cursor = state.counted_to;
-        loop {
-            let batch = self.core.db.timeline(room_id, cursor, Direction::Forward, 200)?;
-            for (pos, event_id, _) in &batch {
-                cursor = *pos;
-                let Some(pdu) = self.rooms.pdu(event_id)? else { continue };
-                if pdu.sender == user_id {
-                    // Sending a message implies having read everything before it.
-                    state.notifications = 0;
-                    state.highlights = 0;
-                    continue;
-                }
-                if pdu.stored.redacted_because.is_some() {
-                    continue;
-                }
-                // The default rule .m.rule.suppress_notices: bot notices do not notify.
-                let notice = pdu.kind == TimelineEventType::RoomMessage
-                    && pdu.content_str("msgtype").as_deref() == Some("m.notice");
-                if !notice
-                    && matches!(
-                        pdu.kind,
-                        TimelineEventType::RoomMessage | TimelineEventType::RoomEncrypted | TimelineEventType::Sticker
-                    )
-                {
-                    state.notifications += 1;
-                    if mentions(&pdu, user_id) {
-                        state.highlights += 1;
-                    }
-                }
-            }
-            if batch.len() < 200 {
-                break;
-            }
+        if !by_thread {
+            return Ok((count(counts.all), std::collections::BTreeMap::new()));
         }
-        state.counted_to = cursor;
-        {
-            let mut cache = self.unread.lock().unwrap_or_else(|e| e.into_inner());
-            if cache.len() > 1_000_000 {
-                cache.clear();
-            }
-            cache.insert(key, state);
-        }
-        let mut counts = UnreadNotificationsCount::new();
-        counts.notification_count = Some(UInt::try_from(state.notifications).unwrap_or_default());
-        counts.highlight_count = Some(UInt::try_from(state.highlights).unwrap_or_default());
-        Ok(counts)
+        let threads = counts
+            .threads
+            .into_iter()
+            .filter_map(|(root, c)| Some((ruma::OwnedEventId::try_from(root).ok()?, count(c))))
+            .collect();
+        Ok((count(counts.main), threads))
     }
-}
-
-/// How far unread counting got for one (room, user).
-#[derive(Clone, Copy, Debug, Default)]
-struct Unread {
-    read_pos: StreamPos,
-    counted_to: StreamPos,
-    notifications: u64,
-    highlights: u64,
-}
-
-/// Whether a message mentions a user (intentional mentions, or the id in the body).
-fn mentions(pdu: &Pdu, user_id: &UserId) -> bool {
-    let content = pdu.content_value();
-    if let Some(Value::Array(users)) = content.get("m.mentions").and_then(|m| m.get("user_ids")) {
-        return users.iter().any(|u| u.as_str() == Some(user_id.as_str()));
-    }
-    content.get("body").and_then(Value::as_str).is_some_and(|body| body.contains(user_id.as_str()))
 }
 
 fn is_empty(response: &Response) -> bool {

@@ -17,15 +17,17 @@ use serde_json::value::RawValue;
 pub use self::media::{FillOutcome, MediaFiles, MediaRecord, MediaStore, ThumbnailRecord};
 pub use ieum_federation::outbox::{OutboundItem, OutboundTransaction, OutboxError, OutboxSeq, OutboxStore, QueuedItem};
 
+pub mod backup;
 pub mod e2ee;
 pub mod media;
-pub mod backup;
 pub use backup::{
     BackupDelete, BackupKeyRecord, BackupKeys, BackupKeysState, BackupScope, BackupStore, BackupUpdate, BackupUpload,
     BackupVersionRecord,
 };
 
+pub mod push;
 pub mod rocksdb;
+pub use push::{DeliveryRecord, NotificationRecord, PushStore, PushWrites, PusherRecord, UnreadEntry};
 // The one place a backend is chosen (see `open`).
 use self::rocksdb as embedded;
 #[cfg(test)]
@@ -165,6 +167,8 @@ pub struct AppendEvent<'a> {
     pub txn_key: Option<(OwnedUserId, String, String)>,
     /// Redact this earlier event (its new, redacted PDU and the redaction in client format).
     pub redact: Option<(OwnedEventId, StoredEvent)>,
+    /// Notification records, push deliveries and the sender's implicit read position.
+    pub push: PushWrites,
 }
 
 /// Direction of a timeline walk.
@@ -207,7 +211,7 @@ pub trait UserStore: Send + Sync {
     fn update_device(&self, user_id: &UserId, device: &DeviceRecord) -> Result<()>;
     fn device(&self, user_id: &UserId, device_id: &ruma::DeviceId) -> Result<Option<DeviceRecord>>;
     fn devices(&self, user_id: &UserId) -> Result<Vec<DeviceRecord>>;
-    /// Deletes a device with every token, key and to-device message that belongs to it,
+    /// Deletes a device with every token, key, pusher and to-device message that belongs to it,
     /// and records the change of the user's device list (None if there was no such device).
     fn delete_device(&self, user_id: &UserId, device_id: &ruma::DeviceId) -> Result<Option<e2ee::DeviceListChange>>;
 }
@@ -338,11 +342,19 @@ pub trait StreamStore: Send + Sync {
 /// ieum-federation's (the sender there drives it); an `Arc<dyn Storage>` coerces to the
 /// `Arc<dyn OutboxStore>` the sender takes.
 pub trait Storage:
-    UserStore + RoomStore + MetaStore + StreamStore + OutboxStore + e2ee::KeyStore + MediaStore + BackupStore
+    UserStore + RoomStore + MetaStore + StreamStore + OutboxStore + e2ee::KeyStore + MediaStore + BackupStore + PushStore
 {
 }
-impl<T: UserStore + RoomStore + MetaStore + StreamStore + OutboxStore + e2ee::KeyStore + MediaStore + BackupStore> Storage
-    for T
+impl<T> Storage for T where
+    T: UserStore
+        + RoomStore
+        + MetaStore
+        + StreamStore
+        + OutboxStore
+        + e2ee::KeyStore
+        + MediaStore
+        + BackupStore
+        + PushStore
 {
 }
 

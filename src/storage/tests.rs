@@ -78,6 +78,7 @@ fn append(store: &dyn Storage, room: &RoomId, id: &OwnedEventId, membership: Opt
                 .into_iter()
                 .collect(),
             txn_key: Some((owned_user_id!("@a:x"), "S".into(), id.to_string())),
+            push: Default::default(),
             redact: None,
         })
         .unwrap()
@@ -653,4 +654,159 @@ storage_test!(backup_uploads_go_only_to_the_current_version, |store, _reopen| {
     assert!(store.backup_keys(alice, v2, BackupScope::All).unwrap().is_none());
     assert_eq!(store.create_backup_version(alice, "m.algo", &raw("{}")).unwrap(), v2 + 1);
     assert!(store.backup_keys(alice, v2 + 1, BackupScope::All).unwrap().unwrap().is_empty());
+});
+
+fn push_append(store: &dyn Storage, room: &RoomId, id: &OwnedEventId, push: PushWrites) -> StreamPos {
+    store
+        .append_event(AppendEvent {
+            event_id: id,
+            event: event(room),
+            new_room: None,
+            new_state_groups: Vec::new(),
+            state_after: 1,
+            extremities: vec![id.clone()],
+            depth: 1,
+            memberships: Vec::new(),
+            txn_key: None,
+            redact: None,
+            push,
+        })
+        .unwrap()
+}
+
+fn notification(
+    user: &str,
+    room: &RoomId,
+    id: &OwnedEventId,
+    highlight: bool,
+    thread: Option<&str>,
+) -> NotificationRecord {
+    NotificationRecord {
+        user_id: UserId::parse(user).unwrap(),
+        room_id: room.to_owned(),
+        event_id: id.clone(),
+        actions: raw(r#"["notify"]"#),
+        notify: true,
+        highlight,
+        thread_id: thread.map(ToOwned::to_owned),
+        ts: 7,
+        pos: 0,
+    }
+}
+
+storage_test!(notifications_are_written_with_their_event_and_read_back_by_position, |store, reopen| {
+    let room = room_id!("!r:x");
+    let other = room_id!("!o:x");
+    let e1: OwnedEventId = event_id!("$n1").to_owned();
+    let e2: OwnedEventId = event_id!("$n2").to_owned();
+    let e3: OwnedEventId = event_id!("$n3").to_owned();
+    let p1 = push_append(
+        &*store,
+        room,
+        &e1,
+        PushWrites {
+            notifications: vec![
+                notification("@a:x", room, &e1, false, None),
+                notification("@b:x", room, &e1, true, None),
+            ],
+            deliveries: Vec::new(),
+            sender_read: Some((owned_user_id!("@c:x"), room.to_owned())),
+        },
+    );
+    let p2 = push_append(
+        &*store,
+        room,
+        &e2,
+        PushWrites { notifications: vec![notification("@a:x", room, &e2, true, Some("$n1"))], ..Default::default() },
+    );
+    let p3 = push_append(
+        &*store,
+        other,
+        &e3,
+        PushWrites { notifications: vec![notification("@a:x", other, &e3, false, None)], ..Default::default() },
+    );
+    drop(store);
+    let store = reopen();
+    let a = user_id!("@a:x");
+    let all = store.room_notifications(a, room, 0).unwrap();
+    assert_eq!(
+        all.iter().map(|n| (n.pos, n.notify, n.highlight)).collect::<Vec<_>>(),
+        [(p1, true, false), (p2, true, true)]
+    );
+    assert_eq!(all[1].thread_id.as_deref(), Some("$n1"));
+    assert!(all[1].highlight);
+    // Strictly after a position; other rooms and users are not mixed in.
+    assert_eq!(store.room_notifications(a, room, p1).unwrap().len(), 1);
+    assert!(store.room_notifications(a, room, p2).unwrap().is_empty());
+    assert_eq!(store.room_notifications(user_id!("@b:x"), room, 0).unwrap().len(), 1);
+    // Per user, newest first, strictly before `before`, limited.
+    let newest = store.user_notifications(a, StreamPos::MAX, 10).unwrap();
+    assert_eq!(newest.iter().map(|n| n.pos).collect::<Vec<_>>(), [p3, p2, p1]);
+    assert_eq!(store.user_notifications(a, p3, 1).unwrap()[0].pos, p2);
+    assert!(store.user_notifications(a, p1, 10).unwrap().is_empty());
+    // The sender's implicit read position.
+    assert_eq!(store.sent_read_pos(user_id!("@c:x"), room).unwrap(), Some(p1));
+    assert_eq!(store.sent_read_pos(a, room).unwrap(), None);
+});
+
+fn pusher(user: &str, device: &str, pushkey: &str) -> PusherRecord {
+    PusherRecord {
+        user_id: UserId::parse(user).unwrap(),
+        device_id: Some(device.into()),
+        app_id: "app".into(),
+        pushkey: pushkey.into(),
+        pusher: raw(r#"{"kind":"http"}"#),
+        pushkey_ts: 1,
+    }
+}
+
+storage_test!(pushers_replace_delete_and_go_with_their_device, |store, reopen| {
+    let (a, b) = (user_id!("@a:x"), user_id!("@b:x"));
+    store.put_pusher(&pusher("@a:x", "D1", "k1"), true).unwrap();
+    store.put_pusher(&pusher("@a:x", "D2", "k2"), true).unwrap();
+    // Appending keeps a's pusher with the same key; replacing removes it.
+    store.put_pusher(&pusher("@b:x", "D9", "k1"), false).unwrap();
+    assert_eq!(store.pushers(a).unwrap().len(), 2);
+    store.put_pusher(&pusher("@b:x", "D9", "k1"), true).unwrap();
+    drop(store);
+    let store = reopen();
+    assert_eq!(store.pushers(a).unwrap().iter().map(|p| p.pushkey.as_str()).collect::<Vec<_>>(), ["k2"]);
+    assert_eq!(store.pushers(b).unwrap().len(), 1);
+    assert_eq!(store.delete_device_pushers(a, "D2".into()).unwrap(), 1);
+    assert!(store.pushers(a).unwrap().is_empty());
+    assert!(store.delete_pusher(b, "app", "k1").unwrap());
+    assert!(!store.delete_pusher(b, "app", "k1").unwrap());
+});
+
+storage_test!(push_deliveries_queue_with_their_event_update_and_delete, |store, reopen| {
+    let room = room_id!("!r:x");
+    let e1: OwnedEventId = event_id!("$d1").to_owned();
+    let delivery = DeliveryRecord {
+        user_id: owned_user_id!("@a:x"),
+        app_id: "app".into(),
+        pushkey: "k".into(),
+        room_id: room.to_owned(),
+        event_id: e1.clone(),
+        actions: raw(r#"["notify"]"#),
+        queued_ts: 5,
+        attempts: 0,
+        next_attempt_ts: 0,
+        seq: (0, 0),
+    };
+    let mut second = delivery.clone();
+    second.pushkey = "k2".into();
+    let pos = push_append(&*store, room, &e1, PushWrites { deliveries: vec![delivery, second], ..Default::default() });
+    drop(store);
+    let store = reopen();
+    let mut queued = store.queued_deliveries(10).unwrap();
+    assert_eq!(queued.iter().map(|d| d.seq).collect::<Vec<_>>(), [(pos, 0), (pos, 1)]);
+    queued[0].attempts = 3;
+    queued[0].next_attempt_ts = 99;
+    store.update_delivery(&queued[0]).unwrap();
+    store.delete_delivery(queued[1].seq).unwrap();
+    // Updating a deleted delivery does not bring it back.
+    store.update_delivery(&queued[1]).unwrap();
+    let left = store.queued_deliveries(10).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!((left[0].attempts, left[0].next_attempt_ts), (3, 99));
 });

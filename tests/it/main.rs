@@ -16,6 +16,7 @@ mod key_backup;
 mod media;
 mod membership;
 mod messages;
+mod push;
 mod rooms;
 mod smoke;
 mod sync;

@@ -2,8 +2,9 @@
 
 pub mod account;
 pub mod config;
+pub mod key_backup;
 pub mod keys;
 pub mod media;
-pub mod key_backup;
+pub mod push;
 pub mod room;
 pub mod sync;

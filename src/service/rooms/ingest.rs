@@ -241,6 +241,7 @@ impl Rooms {
             .state_key
             .as_ref()
             .and_then(|key| state_before.get(&(pdu.kind.to_string().into(), key.clone())).cloned());
+        let push = self.push.evaluate(self, &pdu, state_before, version).await?;
         let append = AppendEventOwned {
             event_id: event_id.clone(),
             event: pdu.stored.clone(),
@@ -252,6 +253,7 @@ impl Rooms {
             memberships,
             txn_key: None,
             redact,
+            push,
         };
         let redacted_id = append.redact.as_ref().map(|(id, _)| id.clone());
         self.write(append).await?;

@@ -103,17 +103,20 @@ pub struct Rooms {
     /// Rooms whose backfill failed recently: not asked again before this time (ms), so a
     /// client paging back while the other servers are down is not held up every time.
     backfill_retry: Mutex<HashMap<OwnedRoomId, u64>>,
+    /// Push rules evaluated for every appended event (see `super::push`).
+    pub push: Arc<super::push::Push>,
 }
 
 impl Rooms {
     pub fn new(core: Arc<Core>, federation: Arc<super::federation::Federation>) -> Self {
         Self {
-            core,
             federation,
             pdu_cache: Mutex::default(),
             state_cache: Mutex::default(),
             locks: Mutex::default(),
             backfill_retry: Mutex::default(),
+            push: Arc::new(super::push::Push::new(core.clone())),
+            core,
         }
     }
 
@@ -364,6 +367,7 @@ impl Rooms {
             memberships: Vec::new(),
             txn_key: None,
             redact: None,
+            push: Default::default(),
         };
         self.write(append).await?;
         self.cache_state(group_id, Arc::new(state));
@@ -489,6 +493,7 @@ impl Rooms {
 
         pdu.stored.state_before = Some(head.state_group);
         pdu.stored.replaces_state = replaces_state;
+        let push = self.push.evaluate(self, &pdu, state, version).await?;
         let append = AppendEventOwned {
             event_id: event_id.clone(),
             event: pdu.stored.clone(),
@@ -500,6 +505,7 @@ impl Rooms {
             memberships,
             txn_key,
             redact,
+            push,
         };
         let redacted_id = append.redact.as_ref().map(|(id, _)| id.clone());
         self.write(append).await?;
@@ -513,6 +519,7 @@ impl Rooms {
     }
 
     async fn write(&self, append: AppendEventOwned) -> Result<()> {
+        let deliveries = !append.push.deliveries.is_empty();
         self.core
             .blocking(move |db| {
                 db.append_event(AppendEvent {
@@ -526,11 +533,13 @@ impl Rooms {
                     memberships: append.memberships,
                     txn_key: append.txn_key,
                     redact: append.redact,
+                    push: append.push,
                 })
                 .map_err(Error::from)
             })
-            .await
-            .map(|_| ())
+            .await?;
+        self.push.appended(deliveries);
+        Ok(())
     }
 
     /// A new event in federation format, not yet hashed or signed (also the make_join
@@ -713,6 +722,7 @@ struct AppendEventOwned {
     memberships: Vec<(OwnedUserId, String, OwnedEventId)>,
     txn_key: Option<(OwnedUserId, String, String)>,
     redact: Option<(OwnedEventId, StoredEvent)>,
+    push: crate::storage::PushWrites,
 }
 
 /// The room id of a built event object.

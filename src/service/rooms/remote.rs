@@ -660,6 +660,7 @@ impl Rooms {
             memberships,
             txn_key: None,
             redact: None,
+            push: Default::default(),
         };
         self.write(append).await?;
         self.cache_state(after_id, Arc::new(after));

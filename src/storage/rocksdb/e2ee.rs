@@ -56,13 +56,14 @@ impl RocksStorage {
         Ok(DeviceListChange { pos, prev })
     }
 
-    /// Deletes every key and inbox message of a device into `batch` (device deletion).
+    /// Deletes every key, inbox message and pusher of a device into `batch` (device deletion).
     pub(super) fn delete_device_material(
         &self,
         batch: &mut WriteBatch,
         user_id: &UserId,
         device_id: &DeviceId,
     ) -> Result<()> {
+        self.delete_device_pushers_into(batch, user_id, device_id)?;
         let device = join(&[user_id.as_bytes(), device_id.as_bytes()]);
         batch.delete_cf(self.cf(cf::DEVICE_KEYS), &device);
         for table in [cf::ONE_TIME_KEYS, cf::FALLBACK_KEYS, cf::TO_DEVICE] {

@@ -8,11 +8,12 @@
 //! readers only when every smaller position is durable (see `Positions`), so a sync
 //! reader never skips a change that was committed late.
 
-mod e2ee;
 mod backup;
+mod e2ee;
 mod keys;
 mod media;
 mod outbox;
+mod push;
 mod schema;
 
 use std::{
@@ -388,6 +389,7 @@ impl RoomStore for RocksStorage {
                 batch.put_cf(self.cf(cf::EVENTS), redacted_id.as_bytes(), encode(redacted));
             }
             batch.put_cf(self.cf(cf::EVENTS), append.event_id.as_bytes(), encode(&event));
+            self.write_push(batch, pos, &append.push);
         })
     }
 

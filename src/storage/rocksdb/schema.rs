@@ -88,6 +88,19 @@ pub const REMOTE_DEVICES: &str = "remote_devices";
 pub const BACKUP_VERSIONS: &str = "backup_versions";
 /// `user_id 0xFF version u64 room_id 0xFF session_id` -> BackupKeyRecord (JSON).
 pub const BACKUP_KEYS: &str = "backup_keys";
+/// `user_id 0xFF room_id 0xFF pos u64` -> `flags u8 ++ thread root` (1 notify, 2 highlight):
+/// the user's notified events in a room; counting after a read receipt is one short scan.
+pub const PUSH_ROOM_NOTIFS: &str = "push_room_notifs";
+/// `user_id 0xFF pos u64` -> NotificationRecord (JSON): `/notifications`, newest first.
+pub const PUSH_USER_NOTIFS: &str = "push_user_notifs";
+/// `user_id 0xFF room_id` -> `pos u64`: the user's latest own event in the room (implicit receipt).
+pub const PUSH_SENT_READ: &str = "push_sent_read";
+/// `user_id 0xFF app_id 0xFF pushkey` -> PusherRecord (JSON).
+pub const PUSHERS: &str = "pushers";
+/// `app_id 0xFF pushkey 0xFF user_id` -> empty: who else uses a pushkey (`append: false`).
+pub const PUSHER_KEYS: &str = "pusher_keys";
+/// `pos u64 ++ index u32` -> DeliveryRecord (JSON): push-gateway deliveries still to make.
+pub const PUSH_QUEUE: &str = "push_queue";
 
 pub const ALL: &[&str] = &[
     META,
@@ -129,4 +142,10 @@ pub const ALL: &[&str] = &[
     MEDIA_THUMBNAILS,
     BACKUP_VERSIONS,
     BACKUP_KEYS,
+    PUSH_ROOM_NOTIFS,
+    PUSH_USER_NOTIFS,
+    PUSH_SENT_READ,
+    PUSHERS,
+    PUSHER_KEYS,
+    PUSH_QUEUE,
 ];

@@ -1,0 +1,233 @@
+//! Push storage on RocksDB: notification records per (user, room) and per user, the implicit
+//! read position of a user's own events, pushers, and the push-gateway delivery queue (see
+//! schema.rs for the key layouts).
+
+use ::rocksdb::{Direction as RDirection, IteratorMode, WriteBatch};
+use ruma::{DeviceId, RoomId, UserId};
+
+use super::{RocksStorage, backend, decode, encode, keys, schema as cf};
+use crate::storage::{
+    DeliveryRecord, NotificationRecord, PushStore, PushWrites, PusherRecord, Result, StorageError, StreamPos,
+    UnreadEntry,
+};
+
+/// PUSH_ROOM_NOTIFS value: one flag byte (1 = notify, 2 = highlight), then the thread root.
+const FLAG_NOTIFY: u8 = 1;
+const FLAG_HIGHLIGHT: u8 = 2;
+
+fn queue_key(seq: (StreamPos, u32)) -> [u8; 12] {
+    let mut key = [0u8; 12];
+    key[..8].copy_from_slice(&seq.0.to_be_bytes());
+    key[8..].copy_from_slice(&seq.1.to_be_bytes());
+    key
+}
+
+fn queue_seq(key: &[u8]) -> Result<(StreamPos, u32)> {
+    let bytes: [u8; 12] =
+        key.try_into().map_err(|_| StorageError::Corrupt { table: cf::PUSH_QUEUE, detail: "bad key".into() })?;
+    Ok((
+        u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")),
+        u32::from_be_bytes(bytes[8..].try_into().expect("4 bytes")),
+    ))
+}
+
+fn room_prefix(user_id: &UserId, room_id: &RoomId) -> Vec<u8> {
+    keys::prefix(&keys::join(&[user_id.as_bytes(), room_id.as_bytes()]))
+}
+
+fn pusher_key(user_id: &[u8], app_id: &str, pushkey: &str) -> Vec<u8> {
+    keys::join(&[user_id, app_id.as_bytes(), pushkey.as_bytes()])
+}
+
+fn pusher_index_key(app_id: &str, pushkey: &str, user_id: &[u8]) -> Vec<u8> {
+    keys::join(&[app_id.as_bytes(), pushkey.as_bytes(), user_id])
+}
+
+impl RocksStorage {
+    /// Adds an event's push records to its append batch (called by `append_event`).
+    pub(super) fn write_push(&self, batch: &mut WriteBatch, pos: StreamPos, push: &PushWrites) {
+        for record in &push.notifications {
+            let mut record = record.clone();
+            record.pos = pos;
+            let mut key = room_prefix(&record.user_id, &record.room_id);
+            key.extend_from_slice(&pos.to_be_bytes());
+            let flags = if record.notify { FLAG_NOTIFY } else { 0 } | if record.highlight { FLAG_HIGHLIGHT } else { 0 };
+            let mut compact = vec![flags];
+            compact.extend_from_slice(record.thread_id.as_deref().unwrap_or("").as_bytes());
+            batch.put_cf(self.cf(cf::PUSH_ROOM_NOTIFS), key, compact);
+            batch.put_cf(
+                self.cf(cf::PUSH_USER_NOTIFS),
+                keys::with_u64(record.user_id.as_bytes(), pos),
+                encode(&record),
+            );
+        }
+        for (index, delivery) in push.deliveries.iter().enumerate() {
+            let mut delivery = delivery.clone();
+            delivery.seq = (pos, index as u32);
+            batch.put_cf(self.cf(cf::PUSH_QUEUE), queue_key(delivery.seq), encode(&delivery));
+        }
+        if let Some((user_id, room_id)) = &push.sender_read {
+            let key = keys::join(&[user_id.as_bytes(), room_id.as_bytes()]);
+            batch.put_cf(self.cf(cf::PUSH_SENT_READ), key, pos.to_be_bytes());
+        }
+    }
+}
+
+impl RocksStorage {
+    /// Adds the deletion of a device's pushers to `batch` (device deletion writes it in the
+    /// same batch as the device); call under `create_lock`.
+    pub(super) fn delete_device_pushers_into(
+        &self,
+        batch: &mut WriteBatch,
+        user_id: &UserId,
+        device_id: &DeviceId,
+    ) -> Result<usize> {
+        let mut count = 0;
+        for pusher in self.pushers(user_id)? {
+            if pusher.device_id.as_deref() == Some(device_id) {
+                batch.delete_cf(self.cf(cf::PUSHERS), pusher_key(user_id.as_bytes(), &pusher.app_id, &pusher.pushkey));
+                batch.delete_cf(
+                    self.cf(cf::PUSHER_KEYS),
+                    pusher_index_key(&pusher.app_id, &pusher.pushkey, user_id.as_bytes()),
+                );
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+}
+
+impl PushStore for RocksStorage {
+    fn room_notifications(&self, user_id: &UserId, room_id: &RoomId, after: StreamPos) -> Result<Vec<UnreadEntry>> {
+        let prefix = room_prefix(user_id, room_id);
+        let mut start = prefix.clone();
+        start.extend_from_slice(&after.saturating_add(1).to_be_bytes());
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf::PUSH_ROOM_NOTIFS), IteratorMode::From(&start, RDirection::Forward))
+        {
+            let (key, value) = item.map_err(backend)?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let corrupt = || StorageError::Corrupt { table: cf::PUSH_ROOM_NOTIFS, detail: "bad entry".into() };
+            let pos = keys::trailing_u64(&key).ok_or_else(corrupt)?;
+            let (&flags, thread) = value.split_first().ok_or_else(corrupt)?;
+            let thread_id = match thread {
+                [] => None,
+                bytes => Some(String::from_utf8(bytes.to_vec()).map_err(|_| corrupt())?),
+            };
+            out.push(UnreadEntry {
+                pos,
+                notify: flags & FLAG_NOTIFY != 0,
+                highlight: flags & FLAG_HIGHLIGHT != 0,
+                thread_id,
+            });
+        }
+        Ok(out)
+    }
+
+    fn user_notifications(&self, user_id: &UserId, before: StreamPos, limit: usize) -> Result<Vec<NotificationRecord>> {
+        let prefix = keys::prefix(user_id.as_bytes());
+        // Keys strictly below `before`: start at `before` itself, skipping an exact hit.
+        let start = keys::with_u64(user_id.as_bytes(), before);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf::PUSH_USER_NOTIFS), IteratorMode::From(&start, RDirection::Reverse))
+        {
+            let (key, value) = item.map_err(backend)?;
+            if !key.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            if key.as_ref() == start.as_slice() {
+                continue;
+            }
+            out.push(decode(cf::PUSH_USER_NOTIFS, &value)?);
+        }
+        Ok(out)
+    }
+
+    fn sent_read_pos(&self, user_id: &UserId, room_id: &RoomId) -> Result<Option<StreamPos>> {
+        Ok(self
+            .get(cf::PUSH_SENT_READ, &keys::join(&[user_id.as_bytes(), room_id.as_bytes()]))?
+            .and_then(|bytes| keys::trailing_u64(&bytes)))
+    }
+
+    fn pushers(&self, user_id: &UserId) -> Result<Vec<PusherRecord>> {
+        self.scan_prefix(cf::PUSHERS, &keys::prefix(user_id.as_bytes()))?
+            .into_iter()
+            .map(|(_, value)| decode(cf::PUSHERS, &value))
+            .collect()
+    }
+
+    fn put_pusher(&self, pusher: &PusherRecord, replace_others: bool) -> Result<()> {
+        let _guard = self.create_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch = WriteBatch::default();
+        let user = pusher.user_id.as_bytes();
+        if replace_others {
+            let index_prefix = keys::prefix(&keys::join(&[pusher.app_id.as_bytes(), pusher.pushkey.as_bytes()]));
+            for (key, _) in self.scan_prefix(cf::PUSHER_KEYS, &index_prefix)? {
+                let other = &key[index_prefix.len()..];
+                if other != user {
+                    batch.delete_cf(self.cf(cf::PUSHER_KEYS), &key);
+                    batch.delete_cf(self.cf(cf::PUSHERS), pusher_key(other, &pusher.app_id, &pusher.pushkey));
+                }
+            }
+        }
+        batch.put_cf(self.cf(cf::PUSHERS), pusher_key(user, &pusher.app_id, &pusher.pushkey), encode(pusher));
+        batch.put_cf(self.cf(cf::PUSHER_KEYS), pusher_index_key(&pusher.app_id, &pusher.pushkey, user), b"");
+        self.write(batch)
+    }
+
+    fn delete_pusher(&self, user_id: &UserId, app_id: &str, pushkey: &str) -> Result<bool> {
+        let _guard = self.create_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let key = pusher_key(user_id.as_bytes(), app_id, pushkey);
+        if self.get(cf::PUSHERS, &key)?.is_none() {
+            return Ok(false);
+        }
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.cf(cf::PUSHERS), key);
+        batch.delete_cf(self.cf(cf::PUSHER_KEYS), pusher_index_key(app_id, pushkey, user_id.as_bytes()));
+        self.write(batch)?;
+        Ok(true)
+    }
+
+    fn delete_device_pushers(&self, user_id: &UserId, device_id: &DeviceId) -> Result<usize> {
+        let _guard = self.create_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch = WriteBatch::default();
+        let count = self.delete_device_pushers_into(&mut batch, user_id, device_id)?;
+        if count > 0 {
+            self.write(batch)?;
+        }
+        Ok(count)
+    }
+
+    fn queued_deliveries(&self, limit: usize) -> Result<Vec<DeliveryRecord>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf::PUSH_QUEUE), IteratorMode::Start) {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = item.map_err(backend)?;
+            let mut delivery: DeliveryRecord = decode(cf::PUSH_QUEUE, &value)?;
+            delivery.seq = queue_seq(&key)?;
+            out.push(delivery);
+        }
+        Ok(out)
+    }
+
+    fn update_delivery(&self, delivery: &DeliveryRecord) -> Result<()> {
+        let key = queue_key(delivery.seq);
+        // A delivery deleted meanwhile (its pusher was removed) stays deleted.
+        if self.get(cf::PUSH_QUEUE, &key)?.is_none() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(cf::PUSH_QUEUE), key, encode(delivery));
+        self.write(batch)
+    }
+
+    fn delete_delivery(&self, seq: (StreamPos, u32)) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.cf(cf::PUSH_QUEUE), queue_key(seq));
+        self.write(batch)
+    }
+}
