@@ -516,6 +516,22 @@ async fn keys_and_to_device_messages_cross_servers() {
         query(&bob, &alice_id).await["device_keys"][&alice_id].as_object().map(|d| d.len()) == Some(1)
     })
     .await;
+    // Cross-signing keys reach b.test too (m.signing_key_update into its copy of the list).
+    let master = DeviceKey::named();
+    let ssk = DeviceKey::named();
+    let body = json!({
+        "master_key": { "user_id": &alice_id, "usage": ["master"], "keys": { format!("ed25519:{}", master.public()): master.public() } },
+        "self_signing_key": master.sign(&alice_id, json!({ "user_id": &alice_id, "usage": ["self_signing"], "keys": { format!("ed25519:{}", ssk.public()): ssk.public() } })),
+    });
+    let (status, answer) =
+        alice.raw("POST", "/_matrix/client/v3/keys/device_signing/upload", Some(&body.to_string())).await;
+    assert_eq!(status, 200, "{answer}");
+    eventually("bob sees alice's cross-signing keys", || async {
+        let keys = query(&bob, &alice_id).await;
+        keys["master_keys"][&alice_id]["keys"][format!("ed25519:{}", master.public())] == master.public()
+            && keys["self_signing_keys"][&alice_id]["keys"][format!("ed25519:{}", ssk.public())] == ssk.public()
+    })
+    .await;
     // b.test serves bob's device list to a.test.
     let bob_key = DeviceKey::new(&bob_device);
     upload(&bob, json!({ "device_keys": device_keys(&bob, &bob_key) })).await;
