@@ -45,6 +45,8 @@ pub struct Config {
     pub media: MediaConfig,
     #[serde(default)]
     pub push: PushConfig,
+    #[serde(default)]
+    pub appservices: AppservicesConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -279,6 +281,15 @@ impl Default for MediaConfig {
             max_thumbnail_pixels: 32_000_000,
         }
     }
+}
+
+/// Application services (bridges, bots).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppservicesConfig {
+    /// Registration files (the spec's YAML). An invalid file, or two registrations that
+    /// clash (ids, tokens, exclusive namespaces), stops start-up with the file and field named.
+    pub registrations: Vec<PathBuf>,
 }
 
 /// Push notifications: delivery to the push gateways of users' HTTP pushers.

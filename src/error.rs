@@ -139,8 +139,8 @@ impl Error {
                 ErrorKind::Forbidden
                 | ErrorKind::UserDeactivated
                 | ErrorKind::GuestAccessForbidden
-                | ErrorKind::ThreepidDenied
-                | ErrorKind::Exclusive => StatusCode::FORBIDDEN,
+                | ErrorKind::ThreepidDenied => StatusCode::FORBIDDEN,
+                // The spec lists M_EXCLUSIVE under 400 for /register (Synapse: 400 everywhere).
                 ErrorKind::UnknownToken(_) | ErrorKind::MissingToken | ErrorKind::Unauthorized => {
                     StatusCode::UNAUTHORIZED
                 }
@@ -194,7 +194,7 @@ mod tests {
             (Error::too_large("x"), 413, "M_TOO_LARGE"),
             (Error::limit_exceeded(Duration::from_millis(1500)), 429, "M_LIMIT_EXCEEDED"),
             (Error::user_in_use("x"), 400, "M_USER_IN_USE"),
-            (Error::exclusive("x"), 403, "M_EXCLUSIVE"),
+            (Error::exclusive("x"), 400, "M_EXCLUSIVE"),
             (Error::internal("secret detail"), 500, "M_UNKNOWN"),
         ];
         for (error, status, errcode) in cases {

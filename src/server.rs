@@ -56,6 +56,8 @@ impl Server {
         let tls_config = if tls_listen.is_empty() { None } else { Some(tls::server_config(&config)?) };
         let services = Services::new(config, db).map_err(ServerError::Services)?;
         let app = App::new(services);
+        // Each application service's own user exists before its first request.
+        app.appservices.ensure_senders(&app.users).await.map_err(ServerError::Services)?;
         let (shutdown, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut addrs = Vec::new();

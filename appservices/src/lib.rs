@@ -2,6 +2,8 @@
 //! issue 4 on, the transaction sender and the `ieum-bridge` legacy-channel importers. It
 //! knows nothing about rooms or storage.
 //!
-//! - `namespaces`  compiled registration namespaces, exclusivity, validation of a set.
+//! - `namespaces`    compiled registration namespaces, exclusivity, validation of a set.
+//! - `registration`  reading registration files (YAML) with errors naming file and field.
 
 pub mod namespaces;
+pub mod registration;

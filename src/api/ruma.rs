@@ -103,34 +103,119 @@ fn bearer_token(request: &http::Request<Bytes>) -> Result<Option<String>> {
     }
 }
 
+#[cfg(test)]
+mod query_tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_percent_decoded() {
+        let request = http::Request::builder()
+            .uri("/x?a=1&user_id=%40kakao_kim%3Aieum.test&b=%E2%9C%93&c=%zz%4")
+            .body(Bytes::new())
+            .unwrap();
+        assert_eq!(super::query_param(&request, "user_id").as_deref(), Some("@kakao_kim:ieum.test"));
+        assert_eq!(super::query_param(&request, "b").as_deref(), Some("✓"));
+        assert_eq!(super::query_param(&request, "c").as_deref(), Some("%zz%4"));
+        assert_eq!(super::query_param(&request, "missing"), None);
+    }
+}
+
+/// One query parameter, percent-decoded (`user_id` for appservice masquerading).
+fn query_param(request: &http::Request<Bytes>, name: &str) -> Option<String> {
+    let query = request.uri().query()?;
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then(|| percent_decode(value))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An access token: a user's, or an application service's as_token (acting as its sender
+/// user, or as `?user_id=` inside its namespace).
+async fn user_or_appservice(app: &App, request: &http::Request<Bytes>, token: &str) -> Result<Caller> {
+    if !app.appservices.is_empty()
+        && let Some(acting) = app.appservices.authenticate(token, query_param(request, "user_id").as_deref())?
+    {
+        return Ok(Caller::user(Session {
+            session_id: format!("as:{}", acting.appservice_id),
+            device_id: ruma::OwnedDeviceId::from(format!("AS_{}", acting.appservice_id)),
+            user_id: acting.user_id,
+            appservice: Some(acting.appservice_id),
+            rate_limited: acting.rate_limited,
+        }));
+    }
+    app.users.authenticate(token).map(Caller::user)
+}
+
 impl Authenticate for AccessToken {
     async fn authenticate(app: &App, request: &http::Request<Bytes>) -> Result<Caller> {
         let token = bearer_token(request)?.ok_or_else(|| Error::missing_token("Missing access token."))?;
-        app.users.authenticate(&token).map(Caller::user)
+        user_or_appservice(app, request, &token).await
     }
 }
 
 impl Authenticate for AccessTokenOptional {
     async fn authenticate(app: &App, request: &http::Request<Bytes>) -> Result<Caller> {
         match bearer_token(request)? {
-            Some(token) => app.users.authenticate(&token).map(Caller::user),
+            Some(token) => user_or_appservice(app, request, &token).await,
             None => Ok(Caller::default()),
         }
     }
 }
 
 impl Authenticate for AppserviceToken {
-    async fn authenticate(_app: &App, _request: &http::Request<Bytes>) -> Result<Caller> {
-        Err(Error::unknown_token("No application services are registered on this server."))
+    /// Endpoints only an application service may call.
+    async fn authenticate(app: &App, request: &http::Request<Bytes>) -> Result<Caller> {
+        let token = bearer_token(request)?.ok_or_else(|| Error::missing_token("Missing access token."))?;
+        let caller = user_or_appservice(app, request, &token).await?;
+        if caller.session.as_ref().is_none_or(|s| s.appservice.is_none()) {
+            return Err(Error::forbidden("Only an application service may call this endpoint."));
+        }
+        Ok(caller)
     }
 }
 
 impl Authenticate for AppserviceTokenOptional {
-    /// `/login` and `/register`: a token matters only for application services (none are
-    /// registered yet), so a client's stale user token in its default headers is ignored,
-    /// as Synapse does.
-    async fn authenticate(_app: &App, _request: &http::Request<Bytes>) -> Result<Caller> {
-        Ok(Caller::default())
+    /// `/login` and `/register`: a token matters only when it is an application service's,
+    /// so a client's stale user token in its default headers is ignored, as Synapse does.
+    async fn authenticate(app: &App, request: &http::Request<Bytes>) -> Result<Caller> {
+        let Some(token) = bearer_token(request)? else { return Ok(Caller::default()) };
+        if app.appservices.is_empty() {
+            return Ok(Caller::default());
+        }
+        match app.appservices.authenticate(&token, None)? {
+            Some(acting) => Ok(Caller::user(Session {
+                session_id: format!("as:{}", acting.appservice_id),
+                device_id: ruma::OwnedDeviceId::from(format!("AS_{}", acting.appservice_id)),
+                user_id: acting.user_id,
+                appservice: Some(acting.appservice_id),
+                rate_limited: acting.rate_limited,
+            })),
+            None => Ok(Caller::default()),
+        }
     }
 }
 

@@ -27,6 +27,10 @@ pub struct Session {
     pub device_id: OwnedDeviceId,
     /// The client session (login) the token belongs to; transaction ids are scoped to it.
     pub session_id: String,
+    /// The application service acting (as_token), if any.
+    pub appservice: Option<String>,
+    /// Whether rate limits apply (off for appservices registered with `rate_limited: false`).
+    pub rate_limited: bool,
 }
 
 /// What a successful login or registration hands the client.
@@ -294,7 +298,13 @@ impl Users {
                 message: "Access token has expired.".into(),
             });
         }
-        Ok(Session { user_id: record.user_id, device_id: record.device_id, session_id: record.session_id })
+        Ok(Session {
+            user_id: record.user_id,
+            device_id: record.device_id,
+            session_id: record.session_id,
+            appservice: None,
+            rate_limited: true,
+        })
     }
 
     /// Deletes a device with its tokens, keys and inbox; other users and servers hear of it.

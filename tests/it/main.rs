@@ -6,6 +6,7 @@ mod harness;
 
 mod account_data;
 mod accounts;
+mod appservice;
 mod bad_input;
 mod directory;
 mod durability;

@@ -32,6 +32,9 @@ use crate::{
 
 /// `POST /_matrix/client/v3/register`
 pub async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<register::v3::Response> {
+    if req.body.login_type.as_ref() == Some(&register::LoginType::ApplicationService) {
+        return register_appservice_user(app, req).await;
+    }
     app.ratelimit.check(Limit::Registration, &req.client_key())?;
     let config = &app.core.config.registration;
     if req.body.kind == register::RegistrationKind::Guest {
@@ -42,7 +45,8 @@ pub async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<regi
         return Err(Error::forbidden("Registration is disabled on this server."));
     }
     if let Some(localpart) = &req.body.username {
-        app.users.check_available(localpart)?;
+        let user_id = app.users.check_available(localpart)?;
+        app.appservices.check_user_not_exclusive(&user_id, None)?;
     }
     app.uiaa
         .authenticate(
@@ -70,6 +74,35 @@ pub async fn register(app: App, req: Ruma<register::v3::Request>) -> Result<regi
         response.device_id = Some(login.device_id);
         response.refresh_token = login.refresh_token;
         response.expires_in = login.expires_in_ms.map(Duration::from_millis);
+    }
+    Ok(response)
+}
+
+/// `POST /_matrix/client/v3/register` with `type: m.login.application_service`: an
+/// application service registers a user in its namespace (no UIA, no password).
+async fn register_appservice_user(app: App, req: Ruma<register::v3::Request>) -> Result<register::v3::Response> {
+    let appservice =
+        req.session.as_ref().and_then(|s| s.appservice.clone()).ok_or_else(|| {
+            Error::missing_token("m.login.application_service needs the application service's token.")
+        })?;
+    let localpart = req.body.username.as_deref().ok_or_else(|| Error::missing_param("username is required."))?;
+    let user_id = app.users.check_available(localpart)?;
+    app.appservices.may_register(&appservice, &user_id)?;
+    let user_id = app.users.create(Some(localpart), None, false, Some(appservice)).await?;
+    let mut response = register::v3::Response::new(user_id.clone());
+    if !req.body.inhibit_login {
+        let login = app
+            .users
+            .new_session(
+                &user_id,
+                req.body.device_id.clone(),
+                req.body.initial_device_display_name.clone(),
+                false,
+                None,
+            )
+            .await?;
+        response.access_token = Some(login.access_token);
+        response.device_id = Some(login.device_id);
     }
     Ok(response)
 }

@@ -58,7 +58,9 @@ const JOIN_FIELDS: &[&str] = &["reason", "third_party_signed", "membership", "jo
 /// `POST /_matrix/client/v3/createRoom`
 pub async fn create_room(app: App, req: Ruma<create_room::v3::Request>) -> Result<create_room::v3::Response> {
     let session = req.user()?.clone();
-    app.ratelimit.check(Limit::Message, session.user_id.as_str())?;
+    if session.rate_limited {
+        app.ratelimit.check(Limit::Message, session.user_id.as_str())?;
+    }
     let room_id = app.rooms.create_room(&session.user_id, req.body).await?;
     Ok(create_room::v3::Response::new(room_id))
 }
@@ -197,7 +199,9 @@ pub async fn send_message_event(
     req: Ruma<send_message_event::v3::Request>,
 ) -> Result<send_message_event::v3::Response> {
     let session = req.user()?;
-    app.ratelimit.check(Limit::Message, session.user_id.as_str())?;
+    if session.rate_limited {
+        app.ratelimit.check(Limit::Message, session.user_id.as_str())?;
+    }
     if req.empty_body {
         return Err(Error::not_json("An event needs a JSON object as its content."));
     }
@@ -207,8 +211,18 @@ pub async fn send_message_event(
     }
     let mut new = NewEvent::new(&req.body.room_id, &session.user_id, kind, None, content_object(req.body.body.json())?);
     new.txn = Some((session.session_id.clone(), req.body.txn_id.to_string()));
+    new.ts = appservice_ts(session, req.body.timestamp);
     let event_id = app.rooms.send(new).await?;
     Ok(send_message_event::v3::Response::new(event_id))
+}
+
+/// Timestamp massaging: an application service may set `origin_server_ts` (`?ts=`); anyone
+/// else's `ts` is ignored, as Synapse does.
+fn appservice_ts(
+    session: &crate::service::users::Session,
+    ts: Option<ruma::MilliSecondsSinceUnixEpoch>,
+) -> Option<u64> {
+    session.appservice.as_ref().and(ts).map(|ts| ts.get().into())
 }
 
 fn is_state_only(kind: &TimelineEventType) -> bool {
@@ -221,7 +235,9 @@ pub async fn send_state_event(
     req: Ruma<send_state_event::v3::Request>,
 ) -> Result<send_state_event::v3::Response> {
     let session = req.user()?;
-    app.ratelimit.check(Limit::Message, session.user_id.as_str())?;
+    if session.rate_limited {
+        app.ratelimit.check(Limit::Message, session.user_id.as_str())?;
+    }
     if req.empty_body {
         return Err(Error::not_json("A state event needs a JSON object as its content."));
     }
@@ -242,7 +258,9 @@ pub async fn send_state_event(
     if kind == StateEventType::RoomCanonicalAlias {
         check_canonical_alias(&app, &req.body.room_id, &content)?;
     }
-    let new = NewEvent::state(&req.body.room_id, &session.user_id, kind, &req.body.state_key, Value::Object(content));
+    let mut new =
+        NewEvent::state(&req.body.room_id, &session.user_id, kind, &req.body.state_key, Value::Object(content));
+    new.ts = appservice_ts(session, req.body.timestamp);
     let event_id = app.rooms.send(new).await?;
     Ok(send_state_event::v3::Response::new(event_id))
 }
@@ -272,7 +290,9 @@ fn check_canonical_alias(app: &App, room_id: &ruma::RoomId, content: &Map<String
 /// `PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}`
 pub async fn redact_event(app: App, req: Ruma<redact_event::v3::Request>) -> Result<redact_event::v3::Response> {
     let session = req.user()?;
-    app.ratelimit.check(Limit::Message, session.user_id.as_str())?;
+    if session.rate_limited {
+        app.ratelimit.check(Limit::Message, session.user_id.as_str())?;
+    }
     let version = app.rooms.room_version(&req.body.room_id)?.ok_or_else(|| Error::forbidden("Unknown room."))?;
     let _ = rules_for(&version)?;
     let mut content = Map::new();
@@ -405,7 +425,9 @@ pub async fn get_context(app: App, req: Ruma<get_context::v3::Request>) -> Resul
 
 /// `PUT /_matrix/client/v3/directory/room/{roomAlias}`
 pub async fn create_alias(app: App, req: Ruma<create_alias::v3::Request>) -> Result<create_alias::v3::Response> {
-    app.directory.create_alias(&req.user()?.user_id, &req.body.room_alias, &req.body.room_id)?;
+    let session = req.user()?;
+    app.appservices.check_alias_not_exclusive(req.body.room_alias.as_str(), session.appservice.as_deref())?;
+    app.directory.create_alias(&session.user_id, &req.body.room_alias, &req.body.room_id)?;
     Ok(create_alias::v3::Response::new())
 }
 
