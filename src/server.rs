@@ -96,6 +96,13 @@ impl Server {
                 }
             }
         });
+        // Background: the application-service transaction sender.
+        let appservice_sender = crate::service::appservice_sender::AppserviceSender::new(
+            app.core.clone(),
+            app.rooms.clone(),
+            app.appservices.clone(),
+        );
+        tasks.spawn(appservice_sender.run(shutdown.subscribe()));
         // Background: the federation sender (resumes what was queued before a restart).
         tasks.spawn(app.federation.sender().run(shutdown.subscribe()));
         // Background: the push-gateway sender (resumes deliveries queued before a restart).

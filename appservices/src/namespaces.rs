@@ -71,6 +71,16 @@ impl AppService {
         self.aliases.iter().any(|n| n.exclusive && n.regex.is_match(alias))
     }
 
+    /// Whether a user is in the appservice's user namespace (exclusive or not).
+    pub fn is_interested_in_user(&self, user_id: &str) -> bool {
+        self.users.iter().any(|n| n.regex.is_match(user_id))
+    }
+
+    /// Whether an alias is in the appservice's alias namespace (exclusive or not).
+    pub fn is_interested_in_alias(&self, alias: &str) -> bool {
+        self.aliases.iter().any(|n| n.regex.is_match(alias))
+    }
+
     pub fn is_interested_in_room(&self, room_id: &str) -> bool {
         self.rooms.iter().any(|n| n.regex.is_match(room_id))
     }

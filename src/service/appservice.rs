@@ -44,6 +44,11 @@ impl Appservices {
         self.services.is_empty()
     }
 
+    /// Appservices with a URL (those that receive transactions).
+    pub fn receivers(&self) -> impl Iterator<Item = &AppService> {
+        self.services.iter().filter(|s| s.registration.url.is_some())
+    }
+
     fn by_token(&self, token: &str) -> Option<&AppService> {
         self.by_token.get(&token_hash(token)).map(|&i| &self.services[i])
     }

@@ -13,6 +13,7 @@ use crate::{
 
 pub mod account_data;
 pub mod appservice;
+pub mod appservice_sender;
 pub mod directory;
 pub mod e2ee;
 pub mod ephemeral;
@@ -69,14 +70,14 @@ pub struct Services {
     pub media: media::Media,
     pub key_backup: key_backup::KeyBackup,
     pub push: Arc<push::Push>,
-    pub appservices: appservice::Appservices,
+    pub appservices: Arc<appservice::Appservices>,
 }
 
 impl Services {
     pub fn new(config: Config, db: Arc<dyn Storage>) -> Result<Self> {
         let signing_key = load_or_create_signing_key(&*db, &config.server_name)?;
         let core = Arc::new(Core { config, db, signing_key: Arc::new(signing_key) });
-        let appservices = appservice::Appservices::load(core.clone())?;
+        let appservices = Arc::new(appservice::Appservices::load(core.clone())?);
         let federation = Arc::new(federation::Federation::new(core.clone())?);
         let rooms = Arc::new(rooms::Rooms::new(core.clone(), federation.clone()));
         let ephemeral = Arc::new(ephemeral::Ephemeral::new(core.clone()));

@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 pub use self::media::{FillOutcome, MediaFiles, MediaRecord, MediaStore, ThumbnailRecord};
 pub use ieum_federation::outbox::{OutboundItem, OutboundTransaction, OutboxError, OutboxSeq, OutboxStore, QueuedItem};
 
+pub mod appservice;
 pub mod backup;
 pub mod e2ee;
 pub mod media;
@@ -342,7 +343,16 @@ pub trait StreamStore: Send + Sync {
 /// ieum-federation's (the sender there drives it); an `Arc<dyn Storage>` coerces to the
 /// `Arc<dyn OutboxStore>` the sender takes.
 pub trait Storage:
-    UserStore + RoomStore + MetaStore + StreamStore + OutboxStore + e2ee::KeyStore + MediaStore + BackupStore + PushStore
+    UserStore
+    + RoomStore
+    + MetaStore
+    + StreamStore
+    + OutboxStore
+    + e2ee::KeyStore
+    + MediaStore
+    + BackupStore
+    + PushStore
+    + appservice::AppserviceStore
 {
 }
 impl<T> Storage for T where
@@ -355,6 +365,7 @@ impl<T> Storage for T where
         + MediaStore
         + BackupStore
         + PushStore
+        + appservice::AppserviceStore
 {
 }
 

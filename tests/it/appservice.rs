@@ -190,3 +190,106 @@ async fn invalid_registrations_stop_start_up_naming_the_file_and_field() {
     let error = TestServer::try_start_with(&[("IEUM_APPSERVICES__REGISTRATIONS", &list)]).await.err().expect("refused");
     assert!(error.to_string().contains("as_token") || error.to_string().contains("copy"), "{error}");
 }
+
+/// A stub appservice on loopback: records every transaction (id, Authorization, body);
+/// answers 500 while `down` is set.
+#[derive(Clone, Default)]
+struct Stub {
+    received: std::sync::Arc<std::sync::Mutex<Vec<(String, String, Value)>>>,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Stub {
+    async fn start(&self) -> String {
+        use axum::{extract::Path, http::HeaderMap, routing::put};
+        let stub = self.clone();
+        let app = axum::Router::new().route(
+            "/_matrix/app/v1/transactions/{txn}",
+            put(move |Path(txn): Path<String>, headers: HeaderMap, body: String| {
+                let stub = stub.clone();
+                async move {
+                    if stub.down.load(std::sync::atomic::Ordering::SeqCst) {
+                        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "{}");
+                    }
+                    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                    stub.received.lock().unwrap().push((txn, auth, serde_json::from_str(&body).unwrap_or(Value::Null)));
+                    (axum::http::StatusCode::OK, "{}")
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+        format!("http://{addr}")
+    }
+
+    fn bodies(&self) -> Vec<String> {
+        let received = self.received.lock().unwrap();
+        received
+            .iter()
+            .flat_map(|(_, _, body)| body["events"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["type"] == "m.room.message")
+            .map(|e| e["content"]["body"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+}
+
+async fn wait_for(what: &str, check: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn transactions_carry_interesting_events_and_survive_an_outage_and_a_restart() {
+    let stub = Stub::default();
+    let url = stub.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kakao.yaml");
+    std::fs::write(&path, registration("ieum.test").replace("http://127.0.0.1:9", &url)).unwrap();
+    let list = format!("[{:?}]", path.display().to_string());
+    let mut server = TestServer::start_with(&[("IEUM_APPSERVICES__REGISTRATIONS", &list)]).await;
+    let mut appservice = server.client();
+    appservice.token = Some(AS_TOKEN.to_owned());
+    register_ghost(&appservice, "kakao_kim").await;
+
+    let alice = server.register("alice").await;
+    let (_, bridged) = alice.raw("POST", "/_matrix/client/v3/createRoom", Some(r#"{"preset":"public_chat"}"#)).await;
+    let bridged = bridged["room_id"].as_str().unwrap().to_owned();
+    let (_, private) = alice.raw("POST", "/_matrix/client/v3/createRoom", Some("{}")).await;
+    let private = private["room_id"].as_str().unwrap().to_owned();
+    let ghost = "@kakao_kim:ieum.test";
+    let join = format!("/_matrix/client/v3/join/{bridged}?user_id={}", crate::sync::enc(ghost));
+    assert_eq!(appservice.raw("POST", &join, Some("{}")).await.0, 200);
+    let say = |room: &str, txn: &str, text: &str| {
+        let alice = alice.clone();
+        let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}");
+        let body = json!({ "msgtype": "m.text", "body": text }).to_string();
+        async move { assert_eq!(alice.raw("PUT", &path, Some(&body)).await.0, 200) }
+    };
+    say(&bridged, "1", "to the bridge").await;
+    say(&private, "2", "not for the bridge").await;
+    wait_for("the bridge gets alice's message", || stub.bodies().contains(&"to the bridge".to_owned())).await;
+    assert!(!stub.bodies().contains(&"not for the bridge".to_owned()));
+    let first = stub.received.lock().unwrap()[0].clone();
+    assert_eq!(first.1, "Bearer hs_token_for_tests_0123456789");
+
+    // The appservice is down: the transaction is retried with the same id until accepted,
+    // also across a restart of the homeserver.
+    stub.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    say(&bridged, "3", "while down").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    server.stop().await;
+    server.start_again().await;
+    stub.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    wait_for("the message sent while the bridge was down", || stub.bodies().contains(&"while down".to_owned())).await;
+    let received = stub.received.lock().unwrap().clone();
+    let ids: Vec<&String> = received.iter().map(|(id, _, _)| id).collect();
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(ids, unique, "each transaction accepted once");
+    assert_eq!(stub.bodies().iter().filter(|b| *b == "while down").count(), 1, "{:?}", stub.bodies());
+    drop(dir);
+}

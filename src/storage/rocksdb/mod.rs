@@ -8,6 +8,7 @@
 //! readers only when every smaller position is durable (see `Positions`), so a sync
 //! reader never skips a change that was committed late.
 
+mod appservice;
 mod backup;
 mod e2ee;
 mod keys;
@@ -363,6 +364,11 @@ impl RoomStore for RocksStorage {
             let mut entry = append.state_after.to_be_bytes().to_vec();
             entry.extend_from_slice(append.event_id.as_bytes());
             batch.put_cf(self.cf(cf::TIMELINE), with_u64(room, pos), entry);
+            batch.put_cf(
+                self.cf(cf::STREAM_EVENTS),
+                u64_key(pos),
+                appservice::stream_event_value(room, append.event_id.as_bytes()),
+            );
             let head = RoomHead {
                 state_group: append.state_after,
                 extremities: append.extremities,

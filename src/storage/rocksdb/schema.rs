@@ -102,6 +102,12 @@ pub const PUSHER_KEYS: &str = "pusher_keys";
 /// `pos u64 ++ index u32` -> DeliveryRecord (JSON): push-gateway deliveries still to make.
 pub const PUSH_QUEUE: &str = "push_queue";
 
+/// `pos u64` -> `room_id 0xFF event_id`: every timeline event by stream position (the
+/// appservice sender reads what happened after its cursor, across rooms).
+pub const STREAM_EVENTS: &str = "stream_events";
+/// `appservice_id` -> AppserviceState (JSON): cursor and the transaction in flight.
+pub const APPSERVICE_STATE: &str = "appservice_state";
+
 pub const ALL: &[&str] = &[
     META,
     USERS,
@@ -127,6 +133,8 @@ pub const ALL: &[&str] = &[
     RECEIPTS_STREAM,
     OUTBOX,
     OUTBOX_TXN,
+    STREAM_EVENTS,
+    APPSERVICE_STATE,
     DEVICE_KEYS,
     ONE_TIME_KEYS,
     FALLBACK_KEYS,

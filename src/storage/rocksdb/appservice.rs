@@ -1,0 +1,65 @@
+//! `AppserviceStore` on RocksDB: the `stream_events` index (written by `append_event`) and
+//! the `appservice_state` records.
+
+use ::rocksdb::{Direction as RDirection, IteratorMode, WriteBatch};
+use ruma::{OwnedEventId, OwnedRoomId};
+
+use super::{
+    RocksStorage, backend, decode, encode,
+    keys::{SEP, trailing_u64, u64_key},
+    parse_id, schema as cf,
+};
+use crate::storage::{
+    Result, StorageError, StreamPos,
+    appservice::{AppserviceState, AppserviceStore},
+};
+
+/// The `stream_events` value: `room_id 0xFF event_id`.
+pub(super) fn stream_event_value(room_id: &[u8], event_id: &[u8]) -> Vec<u8> {
+    let mut value = room_id.to_vec();
+    value.push(SEP);
+    value.extend_from_slice(event_id);
+    value
+}
+
+impl AppserviceStore for RocksStorage {
+    fn stream_events(
+        &self,
+        after: StreamPos,
+        upto: StreamPos,
+        limit: usize,
+    ) -> Result<Vec<(StreamPos, OwnedRoomId, OwnedEventId)>> {
+        let start = u64_key(after.saturating_add(1));
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf::STREAM_EVENTS), IteratorMode::From(&start, RDirection::Forward)) {
+            let (key, value) = item.map_err(backend)?;
+            let Some(pos) = trailing_u64(&key) else { break };
+            if pos > upto || out.len() >= limit {
+                break;
+            }
+            let split = value
+                .iter()
+                .position(|b| *b == SEP)
+                .ok_or_else(|| StorageError::Corrupt { table: cf::STREAM_EVENTS, detail: "no separator".into() })?;
+            out.push((
+                pos,
+                parse_id(cf::STREAM_EVENTS, &value[..split])?,
+                parse_id(cf::STREAM_EVENTS, &value[split + 1..])?,
+            ));
+        }
+        Ok(out)
+    }
+
+    fn appservice_state(&self, id: &str) -> Result<Option<AppserviceState>> {
+        match self.get(cf::APPSERVICE_STATE, id.as_bytes())? {
+            Some(bytes) => decode(cf::APPSERVICE_STATE, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn put_appservice_state(&self, id: &str, state: &AppserviceState) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(cf::APPSERVICE_STATE), id.as_bytes(), encode(state));
+        self.write(batch)
+    }
+}
