@@ -40,6 +40,7 @@ pub fn client_routes() -> Router<App> {
     // Accounts and sessions.
     let r = route::<c::account::register::v3::Request, _, _>(r, account::register);
     let r = route::<c::account::get_username_availability::v3::Request, _, _>(r, account::username_available);
+    let r = route::<c::appservice::request_ping::v1::Request, _, _>(r, account::appservice_ping);
     let r = route::<c::account::check_registration_token_validity::v1::Request, _, _>(
         r,
         account::registration_token_validity,

@@ -15,10 +15,15 @@ use crate::error::{Error, Result};
 
 pub struct Appservices {
     core: Arc<Core>,
+    /// Requests to appservices (ping, user and alias queries).
+    client: reqwest::Client,
     services: Vec<AppService>,
     /// SHA-256 of each as_token -> index in `services`.
     by_token: HashMap<[u8; 32], usize>,
 }
+
+/// How long a ping or a query may take.
+const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Who an appservice request acts as.
 pub struct Acting {
@@ -37,7 +42,12 @@ impl Appservices {
         for service in &services {
             tracing::info!(id = %service.registration.id, "application service registered");
         }
-        Ok(Self { core, services, by_token })
+        let client = reqwest::Client::builder()
+            .timeout(QUERY_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Ok(Self { core, client, services, by_token })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -137,6 +147,141 @@ impl Appservices {
                     Err(error) => return Err(error),
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// `POST /_matrix/client/v1/appservice/{appserviceId}/ping`: the homeserver pings the
+    /// appservice (`POST {url}/_matrix/app/v1/ping`) and answers how long it took.
+    pub async fn ping(
+        &self,
+        acting_appservice: &str,
+        appservice_id: &str,
+        transaction_id: Option<&str>,
+    ) -> Result<std::time::Duration> {
+        use ruma::api::error::{BadStatusErrorData, ErrorKind};
+        if acting_appservice != appservice_id {
+            return Err(Error::forbidden("You may only ping your own application service."));
+        }
+        let service = self
+            .services
+            .iter()
+            .find(|s| s.registration.id == appservice_id)
+            .ok_or_else(|| Error::forbidden("Unknown application service."))?;
+        let Some(url) = &service.registration.url else {
+            return Err(Error::Matrix { kind: ErrorKind::UrlNotSet, message: "The registration has no url.".into() });
+        };
+        let mut body = serde_json::Map::new();
+        if let Some(id) = transaction_id {
+            body.insert("transaction_id".into(), serde_json::Value::String(id.to_owned()));
+        }
+        let started = std::time::Instant::now();
+        let answer = self
+            .client
+            .post(format!("{}/_matrix/app/v1/ping", url.trim_end_matches('/')))
+            .bearer_auth(&service.registration.hs_token)
+            .header("content-type", "application/json")
+            .body(serde_json::Value::Object(body).to_string())
+            .send()
+            .await;
+        let status = ruma::exports::http::StatusCode::BAD_GATEWAY;
+        match answer {
+            Err(error) if error.is_timeout() => Err(Error::WithStatus {
+                kind: ErrorKind::ConnectionTimeout,
+                message: "The application service did not answer in time.".into(),
+                status: ruma::exports::http::StatusCode::GATEWAY_TIMEOUT,
+            }),
+            Err(error) => Err(Error::WithStatus {
+                kind: ErrorKind::ConnectionFailed,
+                message: format!("Cannot reach the application service: {error}"),
+                status,
+            }),
+            Ok(response) if !response.status().is_success() => {
+                let mut data = BadStatusErrorData::new();
+                data.status = ruma::exports::http::StatusCode::from_u16(response.status().as_u16()).ok();
+                data.body = response.text().await.ok();
+                Err(Error::WithStatus {
+                    kind: ErrorKind::BadStatus(data),
+                    message: "The application service answered with an error.".into(),
+                    status,
+                })
+            }
+            Ok(_) => Ok(started.elapsed()),
+        }
+    }
+
+    /// A local user that does not exist may be one an appservice creates on demand: asks
+    /// each appservice whose namespace holds it (`GET /_matrix/app/v1/users/{userId}`).
+    /// True when one answered yes (and so should have registered it).
+    pub async fn query_user(&self, user_id: &UserId) -> bool {
+        for service in self.services.iter().filter(|s| s.is_interested_in_user(user_id.as_str())) {
+            let Some(url) = &service.registration.url else { continue };
+            let url = format!("{}/_matrix/app/v1/users/{}", url.trim_end_matches('/'), encode(user_id.as_str()));
+            if self.query(&url, &service.registration.hs_token).await {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// An unknown local alias in an appservice's namespace: asks it
+    /// (`GET /_matrix/app/v1/rooms/{alias}`); true when it answered yes (and created it).
+    pub async fn query_alias(&self, alias: &str) -> bool {
+        for service in self.services.iter().filter(|s| s.is_interested_in_alias(alias)) {
+            let Some(url) = &service.registration.url else { continue };
+            let url = format!("{}/_matrix/app/v1/rooms/{}", url.trim_end_matches('/'), encode(alias));
+            if self.query(&url, &service.registration.hs_token).await {
+                return true;
+            }
+        }
+        false
+    }
+
+    async fn query(&self, url: &str, hs_token: &str) -> bool {
+        match self.client.get(url).bearer_auth(hs_token).send().await {
+            Ok(response) => response.status().is_success(),
+            Err(error) => {
+                tracing::info!(%url, %error, "application service query failed");
+                false
+            }
+        }
+    }
+}
+
+/// Percent-encodes a path segment.
+fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl super::Services {
+    /// A local alias, asking the appservice whose namespace holds it when it is unknown.
+    pub async fn resolve_local_alias(&self, alias: &ruma::RoomAliasId) -> Result<(ruma::OwnedRoomId, Vec<String>)> {
+        match self.directory.resolve_alias(alias) {
+            Err(Error::Matrix { kind: ruma::api::error::ErrorKind::NotFound, .. })
+                if self.appservices.query_alias(alias.as_str()).await =>
+            {
+                self.directory.resolve_alias(alias)
+            }
+            other => other,
+        }
+    }
+
+    /// Gives the appservice whose namespace holds an unknown local user the chance to
+    /// create it (a profile lookup or an invite touching a ghost not registered yet).
+    pub async fn touch_local_user(&self, user_id: &UserId) -> Result<()> {
+        if user_id.server_name() == self.server_name()
+            && self.core.db.user(user_id)?.is_none()
+            && !self.appservices.is_empty()
+        {
+            self.appservices.query_user(user_id).await;
         }
         Ok(())
     }

@@ -197,26 +197,60 @@ async fn invalid_registrations_stop_start_up_naming_the_file_and_field() {
 struct Stub {
     received: std::sync::Arc<std::sync::Mutex<Vec<(String, String, Value)>>>,
     down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Pings and user/alias queries received (path).
+    queries: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Stub {
     async fn start(&self) -> String {
-        use axum::{extract::Path, http::HeaderMap, routing::put};
+        use axum::{
+            extract::Path,
+            http::HeaderMap,
+            routing::{get, post, put},
+        };
         let stub = self.clone();
-        let app = axum::Router::new().route(
-            "/_matrix/app/v1/transactions/{txn}",
-            put(move |Path(txn): Path<String>, headers: HeaderMap, body: String| {
-                let stub = stub.clone();
-                async move {
-                    if stub.down.load(std::sync::atomic::Ordering::SeqCst) {
-                        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "{}");
-                    }
+        let (q1, q2, q3) = (self.queries.clone(), self.queries.clone(), self.queries.clone());
+        let app = axum::Router::new()
+            .route(
+                "/_matrix/app/v1/ping",
+                post(move |headers: HeaderMap, body: String| async move {
                     let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-                    stub.received.lock().unwrap().push((txn, auth, serde_json::from_str(&body).unwrap_or(Value::Null)));
-                    (axum::http::StatusCode::OK, "{}")
-                }
-            }),
-        );
+                    q1.lock().unwrap().push(format!("ping {auth} {body}"));
+                    "{}"
+                }),
+            )
+            .route(
+                "/_matrix/app/v1/users/{user}",
+                get(move |Path(user): Path<String>| async move {
+                    q2.lock().unwrap().push(format!("user {user}"));
+                    (axum::http::StatusCode::NOT_FOUND, "{}")
+                }),
+            )
+            .route(
+                "/_matrix/app/v1/rooms/{alias}",
+                get(move |Path(alias): Path<String>| async move {
+                    q3.lock().unwrap().push(format!("alias {alias}"));
+                    (axum::http::StatusCode::NOT_FOUND, "{}")
+                }),
+            )
+            .route(
+                "/_matrix/app/v1/transactions/{txn}",
+                put(move |Path(txn): Path<String>, headers: HeaderMap, body: String| {
+                    let stub = stub.clone();
+                    async move {
+                        if stub.down.load(std::sync::atomic::Ordering::SeqCst) {
+                            return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "{}");
+                        }
+                        let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                        stub.received.lock().unwrap().push((
+                            txn,
+                            auth,
+                            serde_json::from_str(&body).unwrap_or(Value::Null),
+                        ));
+                        (axum::http::StatusCode::OK, "{}")
+                    }
+                }),
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.ok() });
@@ -291,5 +325,55 @@ async fn transactions_carry_interesting_events_and_survive_an_outage_and_a_resta
     unique.dedup();
     assert_eq!(ids, unique, "each transaction accepted once");
     assert_eq!(stub.bodies().iter().filter(|b| *b == "while down").count(), 1, "{:?}", stub.bodies());
+    drop(dir);
+}
+
+#[tokio::test]
+async fn ping_and_queries_reach_the_appservice() {
+    let stub = Stub::default();
+    let url = stub.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kakao.yaml");
+    std::fs::write(&path, registration("ieum.test").replace("http://127.0.0.1:9", &url)).unwrap();
+    let list = format!("[{:?}]", path.display().to_string());
+    let server = TestServer::start_with(&[("IEUM_APPSERVICES__REGISTRATIONS", &list)]).await;
+    let mut appservice = server.client();
+    appservice.token = Some(AS_TOKEN.to_owned());
+
+    let (status, body) =
+        appservice.raw("POST", "/_matrix/client/v1/appservice/kakao/ping", Some(r#"{"transaction_id":"p1"}"#)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["duration_ms"].is_u64(), "{body}");
+    assert!(stub.queries.lock().unwrap().iter().any(|q| q.contains("Bearer hs_token_for_tests") && q.contains("p1")));
+    let (status, body) = appservice.raw("POST", "/_matrix/client/v1/appservice/other/ping", Some("{}")).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
+    let alice = server.register("alice").await;
+    let (status, _) = alice.raw("POST", "/_matrix/client/v1/appservice/kakao/ping", Some("{}")).await;
+    assert_eq!(status, 403, "users may not ping");
+
+    // Unknown users and aliases in the namespaces are asked about.
+    let (status, _) = alice.raw("GET", "/_matrix/client/v3/profile/@kakao_new:ieum.test", None).await;
+    assert_eq!(status, 404);
+    let (status, _) = alice.raw("GET", "/_matrix/client/v3/directory/room/%23kakao_new:ieum.test", None).await;
+    assert_eq!(status, 404);
+    let queries = stub.queries.lock().unwrap().clone();
+    assert!(queries.contains(&"user @kakao_new:ieum.test".to_owned()), "{queries:?}");
+    assert!(queries.contains(&"alias #kakao_new:ieum.test".to_owned()), "{queries:?}");
+    drop(dir);
+}
+
+#[tokio::test]
+async fn a_ping_to_an_appservice_that_is_down_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kakao.yaml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(&path, registration("ieum.test").replace("http://127.0.0.1:9", &format!("http://127.0.0.1:{port}")))
+        .unwrap();
+    let list = format!("[{:?}]", path.display().to_string());
+    let server = TestServer::start_with(&[("IEUM_APPSERVICES__REGISTRATIONS", &list)]).await;
+    let mut appservice = server.client();
+    appservice.token = Some(AS_TOKEN.to_owned());
+    let (status, body) = appservice.raw("POST", "/_matrix/client/v1/appservice/kakao/ping", Some("{}")).await;
+    assert_eq!((status, body["errcode"].as_str()), (502, Some("M_CONNECTION_FAILED")), "{body}");
     drop(dir);
 }

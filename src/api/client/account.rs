@@ -107,6 +107,19 @@ async fn register_appservice_user(app: App, req: Ruma<register::v3::Request>) ->
     Ok(response)
 }
 
+/// `POST /_matrix/client/v1/appservice/{appserviceId}/ping`
+pub async fn appservice_ping(
+    app: App,
+    req: Ruma<ruma::api::client::appservice::request_ping::v1::Request>,
+) -> Result<ruma::api::client::appservice::request_ping::v1::Response> {
+    let acting = req.user()?.appservice.clone().unwrap_or_default();
+    let duration = app
+        .appservices
+        .ping(&acting, &req.body.appservice_id, req.body.transaction_id.as_ref().map(|t| t.as_str()))
+        .await?;
+    Ok(ruma::api::client::appservice::request_ping::v1::Response::new(duration))
+}
+
 /// `GET /_matrix/client/v3/register/available`
 pub async fn username_available(
     app: App,
@@ -327,6 +340,7 @@ fn local_profile(app: &App, user_id: &UserId) -> Result<(Option<String>, Option<
 
 /// `GET /_matrix/client/v3/profile/{userId}`
 pub async fn get_profile(app: App, req: Ruma<get_profile::v3::Request>) -> Result<get_profile::v3::Response> {
+    app.touch_local_user(&req.body.user_id).await?;
     let (displayname, avatar_url) = local_profile(&app, &req.body.user_id)?;
     let mut response = get_profile::v3::Response::new();
     if let Some(name) = displayname {

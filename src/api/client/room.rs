@@ -104,6 +104,7 @@ pub async fn invite_user(app: App, req: Ruma<invite_user::v3::Request>) -> Resul
     let invite_user::v3::InvitationRecipient::UserId(invitee) = &req.body.recipient else {
         return Err(Error::forbidden("Third-party invites are not supported on this server."));
     };
+    app.touch_local_user(&invitee.user_id).await?;
     app.rooms.invite(&session.user_id, &req.body.room_id, &invitee.user_id, invitee.reason.as_deref(), false).await?;
     Ok(invite_user::v3::Response::new())
 }
@@ -438,7 +439,7 @@ pub async fn get_alias(app: App, req: Ruma<get_alias::v3::Request>) -> Result<ge
         let (room_id, servers) = app.rooms.resolve_room_with_servers(<&ruma::RoomOrAliasId>::from(&**alias)).await?;
         return Ok(get_alias::v3::Response::new(room_id, servers));
     }
-    let (room_id, servers) = app.directory.resolve_alias(alias)?;
+    let (room_id, servers) = app.resolve_local_alias(alias).await?;
     let servers = servers.iter().filter_map(|s| ruma::ServerName::parse(s).ok()).collect();
     Ok(get_alias::v3::Response::new(room_id, servers))
 }

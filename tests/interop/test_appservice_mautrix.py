@@ -1,0 +1,450 @@
+"""Scenario "appservice_mautrix": a mautrix-python application service against each server.
+
+Owns the scenario: one homeserver per server kind started with an appservice
+registration (the spec's YAML: sender_localpart `bridgebot`, exclusive users
+`@bridge_.*` and aliases `#bridge_.*`), a mautrix `AppService` receiving
+transactions on a loopback aiohttp server, and what the appservice API promises:
+the sender_localpart user exists, ghosts are registered with
+m.login.application_service and act through `?user_id=` masquerading, `?ts=`
+timestamp massaging on message and state events, events of interested rooms pushed
+to the appservice in transactions (each event exactly once), and exclusive
+namespaces refused to everybody else. The scenario runs against Synapse (the
+reference) and ieum; each run records normalized observations and the last test
+of this module compares them.
+
+Negative checks use plain HTTP (fedkit.Client) so failures quote the exact request
+and answer; everything a bridge does goes through mautrix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import secrets
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import pytest
+import yaml
+from aiohttp import web
+from mautrix.appservice import AppService
+from mautrix.errors import MatrixRequestError
+from mautrix.types import EventType, RoomTopicStateEventContent, UserID
+
+from fedkit import PASSWORD, Client, MatrixError, q, start_server
+from peers.ieum import IeumBinaryMissing, IeumServer, ieum_binary
+from peers.process import LOOPBACK, free_port
+from peers.synapse import SynapseServer
+
+SCENARIO = "appservice_mautrix"
+SERVERS = ["synapse", "ieum"]
+AS_ID = "mautrix-interop"
+BOT_LOCALPART = "bridgebot"
+GHOST_LOCALPART = "bridge_ghost"
+GHOST_DISPLAYNAME = "Bridged Ghost"
+#: massaged timestamps of the ghost's messages (well in the past, one minute apart)
+MASSAGED_TS = [1_600_000_000_000 + i * 60_000 for i in range(3)]
+MASSAGED_TOPIC_TS = 1_600_000_500_000
+#: seconds to wait for a transaction to reach the appservice
+TXN_DEADLINE = 10.0
+#: seconds to keep listening after an event arrived (to catch duplicates)
+SETTLE = 2.0
+
+#: server kind -> normalized observations (compared by test_zz_appservice_agrees)
+RESULTS: dict[str, dict] = {}
+
+
+# -- servers with a registration ---------------------------------------------------
+
+
+class AppserviceHomeserver:
+    """A homeserver started with one appservice registration, plus that registration."""
+
+    def __init__(self, server, registration: dict, as_port: int):
+        self.server = server
+        self.registration = registration
+        self.as_port = as_port
+
+    # conftest.py attaches the log tail of `homeserver` to failures through these
+    @property
+    def name(self) -> str:
+        return self.server.name
+
+    @property
+    def proc(self):
+        return self.server.proc
+
+    def is_running(self) -> bool:
+        return self.server.is_running()
+
+    def log_tail(self, lines: int = 60) -> str:
+        return self.server.log_tail(lines)
+
+
+def registration_for(server_name: str, as_port: int) -> dict:
+    domain = re.escape(server_name)
+    return {
+        "id": AS_ID,
+        "url": f"http://{LOOPBACK}:{as_port}",
+        "as_token": "as_" + secrets.token_hex(16),
+        "hs_token": "hs_" + secrets.token_hex(16),
+        "sender_localpart": BOT_LOCALPART,
+        "rate_limited": False,
+        "namespaces": {
+            "users": [{"exclusive": True, "regex": f"@bridge_.*:{domain}"}],
+            "aliases": [{"exclusive": True, "regex": f"#bridge_.*:{domain}"}],
+            "rooms": [],
+        },
+    }
+
+
+@pytest.fixture(scope="module", params=SERVERS)
+def homeserver(request, tmp_path_factory):
+    """Named like conftest's fixture so failures carry this server's log tail."""
+    kind = request.param
+    tmp = tmp_path_factory.mktemp(f"as-{kind}")
+    port = free_port()
+    as_port = free_port()
+    server_name = f"localhost:{port}"
+    registration = registration_for(server_name, as_port)
+    reg_path = tmp / "registration.yaml"
+    reg_path.write_text(yaml.safe_dump(registration, sort_keys=False))
+    if kind == "synapse":
+        server = SynapseServer(port, tmp / "server",
+                               extra_config={"app_service_config_files": [str(reg_path)]})
+    else:
+        try:
+            binary = ieum_binary()
+        except IeumBinaryMissing as exc:
+            pytest.fail(str(exc), pytrace=False)  # never skip the ieum side
+        server = IeumServer(port, tmp / "server", binary=binary, extra_env={
+            "RUST_LOG": "info,ieum=debug",
+            "IEUM_RATE_LIMITS__ENABLED": "false",
+            "IEUM_APPSERVICES__REGISTRATIONS": json.dumps([str(reg_path)]),
+        })
+    assert server.server_name == server_name
+    start_server(server)
+    request.addfinalizer(server.stop)
+    return AppserviceHomeserver(server, registration, as_port)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+class AnonClient(Client):
+    """A client without any access token (fedkit.Client always sends `Bearer <token>`,
+    and Synapse refuses /register when any access token is present)."""
+
+    def __init__(self, server):
+        super().__init__(server, "", "")
+
+    def call(self, method, path, body=None, query=None, timeout=30.0,
+             prefix="/_matrix/client/v3"):
+        url = f"{self.server.base_url}{prefix}{path}"
+        if query:
+            url += "?" + urllib.parse.urlencode(query, doseq=True)
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = raw.decode(errors="replace")
+            raise MatrixError(f"(no token) {method} {prefix}{path} {query or ''} "
+                              f"{json.dumps(body) if body is not None else ''}",
+                              exc.code, parsed) from None
+
+
+async def call(client: Client, method: str, path: str, body=None, query=None) -> dict:
+    """Client.call in a thread: the appservice's aiohttp server keeps serving meanwhile."""
+    return await asyncio.to_thread(client.call, method, path, body, query)
+
+
+async def refused(client: Client, method: str, path: str, body=None, query=None) -> tuple:
+    """(status, errcode) of a request that must fail; fails the test if it succeeds."""
+    try:
+        resp = await call(client, method, path, body, query)
+    except MatrixError as exc:
+        errcode = exc.body.get("errcode") if isinstance(exc.body, dict) else None
+        return exc.status, errcode
+    pytest.fail(f"{client} {method} {path} {query or ''} {json.dumps(body)}: expected an "
+                f"error, got 200 {json.dumps(resp)[:500]}", pytrace=False)
+
+
+async def register_user(server, localpart: str) -> Client:
+    """A normal user through POST /register with m.login.dummy (UIA session if asked)."""
+    anon = AnonClient(server)
+    body = {"username": localpart, "password": PASSWORD, "auth": {"type": "m.login.dummy"},
+            "initial_device_display_name": "interop"}
+    try:
+        resp = await call(anon, "POST", "/register", body)
+    except MatrixError as exc:
+        if exc.status != 401 or not isinstance(exc.body, dict) or "session" not in exc.body:
+            raise
+        body["auth"]["session"] = exc.body["session"]
+        resp = await call(anon, "POST", "/register", body)
+    return Client(server, resp["user_id"], resp["access_token"])
+
+
+async def register_refusal(server, localpart: str) -> tuple:
+    """(status, errcode) of a normal user's POST /register for a reserved name."""
+    anon = AnonClient(server)
+    body = {"username": localpart, "password": PASSWORD, "auth": {"type": "m.login.dummy"}}
+    try:
+        resp = await call(anon, "POST", "/register", body)
+    except MatrixError as exc:
+        if exc.status == 401 and isinstance(exc.body, dict) and "session" in exc.body \
+                and "errcode" not in exc.body:
+            body["auth"]["session"] = exc.body["session"]
+            return await refused(anon, "POST", "/register", body)
+        return exc.status, exc.body.get("errcode") if isinstance(exc.body, dict) else None
+    pytest.fail(f"POST /register username={localpart!r}: expected M_EXCLUSIVE, got 200 "
+                f"{json.dumps(resp)[:500]}", pytrace=False)
+
+
+class TransactionLog:
+    """Every transaction request reaching the appservice's HTTP server, in arrival order."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler):
+        entry = {"path": request.path, "method": request.method,
+                 "authorization": request.headers.get("Authorization"),
+                 "query_token": "access_token" in request.query}
+        if "/transactions/" in request.path:
+            try:
+                body = await request.json()
+            except ValueError:
+                body = None
+            entry["txn_id"] = request.match_info.get("transaction_id") or \
+                request.path.rsplit("/", 1)[-1]
+            entry["event_ids"] = [ev.get("event_id") for ev in (body or {}).get("events") or []]
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            entry["status"] = exc.status
+            self.requests.append(entry)
+            raise
+        entry["status"] = response.status
+        self.requests.append(entry)
+        return response
+
+    def txn_ids_with(self, event_id: str) -> set[str]:
+        return {r["txn_id"] for r in self.requests
+                if r.get("status") == 200 and event_id in r.get("event_ids", ())}
+
+
+# -- the scenario ----------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_mautrix_appservice(homeserver, observations):
+    server = homeserver.server
+    reg = homeserver.registration
+    domain = server.server_name
+    obs = observations.record(SCENARIO, server.name)
+    notes = observations.note(SCENARIO, server.name)
+    obs["steps"] = []
+    RESULTS[server.name] = obs
+    bot_id = f"@{BOT_LOCALPART}:{domain}"
+    ghost_id = UserID(f"@{GHOST_LOCALPART}:{domain}")
+
+    def label(user_id):
+        if user_id is None:
+            return None
+        return {bot_id: "@bot", ghost_id: "@ghost"}.get(user_id) or \
+            ("@alice" if user_id.startswith("@alice") else re.sub(r":.*$", ":<server>", user_id))
+
+    # 1. the appservice, receiving transactions on loopback
+    txns = TransactionLog()
+    received: list = []
+    appserv = AppService(
+        server=server.base_url, domain=domain, as_token=reg["as_token"],
+        hs_token=reg["hs_token"], bot_localpart=BOT_LOCALPART, id=AS_ID,
+        log=logging.getLogger(f"mautrix.{server.name}"),
+        aiohttp_params={"middlewares": [txns.middleware]},
+    )
+
+    @appserv.matrix_event_handler
+    async def on_event(evt):
+        received.append(evt)
+
+    await appserv.start(host=LOOPBACK, port=homeserver.as_port)
+    try:
+        bot = appserv.intent
+        whoami = await bot.whoami()
+        assert whoami.user_id == bot_id, f"as_token resolves to {whoami.user_id}, not {bot_id}"
+        obs["bot_whoami"] = label(whoami.user_id)
+        obs["steps"].append("bot")
+
+        # Not required by the scenario (mautrix's AppService never pings by itself;
+        # its bridge framework does): reported only.
+        try:
+            duration = await bot.appservice_ping(AS_ID, txn_id="interop-ping")
+            notes["ping"] = f"ok (duration_ms={duration})"
+        except MatrixRequestError as exc:
+            notes["ping"] = f"HTTP {exc.http_status} {exc.errcode}: {exc.message}"
+
+        # 2. a normal user's room; the ghost registers, gets a display name, joins
+        alice = await register_user(server, f"alice{secrets.token_hex(3)}")
+        room_id = (await call(alice, "POST", "/createRoom", {
+            "preset": "private_chat", "name": "Appservice room",
+            "power_level_content_override": {"users": {ghost_id: 50}},  # merged with defaults
+        }))["room_id"]
+        await call(alice, "POST", f"/rooms/{q(room_id)}/invite", {"user_id": ghost_id})
+
+        ghost = bot.user(ghost_id)
+        await ghost.ensure_registered()
+        assert (await ghost.whoami()).user_id == ghost_id
+        # registering again: M_USER_IN_USE (ensure_registered relies on it)
+        as_client = Client(server, bot_id, reg["as_token"])
+        again = await refused(as_client, "POST", "/register",
+                              {"type": "m.login.application_service",
+                               "username": GHOST_LOCALPART, "inhibit_login": True})
+        assert again == (400, "M_USER_IN_USE"), f"re-registering the ghost: {again}"
+        obs["ghost_reregister"] = list(again)
+        await ghost.set_displayname(GHOST_DISPLAYNAME)
+        await ghost.ensure_joined(room_id)
+        profile = await call(alice, "GET", f"/profile/{q(ghost_id)}/displayname")
+        assert profile.get("displayname") == GHOST_DISPLAYNAME, profile
+        members = await call(alice, "GET", f"/rooms/{q(room_id)}/members")
+        ghost_member = [ev for ev in members["chunk"] if ev["state_key"] == ghost_id]
+        assert ghost_member and ghost_member[0]["content"].get("membership") == "join", members
+        assert ghost_member[0]["content"].get("displayname") == GHOST_DISPLAYNAME, ghost_member
+        obs["ghost_member"] = {"membership": "join", "displayname": GHOST_DISPLAYNAME}
+        obs["steps"].append("ghost joined")
+
+        # 3. timestamp massaging on messages and on a state event
+        texts = [f"bridged message {i}" for i in range(len(MASSAGED_TS))]
+        sent_ids = []
+        for text, ts in zip(texts, MASSAGED_TS):
+            sent_ids.append(await ghost.send_text(room_id, text, timestamp=ts))
+        topic_id = await ghost.send_state_event(
+            room_id, EventType.ROOM_TOPIC, RoomTopicStateEventContent(topic="bridged topic"),
+            timestamp=MASSAGED_TOPIC_TS)
+        history = (await call(alice, "GET", f"/rooms/{q(room_id)}/messages",
+                              query={"dir": "b", "limit": 100}))["chunk"]
+        history.reverse()  # chronological
+        ghost_msgs = [ev for ev in history
+                      if ev.get("type") == "m.room.message" and ev.get("sender") == ghost_id]
+        seen = [(ev["event_id"], ev["content"].get("body"), ev["origin_server_ts"])
+                for ev in ghost_msgs]
+        assert seen == list(zip(sent_ids, texts, MASSAGED_TS)), \
+            f"ghost messages in /messages (event id, body, origin_server_ts): {seen}"
+        topic = [ev for ev in history if ev.get("event_id") == topic_id]
+        assert topic and topic[0]["sender"] == ghost_id \
+            and topic[0]["origin_server_ts"] == MASSAGED_TOPIC_TS, f"topic event: {topic}"
+        obs["massaged_messages"] = [[label(ev["sender"]), ev["content"].get("body"),
+                                     ev["origin_server_ts"]] for ev in ghost_msgs]
+        obs["massaged_topic_ts"] = topic[0]["origin_server_ts"]
+        obs["steps"].append("ts massaging")
+
+        # 4. a normal user's message reaches the appservice in a transaction, once
+        text = f"hello bridge {secrets.token_hex(4)}"
+        event_id = (await call(alice, "PUT",
+                               f"/rooms/{q(room_id)}/send/m.room.message/as{secrets.token_hex(4)}",
+                               {"msgtype": "m.text", "body": text}))["event_id"]
+        deadline = time.monotonic() + TXN_DEADLINE
+        while time.monotonic() < deadline and not any(e.event_id == event_id for e in received):
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(SETTLE)
+        got = [e for e in received if e.event_id == event_id]
+        assert len(got) == 1, (
+            f"appservice handler saw {alice.user_id}'s message {event_id} {len(got)} times "
+            f"within {TXN_DEADLINE:.0f}s (+{SETTLE:.0f}s); transaction requests: "
+            f"{json.dumps(txns.requests)[-3000:]}")
+        assert got[0].sender == alice.user_id and got[0].room_id == room_id \
+            and got[0].content.body == text, got[0]
+        accepted_in = txns.txn_ids_with(event_id)
+        assert len(accepted_in) == 1, f"{event_id} accepted in transactions {accepted_in}"
+        txn_requests = [r for r in txns.requests if "/transactions/" in r["path"]]
+        assert all(r["path"].startswith("/_matrix/app/v1/transactions/") and r["method"] == "PUT"
+                   for r in txn_requests), txn_requests
+        assert all(r["authorization"] == f"Bearer {reg['hs_token']}" for r in txn_requests), \
+            f"transactions without `Authorization: Bearer <hs_token>`: {txn_requests}"
+        obs["user_message_deliveries"] = len(got)
+        notes["transactions"] = (f"{len(txn_requests)} requests, "
+                                 f"{len({r.get('txn_id') for r in txn_requests})} txn ids, "
+                                 f"statuses {sorted({r['status'] for r in txn_requests})}, "
+                                 f"access_token query also sent: "
+                                 f"{any(r['query_token'] for r in txn_requests)}")
+        other_paths = sorted({r["path"] for r in txns.requests} -
+                             {r["path"] for r in txn_requests})
+        notes["other_requests_to_appservice"] = other_paths or "none"
+        # what the appservice heard about the room (set: batching may differ)
+        in_room = [e for e in received if getattr(e, "room_id", None) == room_id]
+        obs["room_events_received"] = sorted({
+            json.dumps([str(e.type), label(e.sender),
+                        label(getattr(e, "state_key", None)) if getattr(e, "state_key", None)
+                        else getattr(e, "state_key", None),
+                        getattr(e.content, "membership", None) and str(e.content.membership)])
+            for e in in_room})
+        obs["steps"].append("transaction")
+
+        # 5. exclusivity
+        anon = AnonClient(server)
+        obs["register_reserved"] = list(await register_refusal(server, "bridge_x"))
+        assert obs["register_reserved"] == [400, "M_EXCLUSIVE"], obs["register_reserved"]
+        obs["available_reserved"] = list(await refused(
+            anon, "GET", "/register/available", query={"username": "bridge_x"}))
+        assert obs["available_reserved"] == [400, "M_EXCLUSIVE"], obs["available_reserved"]
+        # the appservice registering outside its namespace
+        obs["as_register_outside"] = list(await refused(
+            as_client, "POST", "/register",
+            {"type": "m.login.application_service", "username": "outsider"}))
+        assert obs["as_register_outside"] == [400, "M_EXCLUSIVE"], obs["as_register_outside"]
+        # masquerading outside the namespace (an existing user) and as an unregistered ghost
+        for key, user_id in [("masquerade_outside", alice.user_id),
+                             ("masquerade_unregistered", f"@bridge_nobody:{domain}")]:
+            obs[key] = list(await refused(as_client, "GET", "/account/whoami",
+                                          query={"user_id": user_id}))
+            assert obs[key][0] == 403, f"{key}: {obs[key]}"
+        # through mautrix as well: an intent for a user outside the namespace is refused
+        try:
+            await bot.user(alice.user_id).whoami()
+        except MatrixRequestError as exc:
+            obs["mautrix_masquerade_outside"] = [exc.http_status, exc.errcode]
+        else:
+            pytest.fail("mautrix intent masquerading as a normal user was accepted",
+                        pytrace=False)
+        assert obs["mautrix_masquerade_outside"][0] == 403
+        # exclusive aliases: refused to the normal user, fine for the appservice
+        alias = f"#bridge_room{secrets.token_hex(3)}:{domain}"
+        obs["alias_by_user"] = list(await refused(
+            alice, "PUT", f"/directory/room/{q(alias)}", {"room_id": room_id}))
+        assert obs["alias_by_user"] == [400, "M_EXCLUSIVE"], obs["alias_by_user"]
+        await bot.add_room_alias(room_id, alias.split(":")[0][1:])
+        resolved = await call(alice, "GET", f"/directory/room/{q(alias)}")
+        assert resolved["room_id"] == room_id, resolved
+        obs["alias_by_appservice"] = "resolves"
+        obs["steps"].append("exclusivity")
+        obs["completed"] = True
+    finally:
+        await appserv.stop()
+
+
+def test_zz_appservice_agrees():
+    """ieum's normalized observations equal Synapse's (runs after both scenarios)."""
+    missing = [s for s in SERVERS if s not in RESULTS]
+    if missing:
+        pytest.fail(f"the scenario did not run against {missing} in this session",
+                    pytrace=False)
+    ref, cand = RESULTS["synapse"], RESULTS["ieum"]
+    if not ref.get("completed"):
+        pytest.fail("the scenario failed against Synapse: the reference is untrusted",
+                    pytrace=False)
+    diffs = [f"  {key}:\n    synapse: {json.dumps(ref.get(key, '<missing>'))}\n"
+             f"    ieum:    {json.dumps(cand.get(key, '<missing>'))}"
+             for key in sorted(set(ref) | set(cand)) if ref.get(key) != cand.get(key)]
+    assert not diffs, "ieum differs from Synapse:\n" + "\n".join(diffs)
