@@ -127,6 +127,11 @@ impl Appservices {
         }
     }
 
+    /// Whether the alias is in the namespace of appservice `id`.
+    pub fn alias_in_namespace(&self, id: Option<&str>, alias: &str) -> bool {
+        id.is_some_and(|id| self.services.iter().any(|s| s.registration.id == id && s.is_interested_in_alias(alias)))
+    }
+
     /// Refuses an alias that an appservice other than `acting_appservice` owns exclusively.
     pub fn check_alias_not_exclusive(&self, alias: &str, acting_appservice: Option<&str>) -> Result<()> {
         match self.services.iter().find(|s| s.is_exclusive_alias(alias)) {

@@ -36,15 +36,23 @@ impl Directory {
         Self { core, rooms }
     }
 
-    /// `PUT /directory/room/{alias}`: only local aliases, only members may point them.
-    pub fn create_alias(&self, user_id: &UserId, alias: &RoomAliasId, room_id: &RoomId) -> Result<()> {
+    /// `PUT /directory/room/{alias}`: only local aliases, only members may point them (an
+    /// application service may point an alias of its own namespace without being a member:
+    /// `in_own_namespace`, as bridges do).
+    pub fn create_alias(
+        &self,
+        user_id: &UserId,
+        alias: &RoomAliasId,
+        room_id: &RoomId,
+        in_own_namespace: bool,
+    ) -> Result<()> {
         if alias.server_name() != self.core.server_name() {
             return Err(Error::invalid_param("Aliases must be on this server."));
         }
         if self.rooms.room_record(room_id)?.is_none() {
             return Err(Error::not_found("Unknown room."));
         }
-        if !self.rooms.is_joined(room_id, user_id)? {
+        if !in_own_namespace && !self.rooms.is_joined(room_id, user_id)? {
             return Err(Error::forbidden("You must be in the room to give it an alias."));
         }
         if !self.core.db.create_alias(alias, room_id, user_id)? {

@@ -126,7 +126,8 @@ pub async fn username_available(
     req: Ruma<get_username_availability::v3::Request>,
 ) -> Result<get_username_availability::v3::Response> {
     app.ratelimit.check(Limit::Registration, &req.client_key())?;
-    app.users.check_available(&req.body.username)?;
+    let user_id = app.users.check_available(&req.body.username)?;
+    app.appservices.check_user_not_exclusive(&user_id, None)?;
     Ok(get_username_availability::v3::Response::new(true))
 }
 

@@ -427,8 +427,10 @@ pub async fn get_context(app: App, req: Ruma<get_context::v3::Request>) -> Resul
 /// `PUT /_matrix/client/v3/directory/room/{roomAlias}`
 pub async fn create_alias(app: App, req: Ruma<create_alias::v3::Request>) -> Result<create_alias::v3::Response> {
     let session = req.user()?;
-    app.appservices.check_alias_not_exclusive(req.body.room_alias.as_str(), session.appservice.as_deref())?;
-    app.directory.create_alias(&session.user_id, &req.body.room_alias, &req.body.room_id)?;
+    let alias = req.body.room_alias.as_str();
+    app.appservices.check_alias_not_exclusive(alias, session.appservice.as_deref())?;
+    let own = app.appservices.alias_in_namespace(session.appservice.as_deref(), alias);
+    app.directory.create_alias(&session.user_id, &req.body.room_alias, &req.body.room_id, own)?;
     Ok(create_alias::v3::Response::new())
 }
 
