@@ -3,5 +3,7 @@
 //! knows nothing about rooms or storage.
 //!
 //! - `namespaces`  compiled registration namespaces, exclusivity, validation of a set.
+//! - `import`      the `ieum-bridge import` readers (KakaoTalk, Slack, mbox) and appservice client.
 
+pub mod import;
 pub mod namespaces;
