@@ -241,3 +241,81 @@ def test_bridge_import_killed_midway_resumes(kind, tmp_path, request):
     assert numbers == list(range(n)), f"killed at {killed_at}: gaps or duplicates"
     ts = [e["origin_server_ts"] for e in events]
     assert ts == sorted(ts) and len(set(ts)) == n
+
+
+def slack_zip(path: Path) -> None:
+    import zipfile
+    members = {
+        "users.json": [{"id": "U01", "name": "minki", "real_name": "Kim Minki", "profile": {"display_name": "김민기"}},
+                       {"id": "U02", "name": "suji", "real_name": "Kang Suji", "profile": {"display_name": ""}}],
+        "channels.json": [{"id": "C01", "name": "general", "members": ["U01", "U02"]}],
+        "dms.json": [],
+        "general/2020-01-01.json": [
+            {"type": "message", "user": "U01", "text": "회의 자료 봐주세요 <@U02>", "ts": "1577836860.000200",
+             "thread_ts": "1577836860.000200",
+             "reactions": [{"name": "+1", "users": ["U02"], "count": 1}]},
+            {"type": "message", "user": "U02", "text": "확인했습니다", "ts": "1577836920.123456",
+             "thread_ts": "1577836860.000200", "edited": {"user": "U02", "ts": "1577837000.000000"}},
+        ],
+    }
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, value in members.items():
+            z.writestr(name, json.dumps(value, ensure_ascii=False))
+
+
+def all_events(base: str, token: str, room_id: str) -> list[dict]:
+    out, frm = [], None
+    while True:
+        path = f"/_matrix/client/v3/rooms/{q(room_id)}/messages?dir=f&limit=500" + (f"&from={q(frm)}" if frm else "")
+        page = call(base, "GET", path, token)
+        out.extend(page.get("chunk", []))
+        frm = page.get("end")
+        if not page.get("chunk") or not frm:
+            return out
+
+
+@pytest.mark.parametrize("kind", ["synapse", "ieum"])
+def test_bridge_import_slack_and_mbox(kind, tmp_path, request):
+    server, registration = start_server(kind, tmp_path, request)
+    base = server.base_url
+    reader, token = register(base, "reader" + secrets.token_hex(3))
+    common = ["--homeserver", base, "--registration", str(registration), "--server-name", server.server_name,
+              "--invite", reader, "--quiet", "--retry-for", "20"]
+
+    export = tmp_path / "slack.zip"
+    slack_zip(export)
+    proc = subprocess.run([bridge_binary(), "import", "slack", str(export), *common], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (conv,) = json.loads((tmp_path / "slack.zip.ieum-import.json").read_text())["conversations"].values()
+    call(base, "POST", f"/_matrix/client/v3/join/{q(conv['room_id'])}", token, {})
+    events = all_events(base, token, conv["room_id"])
+    msgs = [e for e in events if e["type"] == "m.room.message"]
+    assert [m["content"]["body"] for m in msgs] == ["회의 자료 봐주세요 @Kang Suji", "확인했습니다"]
+    assert [m["origin_server_ts"] for m in msgs] == [1577836860000, 1577836920123]
+    root, reply = msgs
+    assert reply["content"]["m.relates_to"]["rel_type"] == "m.thread"
+    assert reply["content"]["m.relates_to"]["event_id"] == root["event_id"]
+    assert "matrix.to/#/@bridge_slack_" in root["content"]["formatted_body"]
+    assert reply["content"]["ieum.import"]["edited_ts"] == 1577837000000
+    (reaction,) = [e for e in events if e["type"] == "m.reaction"]
+    assert reaction["content"]["m.relates_to"] == {"rel_type": "m.annotation", "event_id": root["event_id"], "key": "👍"}
+    assert reaction["sender"] == reply["sender"]
+
+    mbox = tmp_path / "mail.mbox"
+    shutil.copy(FIXTURES / "mail.mbox", mbox)
+    proc = subprocess.run([bridge_binary(), "import", "mbox", str(mbox), *common], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (conv,) = json.loads((tmp_path / "mail.mbox.ieum-import.json").read_text())["conversations"].values()
+    call(base, "POST", f"/_matrix/client/v3/join/{q(conv['room_id'])}", token, {})
+    msgs = [e for e in all_events(base, token, conv["room_id"]) if e["type"] == "m.room.message"]
+    assert [m["content"]["msgtype"] for m in msgs] == ["m.text", "m.file", "m.text", "m.text", "m.text"]
+    assert msgs[0]["content"]["body"].startswith("2025년 예산 협의\n\n안녕하세요")
+    assert msgs[1]["content"]["body"] == "budget.xls" and msgs[1]["content"]["url"].startswith("mxc://")
+    server_name, media_id = msgs[1]["content"]["url"][len("mxc://"):].split("/", 1)
+    req = urllib.request.Request(f"{base}/_matrix/client/v1/media/download/{server_name}/{media_id}",
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.read() == b"PK fake xlsx bytes \x00\x01\x02 budget"
+    thread = [m for m in msgs[2:4]]
+    assert all(m["content"]["m.relates_to"]["event_id"] == msgs[0]["event_id"] for m in thread)
+    assert "m.relates_to" not in msgs[4]["content"]
