@@ -374,3 +374,17 @@ fn content_threads_and_pills() {
     assert_eq!(txn_id("a:1", ""), txn_id("a:1", ""));
     assert_ne!(txn_id("a:1", ""), txn_id("a:2", ""));
 }
+
+#[test]
+fn kakao_windows_pc_english_with_leading_blank_line() {
+    let e = kakao("kakao_pc_en.txt");
+    assert!(e.problems.is_empty(), "{:?}", e.problems);
+    let c = &e.conversations[0];
+    assert_eq!(c.title, "Budget TF");
+    let m = &c.messages;
+    assert_eq!(m.len(), 2);
+    assert_eq!((m[0].sender.name.as_str(), m[0].ts), ("Suji", kst(2015, 8, 1, 14, 37)));
+    // 12:05 AM is earlier in the day than the line before: order is kept, not the clock.
+    assert_eq!(m[1].body, "a message\nthat continues");
+    assert!(m[1].ts > m[0].ts);
+}

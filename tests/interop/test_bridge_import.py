@@ -202,6 +202,18 @@ def test_bridge_import_kakaotalk(kind, tmp_path, request):
     assert "0 messages sent" in again.stdout, again.stdout
     assert len(read_room(base, token, room_id)[0]) == len(EXPECTED)
 
+    # Progress lost (reset to the start of the same room): every message is sent again with
+    # the same transaction id, and the homeserver answers with the events it already has.
+    progress_path = tmp_path / "kakao_android_ko.txt.ieum-import.json"
+    progress = json.loads(progress_path.read_text())
+    (conv,) = progress["conversations"].values()
+    conv["next_index"] = 0
+    progress_path.write_text(json.dumps(progress))
+    resent = run_bridge(server, registration, [export], "--quiet")
+    assert f"{len(EXPECTED)} messages sent" in resent.stdout, resent.stdout
+    events_after, _ = read_room(base, token, room_id)
+    assert [e["event_id"] for e in events_after] == [e["event_id"] for e in events]
+
 
 @pytest.mark.parametrize("kind", ["synapse", "ieum"])
 def test_bridge_import_killed_midway_resumes(kind, tmp_path, request):
@@ -224,6 +236,9 @@ def test_bridge_import_killed_midway_resumes(kind, tmp_path, request):
             except (ValueError, KeyError):
                 conv = {}
             if conv.get("next_index", 0) >= 100:
+                # Progress is saved every 100 messages: kill between two saves, so the
+                # re-run also re-sends messages the homeserver already has.
+                time.sleep(1.0)
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 killed_at = conv["next_index"]

@@ -74,6 +74,7 @@ re!(L_ANDROID_KO, r"^(\d{4})년 (\d{1,2})월 (\d{1,2})일 (오전|오후) (\d{1,
 re!(L_DOTTED, r"^\[?(\d{4})\. ?(\d{1,2})\. ?(\d{1,2})\.? (?:(오전|오후) )?(\d{1,2}):(\d{2})(?:\]|([,:]))? ?(.*)$");
 re!(L_ANDROID_EN, r"^(\d{1,2}):(\d{2}) ?([aApP][mM]), ([A-Z][a-z]+) (\d{1,2}), (\d{4})(?:, (.*))?$");
 re!(L_PC, r"^\[(.+?)\] \[(오전|오후) (\d{1,2}):(\d{2})\] ?(.*)$");
+re!(L_PC_EN, r"^\[(.+?)\] \[(\d{1,2}):(\d{2}) ?([AaPp][Mm])\] ?(.*)$");
 // Day separators.
 re!(D_KO, r"^-*\s*(\d{4})년 (\d{1,2})월 (\d{1,2})일 ?(?:[월화수목금토일]요일)?\s*-*$");
 re!(D_EN, r"^-*\s*(?:[A-Z][a-z]+day, )?([A-Z][a-z]+) (\d{1,2}), (\d{4})\s*-*$");
@@ -138,7 +139,18 @@ fn hour12(ampm_pm: bool, h: u32) -> u32 {
     }
 }
 
-fn detect(lines: &[&str]) -> (Layout, String) {
+/// The layout, the title, and the index of the title line (skipped when reading messages).
+fn detect(lines: &[&str]) -> (Layout, String, Option<usize>) {
+    let first_index = lines.iter().position(|l| !l.trim().is_empty());
+    let (layout, title) = detect_inner(lines);
+    let title_line = match layout {
+        Layout::Headerless if title.is_empty() => None,
+        _ => first_index,
+    };
+    (layout, title, title_line)
+}
+
+fn detect_inner(lines: &[&str]) -> (Layout, String) {
     let first = lines.iter().find(|l| !l.trim().is_empty()).map(|l| l.trim()).unwrap_or("");
     let second = lines.iter().filter(|l| !l.trim().is_empty()).nth(1).map(|l| l.trim()).unwrap_or("");
     if first.trim_start_matches('\u{feff}') == "Date,User,Message" {
@@ -246,6 +258,26 @@ impl Parser {
                 }
                 return Line::Other;
             }
+            if let Some(c) = L_PC_EN.captures(line) {
+                if let Some((y, mo, d)) = self.day {
+                    let h: u32 = c[2].parse().unwrap_or(99);
+                    let pm = c[4].eq_ignore_ascii_case("pm");
+                    if h <= 12 {
+                        if let Some(ts) = civil_to_ms(y, mo, d, hour12(pm, h), c[3].parse().unwrap_or(99), 0, self.tz) {
+                            return Line::Message { ts_min: ts, sender: c[1].to_owned(), text: c[5].to_owned() };
+                        }
+                    }
+                }
+                return Line::Other;
+            }
+            if let Some(c) = D_EN.captures(line) {
+                if let (Some(mo), Ok(d), Ok(y)) = (month_en(&c[1]), c[2].parse(), c[3].parse()) {
+                    if let Some(ts) = civil_to_ms(y, mo, d, 0, 0, 0, self.tz) {
+                        self.day = Some((y, mo, d));
+                        return Line::Day(ts);
+                    }
+                }
+            }
             if let Some(c) = D_KO.captures(line) {
                 let (y, mo, d) = (c[1].parse().unwrap_or(0), c[2].parse().unwrap_or(0), c[3].parse().unwrap_or(0));
                 if let Some(ts) = civil_to_ms(y, mo, d, 0, 0, 0, self.tz) {
@@ -305,7 +337,7 @@ pub fn read(file: &str, bytes: &[u8], tz: Tz) -> Result<Export, ReadError> {
     let hash = short_hash(bytes, 16);
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let lines: Vec<&str> = text.lines().map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
-    let (layout, title) = detect(&lines);
+    let (layout, title, title_line) = detect(&lines);
     let mut builder = Builder::new(file, &hash, tz);
     if layout == Layout::MacCsv {
         read_csv(&mut builder, text);
@@ -315,7 +347,7 @@ pub fn read(file: &str, bytes: &[u8], tz: Tz) -> Result<Export, ReadError> {
         for (i, raw) in lines.iter().enumerate() {
             let n = i + 1;
             // The header lines: the title line and the saved date.
-            if i == 0 && layout != Layout::Headerless {
+            if Some(i) == title_line {
                 continue;
             }
             match parser.line(layout, raw) {
