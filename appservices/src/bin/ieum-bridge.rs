@@ -14,7 +14,19 @@ use ieum_appservices::import::model::{Export, Tz};
 use ieum_appservices::import::{kakaotalk, mbox, slack};
 
 #[derive(Parser)]
-#[command(name = "ieum-bridge", version, about = "Bridges for ieum: import legacy-channel history into Matrix rooms")]
+#[command(
+    name = "ieum-bridge",
+    version,
+    about = "Bridges for ieum: import legacy-channel history into Matrix rooms",
+    after_help = "Examples:\n  \
+    ieum-bridge import kakaotalk --dry-run chat.txt\n  \
+    ieum-bridge import kakaotalk chat.txt --homeserver http://127.0.0.1:8008 \\\n    \
+    --registration bridge.yaml --server-name example.org --mapping names.toml --invite @alice:example.org\n  \
+    ieum-bridge import slack export.zip ...   ieum-bridge import mbox archive.mbox ...\n\n\
+    Each sender becomes a ghost (@<namespace prefix><kakao|slack|mail>_<hash>) with the source name as\n\
+    display name. Progress is kept in <export>.ieum-import.json: re-running the same command resumes\n\
+    and duplicates nothing (transaction ids derive from the source)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,6 +49,7 @@ enum Command {
 enum Source {
     /// KakaoTalk text exports (Android/iOS/Windows, Korean/English) or macOS CSV; one room per file.
     Kakaotalk {
+        /// Export files (any of UTF-8, UTF-8 with BOM, UTF-16 with BOM, EUC-KR/CP949).
         #[arg(required = true)]
         files: Vec<PathBuf>,
         #[command(flatten)]

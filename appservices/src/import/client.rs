@@ -672,3 +672,33 @@ pub fn content_for(
     }
     c
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REG: &str = "as_token: a\nsender_localpart: bot\nnamespaces:\n  users:\n    - regex: '@bridge_.*:hs'\n      exclusive: true\n";
+
+    #[test]
+    fn mapped_users_inside_the_namespace_are_used_outside_invited() {
+        let reg = Registration::parse("r", REG).unwrap();
+        let mut mapping = HashMap::new();
+        mapping.insert("회원님".to_owned(), "@bridge_me:hs".to_owned());
+        mapping.insert("U02".to_owned(), "@suji:hs".to_owned());
+        let opts = ImportOptions {
+            server_name: "hs".into(),
+            room: None,
+            mapping,
+            invite: vec!["@reader:hs".into()],
+            progress_bar: false,
+            limit: None,
+        };
+        let s = Senders { reg: &reg, opts: &opts, tag: "kakao", bot: "@bot:hs".into() };
+        assert_eq!(s.user_for(&Sender::named("회원님")).unwrap(), "@bridge_me:hs");
+        assert_eq!(s.user_for(&Sender::named("")).unwrap(), "@bot:hs");
+        let suji = Sender { name: "Kang Suji".into(), source_id: Some("U02".into()) };
+        let ghost = s.user_for(&suji).unwrap();
+        assert!(ghost.starts_with("@bridge_kakao_"), "{ghost}");
+        assert_eq!(s.real_users(), vec!["@reader:hs".to_owned(), "@suji:hs".to_owned()]);
+    }
+}
