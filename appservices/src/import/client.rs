@@ -575,10 +575,7 @@ pub async fn import_conversation(
         }
         for r in &m.reactions {
             for s in &r.senders {
-                let reactor = match names_to_users.get(&s.name) {
-                    Some(u) => u.clone(),
-                    None => senders.user_for(s)?,
-                };
+                let reactor = senders.user_for(s)?;
                 let c = json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": r.key}});
                 let txn = txn_id(
                     &m.source_id,
