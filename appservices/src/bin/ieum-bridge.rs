@@ -37,7 +37,7 @@ enum Command {
     /// Import an export into a homeserver (a new room per conversation, or --room).
     Import {
         #[command(subcommand)]
-        source: Source,
+        source: Box<Source>,
     },
     /// Write a synthetic Android-Korean KakaoTalk export with N messages to stdout.
     GenKakaotalk { n: usize },
@@ -260,7 +260,7 @@ fn main() -> ExitCode {
         Command::Webhook => Err("ieum-bridge webhook: not yet built (issue 4, the live webhook bridge)".to_owned()),
         Command::Import { source } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-            rt.block_on(run(source))
+            rt.block_on(run(*source))
         }
     };
     match result {

@@ -363,7 +363,7 @@ impl Bar {
         }
         self.last = Instant::now();
         let width = 30;
-        let filled = if self.total == 0 { width } else { done * width / self.total };
+        let filled = (done * width).checked_div(self.total).unwrap_or(width).min(width);
         let rate = sent as f64 / self.started.elapsed().as_secs_f64().max(0.001);
         eprint!(
             "\r[{}{}] {done}/{} messages, {rate:.0}/s ",
@@ -398,10 +398,10 @@ impl Senders<'_> {
         }
         let mapped =
             self.opts.mapping.get(&s.name).or_else(|| s.source_id.as_ref().and_then(|id| self.opts.mapping.get(id)));
-        if let Some(m) = mapped {
-            if self.reg.is_ours(m) {
-                return Ok(m.clone());
-            }
+        if let Some(m) = mapped
+            && self.reg.is_ours(m)
+        {
+            return Ok(m.clone());
         }
         self.reg.ghost(self.tag, s.key(), &self.opts.server_name)
     }
@@ -564,10 +564,10 @@ pub async fn import_conversation(
             let msgtype = if mime.starts_with("image/") { "m.image" } else { "m.file" };
             let mut c =
                 json!({"msgtype": msgtype, "body": a.name, "url": uri, "info": {"mimetype": mime, "size": data.len()}});
-            if let Some(root) = &m.thread_root {
-                if let Some(root_ev) = progress.conversations[&key].events.get(root) {
-                    c["m.relates_to"] = json!({"rel_type": "m.thread", "event_id": root_ev, "is_falling_back": true, "m.in_reply_to": {"event_id": event_id}});
-                }
+            if let Some(root) = &m.thread_root
+                && let Some(root_ev) = progress.conversations[&key].events.get(root)
+            {
+                c["m.relates_to"] = json!({"rel_type": "m.thread", "event_id": root_ev, "is_falling_back": true, "m.in_reply_to": {"event_id": event_id}});
             }
             send(client, &room_id, &user, "m.room.message", &txn_id(&m.source_id, &format!(".a{ai}")), m.ts, &c)
                 .await

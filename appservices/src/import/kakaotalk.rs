@@ -248,12 +248,11 @@ impl Parser {
             if let Some(c) = L_PC.captures(line) {
                 if let Some((y, mo, d)) = self.day {
                     let h: u32 = c[3].parse().unwrap_or(99);
-                    if h <= 12 {
-                        if let Some(ts) =
+                    if h <= 12
+                        && let Some(ts) =
                             civil_to_ms(y, mo, d, hour12(&c[2] == "오후", h), c[4].parse().unwrap_or(99), 0, self.tz)
-                        {
-                            return Line::Message { ts_min: ts, sender: c[1].to_owned(), text: c[5].to_owned() };
-                        }
+                    {
+                        return Line::Message { ts_min: ts, sender: c[1].to_owned(), text: c[5].to_owned() };
                     }
                 }
                 return Line::Other;
@@ -262,21 +261,20 @@ impl Parser {
                 if let Some((y, mo, d)) = self.day {
                     let h: u32 = c[2].parse().unwrap_or(99);
                     let pm = c[4].eq_ignore_ascii_case("pm");
-                    if h <= 12 {
-                        if let Some(ts) = civil_to_ms(y, mo, d, hour12(pm, h), c[3].parse().unwrap_or(99), 0, self.tz) {
-                            return Line::Message { ts_min: ts, sender: c[1].to_owned(), text: c[5].to_owned() };
-                        }
+                    if h <= 12
+                        && let Some(ts) = civil_to_ms(y, mo, d, hour12(pm, h), c[3].parse().unwrap_or(99), 0, self.tz)
+                    {
+                        return Line::Message { ts_min: ts, sender: c[1].to_owned(), text: c[5].to_owned() };
                     }
                 }
                 return Line::Other;
             }
-            if let Some(c) = D_EN.captures(line) {
-                if let (Some(mo), Ok(d), Ok(y)) = (month_en(&c[1]), c[2].parse(), c[3].parse()) {
-                    if let Some(ts) = civil_to_ms(y, mo, d, 0, 0, 0, self.tz) {
-                        self.day = Some((y, mo, d));
-                        return Line::Day(ts);
-                    }
-                }
+            if let Some(c) = D_EN.captures(line)
+                && let (Some(mo), Ok(d), Ok(y)) = (month_en(&c[1]), c[2].parse(), c[3].parse())
+                && let Some(ts) = civil_to_ms(y, mo, d, 0, 0, 0, self.tz)
+            {
+                self.day = Some((y, mo, d));
+                return Line::Day(ts);
             }
             if let Some(c) = D_KO.captures(line) {
                 let (y, mo, d) = (c[1].parse().unwrap_or(0), c[2].parse().unwrap_or(0), c[3].parse().unwrap_or(0));
@@ -312,13 +310,12 @@ impl Parser {
                     },
                 };
             }
-            if let Some(c) = D_EN.captures(line) {
-                if let (Some(mo), Ok(d), Ok(y)) = (month_en(&c[1]), c[2].parse(), c[3].parse()) {
-                    if let Some(ts) = civil_to_ms(y, mo, d, 0, 0, 0, self.tz) {
-                        self.day = Some((y, mo, d));
-                        return Line::Day(ts);
-                    }
-                }
+            if let Some(c) = D_EN.captures(line)
+                && let (Some(mo), Ok(d), Ok(y)) = (month_en(&c[1]), c[2].parse(), c[3].parse())
+                && let Some(ts) = civil_to_ms(y, mo, d, 0, 0, 0, self.tz)
+            {
+                self.day = Some((y, mo, d));
+                return Line::Day(ts);
             }
         }
         if line.starts_with("저장한 날짜") || line.starts_with("Date Saved") {
@@ -461,10 +458,10 @@ impl<'a> Builder<'a> {
         }
         // Never go back in time within a file (a later line at an earlier minute keeps order).
         let mut ts = minute + self.seq.min(59_999);
-        if let Some(prev) = self.messages.last() {
-            if ts <= prev.ts {
-                ts = prev.ts + 1;
-            }
+        if let Some(prev) = self.messages.last()
+            && ts <= prev.ts
+        {
+            ts = prev.ts + 1;
         }
         self.last_minute = Some(minute);
         let index = self.messages.len();

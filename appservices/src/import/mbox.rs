@@ -174,12 +174,12 @@ pub fn decode_words(s: &str) -> String {
 /// `Name <addr>` -> (name, addr).
 fn parse_from(v: &str) -> (String, String) {
     let v = decode_words(v);
-    if let (Some(l), Some(r)) = (v.rfind('<'), v.rfind('>')) {
-        if l < r {
-            let name = v[..l].trim().trim_matches('"').trim().to_owned();
-            let addr = v[l + 1..r].trim().to_owned();
-            return (if name.is_empty() { addr.clone() } else { name }, addr);
-        }
+    if let (Some(l), Some(r)) = (v.rfind('<'), v.rfind('>'))
+        && l < r
+    {
+        let name = v[..l].trim().trim_matches('"').trim().to_owned();
+        let addr = v[l + 1..r].trim().to_owned();
+        return (if name.is_empty() { addr.clone() } else { name }, addr);
     }
     let addr = v.trim().to_owned();
     (addr.clone(), addr)
@@ -377,10 +377,10 @@ pub fn read(file: &str, bytes: &[u8]) -> Result<Export, ReadError> {
         let mut refs: Vec<String> = header(&headers, "references")
             .map(|r| r.split_whitespace().map(str::to_owned).collect())
             .unwrap_or_default();
-        if let Some(irt) = header(&headers, "in-reply-to") {
-            if let Some(id) = irt.split_whitespace().find(|s| s.starts_with('<')) {
-                refs.push(id.to_owned());
-            }
+        if let Some(irt) = header(&headers, "in-reply-to")
+            && let Some(id) = irt.split_whitespace().find(|s| s.starts_with('<'))
+        {
+            refs.push(id.to_owned());
         }
         let parent = refs.last().cloned();
         let root = refs.iter().find_map(|r| root_of.get(r).cloned());
@@ -401,10 +401,10 @@ pub fn read(file: &str, bytes: &[u8]) -> Result<Export, ReadError> {
                 root_of.insert(message_id.clone(), m.source_id.clone());
             }
         }
-        if let Some(html) = parts.html {
-            if parts.plain.is_none() {
-                m.formatted_body = Some(sanitize_html(&html));
-            }
+        if let Some(html) = parts.html
+            && parts.plain.is_none()
+        {
+            m.formatted_body = Some(sanitize_html(&html));
         }
         messages.push(m);
     }

@@ -301,10 +301,10 @@ fn message(channel: &str, v: &Value, names: &HashMap<String, String>) -> Result<
     let mut m = Message::new(format!("slack:{channel}:{ts_str}"), sender, ts, body, kind, String::new());
     m.mentions = mentions;
     m.attachments = attachments;
-    if let Some(root) = obj.get("thread_ts").and_then(Value::as_str) {
-        if root != ts_str {
-            m.thread_root = Some(format!("slack:{channel}:{root}"));
-        }
+    if let Some(root) = obj.get("thread_ts").and_then(Value::as_str)
+        && root != ts_str
+    {
+        m.thread_root = Some(format!("slack:{channel}:{root}"));
     }
     if let Some(edited) = obj.get("edited") {
         m.edited_ts = edited.get("ts").and_then(Value::as_str).and_then(ts_to_ms);
