@@ -4,6 +4,8 @@
 //!
 //! - `namespaces`    compiled registration namespaces, exclusivity, validation of a set.
 //! - `registration`  reading registration files (YAML) with errors naming file and field.
+//! - `import`        the `ieum-bridge import` readers (KakaoTalk, Slack, mbox) and appservice client.
 
+pub mod import;
 pub mod namespaces;
 pub mod registration;

@@ -57,7 +57,8 @@ pub struct RoomCounts {
 
 pub struct Push {
     core: Arc<Core>,
-    rules: Mutex<HashMap<OwnedUserId, Arc<Ruleset>>>,
+    /// Each user's rules, and whether they are the server defaults (no rules stored).
+    rules: Mutex<HashMap<OwnedUserId, (Arc<Ruleset>, bool)>>,
     /// Serialises read-modify-write of rulesets (rare: a user editing rules).
     rules_write: tokio::sync::Mutex<()>,
     /// The delivery task's doorbell (the database is the queue).
@@ -79,17 +80,22 @@ impl Push {
 
     /// The user's rules: the stored set merged with today's server defaults (cached).
     pub fn ruleset(&self, user_id: &UserId) -> Result<Arc<Ruleset>> {
-        if let Some(rules) = self.rules.lock().unwrap_or_else(|e| e.into_inner()).get(user_id) {
-            return Ok(rules.clone());
+        Ok(self.ruleset_and_default(user_id)?.0)
+    }
+
+    /// The user's rules, and whether they are the server defaults (nothing stored).
+    fn ruleset_and_default(&self, user_id: &UserId) -> Result<(Arc<Ruleset>, bool)> {
+        if let Some(entry) = self.rules.lock().unwrap_or_else(|e| e.into_inner()).get(user_id) {
+            return Ok(entry.clone());
         }
         let stored = self.core.db.account_data(user_id, None, PUSH_RULES)?;
-        let rules = Arc::new(stored_or_default(stored.as_deref(), user_id));
+        let entry = (Arc::new(stored_or_default(stored.as_deref(), user_id)), stored.is_none());
         let mut cache = self.rules.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() > CACHE_LIMIT {
             cache.clear();
         }
-        cache.insert(user_id.to_owned(), rules.clone());
-        Ok(rules)
+        cache.insert(user_id.to_owned(), entry.clone());
+        Ok(entry)
     }
 
     /// The `m.push_rules` account data content as clients see it (`{"global": ruleset}`).
@@ -106,7 +112,7 @@ impl Push {
         let content = raw(&serde_json::json!({ "global": &rules }))?;
         let owned_user = user_id.to_owned();
         self.core.blocking(move |db| Ok(db.put_account_data(&owned_user, None, PUSH_RULES, &content)?)).await?;
-        self.rules.lock().unwrap_or_else(|e| e.into_inner()).insert(user_id.to_owned(), Arc::new(rules));
+        self.rules.lock().unwrap_or_else(|e| e.into_inner()).insert(user_id.to_owned(), (Arc::new(rules), false));
         Ok(())
     }
 
@@ -222,27 +228,57 @@ impl Push {
         let thread_id = thread_of(pdu);
         let member_count = UInt::try_from(joined as u64).unwrap_or_default();
         let now = now_ms();
+        // Users with the default rules whom nothing in the event singles out (not mentioned,
+        // neither their localpart nor their display name in the body, not a member event)
+        // all get the same actions: evaluated once per event (a 1,000-member room would
+        // otherwise evaluate the same rules 1,000 times).
+        let content = pdu.content_value();
+        let body_lower = content.get("body").and_then(Value::as_str).map(str::to_lowercase).unwrap_or_default();
+        let mentioned: Vec<&str> = content
+            .get("m.mentions")
+            .and_then(|m| m.get("user_ids"))
+            .and_then(Value::as_array)
+            .map(|ids| ids.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let member_event = pdu.kind == ruma::events::TimelineEventType::RoomMember;
+        let mut shared: Option<Vec<Action>> = None;
         for user_id in &targets {
-            let rules = self.ruleset(user_id)?;
+            let (rules, is_default) = self.ruleset_and_default(user_id)?;
             let display_name = rooms
                 .state_pdu(state, &StateEventType::RoomMember, user_id.as_str())?
                 .and_then(|member| member.content_str("displayname"))
                 .unwrap_or_else(|| user_id.localpart().to_owned());
-            let mut context =
-                PushConditionRoomCtx::new(pdu.room_id.clone(), member_count, user_id.clone(), display_name);
-            if let Some(power_levels) = &power_levels {
-                context = context.with_power_levels(power_levels.clone());
-            }
-            let mut actions: &[Action] = &[];
-            for rule in rules.iter() {
-                if intentional_mentions && LEGACY_MENTION_RULES.contains(&rule.rule_id()) {
-                    continue;
+            let generic = is_default
+                && !member_event
+                && !display_name.is_empty()
+                && !mentioned.contains(&user_id.as_str())
+                && !body_lower.contains(&user_id.localpart().to_lowercase())
+                && !body_lower.contains(&display_name.to_lowercase());
+            let actions: Vec<Action> = match (&shared, generic) {
+                (Some(actions), true) => actions.clone(),
+                _ => {
+                    let mut context =
+                        PushConditionRoomCtx::new(pdu.room_id.clone(), member_count, user_id.clone(), display_name);
+                    if let Some(power_levels) = &power_levels {
+                        context = context.with_power_levels(power_levels.clone());
+                    }
+                    let mut actions: &[Action] = &[];
+                    for rule in rules.iter() {
+                        if intentional_mentions && LEGACY_MENTION_RULES.contains(&rule.rule_id()) {
+                            continue;
+                        }
+                        if rule.applies(&flattened, &context).await {
+                            actions = rule.actions();
+                            break;
+                        }
+                    }
+                    let actions = actions.to_vec();
+                    if generic {
+                        shared = Some(actions.clone());
+                    }
+                    actions
                 }
-                if rule.applies(&flattened, &context).await {
-                    actions = rule.actions();
-                    break;
-                }
-            }
+            };
             let notify = actions.iter().any(Action::should_notify);
             let highlight = actions.iter().any(Action::is_highlight);
             if !notify && !highlight {

@@ -1,0 +1,66 @@
+//! The `ieum-bridge` command line: --dry-run summaries, clear errors (unknown layout, missing
+//! options), the generator, and the not-yet-built webhook.
+
+use std::process::Command;
+
+fn bridge(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ieum-bridge"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn dry_run_summarises_each_conversation() {
+    let (ok, out, err) = bridge(&[
+        "import",
+        "kakaotalk",
+        "tests/fixtures/kakao_android_ko.txt",
+        "tests/fixtures/kakao_ios_ko.txt",
+        "--dry-run",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("conversation \"박영우, 김민기, 강수지\""), "{out}");
+    assert!(out.contains("  messages: 8"), "{out}");
+    assert!(out.contains("  first: 2015-07-09 20:34:00.000 +09:00"), "{out}");
+    assert!(out.contains("  last:  2015-07-15 09:10:00.000 +09:00"), "{out}");
+    assert!(out.contains("conversation \"정책기획팀\""), "{out}");
+    assert!(out.contains("problems: 0"), "{out}");
+    let (ok, out, _) =
+        bridge(&["import", "kakaotalk", "tests/fixtures/kakao_android_ko.txt", "--dry-run", "--tz", "+00:00"]);
+    assert!(ok);
+    assert!(out.contains("  first: 2015-07-09 20:34:00.000 +00:00"), "{out}");
+    let (ok, out, _) = bridge(&["import", "mbox", "tests/fixtures/mail.mbox", "--dry-run"]);
+    assert!(ok);
+    assert!(out.contains("thread replies: 2, reactions: 0, attachments: 1"), "{out}");
+}
+
+#[test]
+fn errors_are_clear() {
+    let (ok, _, err) = bridge(&["import", "kakaotalk", "tests/fixtures/kakao_unknown.txt", "--dry-run"]);
+    assert!(!ok);
+    assert!(
+        err.contains("ieum-bridge: error: tests/fixtures/kakao_unknown.txt:1: expected a KakaoTalk export"),
+        "{err}"
+    );
+    let (ok, _, err) = bridge(&["import", "kakaotalk", "tests/fixtures/kakao_android_ko.txt"]);
+    assert!(!ok);
+    assert!(err.contains("--homeserver"), "{err}");
+    let (ok, _, err) =
+        bridge(&["import", "kakaotalk", "tests/fixtures/kakao_android_ko.txt", "--dry-run", "--tz", "Asia/Seoul"]);
+    assert!(!ok);
+    assert!(err.contains("--tz: expected a fixed offset like +09:00"), "{err}");
+    let (ok, _, err) = bridge(&["webhook"]);
+    assert!(!ok);
+    assert!(err.contains("not yet"), "{err}");
+}
+
+#[test]
+fn generator_writes_n_messages() {
+    let (ok, out, _) = bridge(&["gen-kakaotalk", "250"]);
+    assert!(ok);
+    assert!(out.starts_with("업무 협의방 님과 카카오톡 대화\n"));
+    assert_eq!(out.lines().filter(|l| l.contains("#")).count(), 250);
+}
