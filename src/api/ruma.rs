@@ -33,7 +33,7 @@ use crate::{
     api::PeerAddr,
     app::App,
     error::{Error, Result},
-    service::users::Session,
+    service::{appservice::Acting, users::Session},
 };
 
 /// A parsed request of endpoint `R` and who sent it.
@@ -97,6 +97,13 @@ pub trait Authenticate: AuthScheme {
 }
 
 fn bearer_token(request: &http::Request<Bytes>) -> Result<Option<String>> {
+    // `Authorization: Bearer ` with nothing after it is sent by clients that have no token
+    // yet (a default header); like Synapse, treat it as no token rather than a bad one.
+    if let Some(value) = request.headers().get(http::header::AUTHORIZATION)
+        && value.as_bytes().trim_ascii().eq_ignore_ascii_case(b"bearer")
+    {
+        return Ok(query_param(request, "access_token").filter(|t| !t.is_empty()));
+    }
     match ruma::api::auth_scheme::extract_bearer_or_query_token(request) {
         Ok(token) => Ok(token),
         Err(_) => Err(Error::unknown_token("Invalid Authorization header.")),
@@ -117,6 +124,18 @@ mod query_tests {
         assert_eq!(super::query_param(&request, "b").as_deref(), Some("✓"));
         assert_eq!(super::query_param(&request, "c").as_deref(), Some("%zz%4"));
         assert_eq!(super::query_param(&request, "missing"), None);
+    }
+
+    #[test]
+    fn an_empty_bearer_is_no_token() {
+        let request = |auth: &str, uri: &str| {
+            http::Request::builder().uri(uri).header("authorization", auth).body(Bytes::new()).unwrap()
+        };
+        assert_eq!(bearer_token(&request("Bearer ", "/x")).unwrap(), None);
+        assert_eq!(bearer_token(&request("Bearer", "/x")).unwrap(), None);
+        assert_eq!(bearer_token(&request("Bearer ", "/x?access_token=abc")).unwrap().as_deref(), Some("abc"));
+        assert_eq!(bearer_token(&request("Bearer abc", "/x")).unwrap().as_deref(), Some("abc"));
+        assert!(bearer_token(&request("Basic abc", "/x")).is_err());
     }
 }
 
@@ -153,19 +172,24 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The session of an application service acting as one of its users.
+fn appservice_session(acting: Acting) -> Session {
+    Session {
+        session_id: format!("as:{}", acting.appservice_id),
+        device_id: ruma::OwnedDeviceId::from(format!("AS_{}", acting.appservice_id)),
+        user_id: acting.user_id,
+        appservice: Some(acting.appservice_id),
+        rate_limited: acting.rate_limited,
+    }
+}
+
 /// An access token: a user's, or an application service's as_token (acting as its sender
 /// user, or as `?user_id=` inside its namespace).
 async fn user_or_appservice(app: &App, request: &http::Request<Bytes>, token: &str) -> Result<Caller> {
     if !app.appservices.is_empty()
         && let Some(acting) = app.appservices.authenticate(token, query_param(request, "user_id").as_deref())?
     {
-        return Ok(Caller::user(Session {
-            session_id: format!("as:{}", acting.appservice_id),
-            device_id: ruma::OwnedDeviceId::from(format!("AS_{}", acting.appservice_id)),
-            user_id: acting.user_id,
-            appservice: Some(acting.appservice_id),
-            rate_limited: acting.rate_limited,
-        }));
+        return Ok(Caller::user(appservice_session(acting)));
     }
     app.users.authenticate(token).map(Caller::user)
 }
@@ -207,13 +231,7 @@ impl Authenticate for AppserviceTokenOptional {
             return Ok(Caller::default());
         }
         match app.appservices.authenticate(&token, None)? {
-            Some(acting) => Ok(Caller::user(Session {
-                session_id: format!("as:{}", acting.appservice_id),
-                device_id: ruma::OwnedDeviceId::from(format!("AS_{}", acting.appservice_id)),
-                user_id: acting.user_id,
-                appservice: Some(acting.appservice_id),
-                rate_limited: acting.rate_limited,
-            })),
+            Some(acting) => Ok(Caller::user(appservice_session(acting))),
             None => Ok(Caller::default()),
         }
     }
