@@ -101,6 +101,7 @@ impl Server {
             app.core.clone(),
             app.rooms.clone(),
             app.appservices.clone(),
+            app.ephemeral.clone(),
         );
         tasks.spawn(appservice_sender.run(shutdown.subscribe()));
         // Background: the federation sender (resumes what was queued before a restart).

@@ -24,8 +24,15 @@ pub enum LoadError {
 
 /// Parses one registration (YAML; JSON is YAML too).
 pub fn parse(path: &Path, text: &str) -> Result<Registration, LoadError> {
-    let registration: Registration =
+    let mut registration: Registration =
         serde_yaml_ng::from_str(text).map_err(|e| LoadError::Parse { path: path.to_owned(), detail: e.to_string() })?;
+    // Bridges written before MSC2409 was merged ask for ephemeral events under its old name.
+    if !registration.receive_ephemeral
+        && let Ok(serde_yaml_ng::Value::Mapping(raw)) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
+    {
+        registration.receive_ephemeral =
+            raw.get("de.sorunome.msc2409.push_ephemeral").and_then(serde_yaml_ng::Value::as_bool).unwrap_or(false);
+    }
     let field = |field: &'static str, detail: &str| LoadError::Field {
         path: path.to_owned(),
         field,
@@ -104,6 +111,10 @@ namespaces:
         assert!(error.contains("hs_token"), "{error}");
         let error = parse(path, "id: [").unwrap_err().to_string();
         assert!(error.contains("kakao.yaml"), "{error}");
+        // The pre-merge name of receive_ephemeral still asks for ephemeral events.
+        let legacy = GOOD.replace("receive_ephemeral: true", "de.sorunome.msc2409.push_ephemeral: true");
+        assert!(parse(path, &legacy).unwrap().receive_ephemeral);
+        assert!(!parse(path, &GOOD.replace("receive_ephemeral: true", "")).unwrap().receive_ephemeral);
         // url may be null (an appservice that only acts, receives nothing).
         assert!(parse(path, &GOOD.replace("\"http://127.0.0.1:29318\"", "null")).unwrap().url.is_none());
     }

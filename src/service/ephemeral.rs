@@ -27,6 +27,17 @@ struct RoomTyping {
     changed: u64,
 }
 
+impl RoomTyping {
+    /// `m.typing` with the users still typing, sorted.
+    fn typing_event(&self) -> Value {
+        let now = Instant::now();
+        let mut users: Vec<&OwnedUserId> =
+            self.users.iter().filter(|(_, until)| **until > now).map(|(u, _)| u).collect();
+        users.sort();
+        json!({ "type": "m.typing", "content": { "user_ids": users } })
+    }
+}
+
 /// A user's presence as last reported (by a local client or the user's server).
 #[derive(Clone, Debug)]
 pub struct Presence {
@@ -227,14 +238,17 @@ impl Ephemeral {
     pub fn typing_event_since(&self, room_id: &RoomId, since: u64) -> Option<Value> {
         let rooms = self.typing.lock().unwrap_or_else(|e| e.into_inner());
         let room = rooms.get(room_id)?;
-        if room.changed <= since {
-            return None;
-        }
-        let now = Instant::now();
-        let mut users: Vec<&OwnedUserId> =
-            room.users.iter().filter(|(_, until)| **until > now).map(|(u, _)| u).collect();
-        users.sort();
-        Some(json!({ "type": "m.typing", "content": { "user_ids": users } }))
+        (room.changed > since).then(|| room.typing_event())
+    }
+
+    /// Every room whose typing changed after serial `since`, with its `m.typing` event.
+    pub fn typing_changed_since(&self, since: u64) -> Vec<(OwnedRoomId, Value)> {
+        let rooms = self.typing.lock().unwrap_or_else(|e| e.into_inner());
+        rooms
+            .iter()
+            .filter(|(_, room)| room.changed > since)
+            .map(|(id, room)| (id.clone(), room.typing_event()))
+            .collect()
     }
 
     /// Stores a receipt; receipts never move backwards in the timeline.

@@ -326,6 +326,8 @@ async fn transactions_carry_interesting_events_and_survive_an_outage_and_a_resta
     unique.dedup();
     assert_eq!(ids, unique, "each transaction accepted once");
     assert_eq!(stub.bodies().iter().filter(|b| *b == "while down").count(), 1, "{:?}", stub.bodies());
+    // Without receive_ephemeral, transactions carry no ephemeral field.
+    assert!(received.iter().all(|(_, _, body)| body.get("ephemeral").is_none()));
     drop(dir);
 }
 
@@ -376,5 +378,112 @@ async fn a_ping_to_an_appservice_that_is_down_says_so() {
     appservice.token = Some(AS_TOKEN.to_owned());
     let (status, body) = appservice.raw("POST", "/_matrix/client/v1/appservice/kakao/ping", Some("{}")).await;
     assert_eq!((status, body["errcode"].as_str()), (502, Some("M_CONNECTION_FAILED")), "{body}");
+    drop(dir);
+}
+
+impl Stub {
+    /// Every ephemeral event received, and every to-device message (MSC2409's field).
+    fn ephemeral(&self) -> (Vec<Value>, Vec<Value>) {
+        let received = self.received.lock().unwrap();
+        let field = |body: &Value, name: &str| body[name].as_array().cloned().unwrap_or_default();
+        (
+            received.iter().flat_map(|(_, _, body)| field(body, "ephemeral")).collect(),
+            received.iter().flat_map(|(_, _, body)| field(body, "de.sorunome.msc2409.to_device")).collect(),
+        )
+    }
+}
+
+#[tokio::test]
+async fn ephemeral_and_to_device_reach_appservices_that_ask_for_them() {
+    let stub = Stub::default();
+    let url = stub.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kakao.yaml");
+    let yaml = registration("ieum.test")
+        .replace("http://127.0.0.1:9", &url)
+        .replace("rate_limited: false", "rate_limited: false\nreceive_ephemeral: true");
+    std::fs::write(&path, yaml).unwrap();
+    let list = format!("[{:?}]", path.display().to_string());
+    let server = TestServer::start_with(&[("IEUM_APPSERVICES__REGISTRATIONS", &list)]).await;
+    let mut appservice = server.client();
+    appservice.token = Some(AS_TOKEN.to_owned());
+    // A ghost with a device (an encrypting bridge logs its ghosts in).
+    let body = json!({ "type": "m.login.application_service", "username": "kakao_kim", "device_id": "GHOSTDEV" });
+    let (status, ghost_login) = appservice.raw("POST", "/_matrix/client/v3/register", Some(&body.to_string())).await;
+    assert_eq!(status, 200, "{ghost_login}");
+    let ghost = "@kakao_kim:ieum.test";
+
+    let alice = server.register("alice").await;
+    let alice_id = alice.user_id.clone().unwrap().to_string();
+    let (_, bridged) = alice.raw("POST", "/_matrix/client/v3/createRoom", Some(r#"{"preset":"public_chat"}"#)).await;
+    let bridged = bridged["room_id"].as_str().unwrap().to_owned();
+    let (_, private) = alice.raw("POST", "/_matrix/client/v3/createRoom", Some("{}")).await;
+    let private = private["room_id"].as_str().unwrap().to_owned();
+    let join = format!("/_matrix/client/v3/join/{bridged}?user_id={}", crate::sync::enc(ghost));
+    assert_eq!(appservice.raw("POST", &join, Some("{}")).await.0, 200);
+
+    // Typing where the ghost is, and where it is not.
+    let typing = |room: &str| format!("/_matrix/client/v3/rooms/{room}/typing/{}", crate::sync::enc(&alice_id));
+    let on = json!({ "typing": true, "timeout": 30000 }).to_string();
+    assert_eq!(alice.raw("PUT", &typing(&private), Some(&on)).await.0, 200);
+    assert_eq!(alice.raw("PUT", &typing(&bridged), Some(&on)).await.0, 200);
+    wait_for("m.typing in the bridged room", || {
+        stub.ephemeral().0.iter().any(|e| {
+            e["type"] == "m.typing"
+                && e["room_id"] == bridged.as_str()
+                && e["content"]["user_ids"][0] == alice_id.as_str()
+        })
+    })
+    .await;
+    assert!(!stub.ephemeral().0.iter().any(|e| e["room_id"] == private.as_str()), "{:?}", stub.ephemeral().0);
+
+    // A read receipt, public and private.
+    let path = format!("/_matrix/client/v3/rooms/{bridged}/send/m.room.message/r1");
+    let (_, sent) = alice.raw("PUT", &path, Some(r#"{"msgtype":"m.text","body":"read me"}"#)).await;
+    let event_id = sent["event_id"].as_str().unwrap().to_owned();
+    let receipt =
+        |kind: &str| format!("/_matrix/client/v3/rooms/{bridged}/receipt/{kind}/{}", crate::sync::enc(&event_id));
+    assert_eq!(alice.raw("POST", &receipt("m.read.private"), Some("{}")).await.0, 200);
+    assert_eq!(alice.raw("POST", &receipt("m.read"), Some("{}")).await.0, 200);
+    wait_for("m.receipt", || {
+        stub.ephemeral().0.iter().any(|e| {
+            e["type"] == "m.receipt"
+                && e["room_id"] == bridged.as_str()
+                && e["content"][&event_id]["m.read"][&alice_id]["ts"].is_u64()
+        })
+    })
+    .await;
+    assert!(
+        !stub.ephemeral().0.iter().any(|e| e["content"][&event_id]["m.read.private"].is_object()),
+        "another user's private receipt is not the appservice's"
+    );
+
+    // Presence of a user who shares a room with the ghost.
+    let presence = format!("/_matrix/client/v3/presence/{}/status", crate::sync::enc(&alice_id));
+    assert_eq!(alice.raw("PUT", &presence, Some(r#"{"presence":"unavailable","status_msg":"회의 중"}"#)).await.0, 200);
+    wait_for("m.presence", || {
+        stub.ephemeral().0.iter().any(|e| {
+            e["type"] == "m.presence" && e["sender"] == alice_id.as_str() && e["content"]["status_msg"] == "회의 중"
+        })
+    })
+    .await;
+
+    // A to-device message for the ghost's device reaches the appservice once, then leaves the inbox.
+    let body = json!({ "messages": { ghost: { "GHOSTDEV": { "secret": "only for the bridge" } } } });
+    let path = "/_matrix/client/v3/sendToDevice/m.test.bridge/td1";
+    assert_eq!(alice.raw("PUT", path, Some(&body.to_string())).await.0, 200);
+    wait_for("the to-device message", || !stub.ephemeral().1.is_empty()).await;
+    let to_device = stub.ephemeral().1;
+    assert_eq!(to_device.len(), 1, "{to_device:?}");
+    let message = &to_device[0];
+    assert_eq!(message["type"], "m.test.bridge");
+    assert_eq!(message["sender"], alice_id.as_str());
+    assert_eq!((message["to_user_id"].as_str(), message["to_device_id"].as_str()), (Some(ghost), Some("GHOSTDEV")));
+    assert_eq!(message["content"]["secret"], "only for the bridge");
+    let mut ghost_client = server.client();
+    ghost_client.token = ghost_login["access_token"].as_str().map(str::to_owned);
+    let (status, sync) = ghost_client.raw("GET", "/_matrix/client/v3/sync?timeout=0", None).await;
+    assert_eq!(status, 200, "{sync}");
+    assert!(sync["to_device"]["events"].as_array().is_none_or(|e| e.is_empty()), "delivered once: {sync}");
     drop(dir);
 }

@@ -513,9 +513,10 @@ async fn syncing_makes_a_user_online_and_stopping_makes_them_offline() {
     });
     assert!(shown, "{body}");
     // While a long-poll runs bob stays online; after it ends and the timeout passes, offline.
+    // (The poll outlasts the check by seconds so a loaded machine cannot end it first.)
     let poller = bob.clone();
     let poll = tokio::spawn(async move {
-        poller.raw("GET", "/_matrix/client/v3/sync?timeout=3000&since=s99999999999_0", None).await
+        poller.raw("GET", "/_matrix/client/v3/sync?timeout=8000&since=s99999999999_0", None).await
     });
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(presence_seen(&alice, bob.user_id()).await.as_deref(), Some("online"), "online during a long-poll");

@@ -2,17 +2,31 @@
 //! the `appservice_state` records.
 
 use ::rocksdb::{Direction as RDirection, IteratorMode, WriteBatch};
-use ruma::{OwnedEventId, OwnedRoomId};
+use ruma::{OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId};
 
 use super::{
-    RocksStorage, backend, decode, encode,
+    KIND_RECEIPT, KIND_TO_DEVICE, RocksStorage, backend, decode, encode,
     keys::{SEP, trailing_u64, u64_key},
     parse_id, schema as cf,
 };
 use crate::storage::{
-    Result, StorageError, StreamPos,
-    appservice::{AppserviceState, AppserviceStore},
+    ReceiptRecord, Result, StorageError, StreamPos,
+    appservice::{AppserviceState, AppserviceStore, StreamEphemeral},
 };
+
+/// The `stream` value of a receipt: its kind, then the `receipts` key it wrote.
+pub(super) fn stream_receipt_value(receipt_key: &[u8]) -> Vec<u8> {
+    let mut value = vec![KIND_RECEIPT];
+    value.extend_from_slice(receipt_key);
+    value
+}
+
+/// The `stream` value of queued to-device messages: its kind, then the recipients as JSON.
+pub(super) fn stream_to_device_value(recipients: &[(&OwnedUserId, &OwnedDeviceId)]) -> Vec<u8> {
+    let mut value = vec![KIND_TO_DEVICE];
+    value.extend_from_slice(&encode(&recipients));
+    value
+}
 
 /// The `stream_events` value: `room_id 0xFF event_id`.
 pub(super) fn stream_event_value(room_id: &[u8], event_id: &[u8]) -> Vec<u8> {
@@ -46,6 +60,35 @@ impl AppserviceStore for RocksStorage {
                 parse_id(cf::STREAM_EVENTS, &value[..split])?,
                 parse_id(cf::STREAM_EVENTS, &value[split + 1..])?,
             ));
+        }
+        Ok(out)
+    }
+
+    fn stream_ephemeral(&self, after: StreamPos, upto: StreamPos) -> Result<Vec<StreamEphemeral>> {
+        let start = u64_key(after.saturating_add(1));
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf::STREAM), IteratorMode::From(&start, RDirection::Forward)) {
+            let (key, value) = item.map_err(backend)?;
+            let Some(pos) = trailing_u64(&key) else { break };
+            if pos > upto {
+                break;
+            }
+            // Entries written before references were kept hold the kind alone.
+            match value.split_first() {
+                Some((&KIND_RECEIPT, receipt_key)) if !receipt_key.is_empty() => {
+                    // A newer write of the same receipt is found at its own position.
+                    if let Some(receipt) = self.get_json::<ReceiptRecord>(cf::RECEIPTS, receipt_key)?
+                        && receipt.pos == pos
+                    {
+                        out.push(StreamEphemeral::Receipt(receipt));
+                    }
+                }
+                Some((&KIND_TO_DEVICE, recipients)) if !recipients.is_empty() => {
+                    let recipients: Vec<(OwnedUserId, OwnedDeviceId)> = decode(cf::STREAM, recipients)?;
+                    out.push(StreamEphemeral::ToDevice { pos, recipients });
+                }
+                _ => {}
+            }
         }
         Ok(out)
     }

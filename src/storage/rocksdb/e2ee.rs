@@ -282,6 +282,9 @@ impl KeyStore for RocksStorage {
                 let key = with_u64(&join(&[user_id.as_bytes(), device_id.as_bytes()]), pos);
                 batch.put_cf(self.cf(cf::TO_DEVICE), key, event.get().as_bytes());
             }
+            // Recipients by position, for appservices that receive their users' messages.
+            let recipients: Vec<_> = messages.iter().map(|(user, device, _)| (user, device)).collect();
+            batch.put_cf(self.cf(cf::STREAM), u64_key(pos), super::appservice::stream_to_device_value(&recipients));
         })?;
         Ok(Some(pos))
     }

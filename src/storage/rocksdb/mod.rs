@@ -248,9 +248,9 @@ const FIRST_STREAM_POS: StreamPos = 1 << 32;
 
 const KIND_EVENT: u8 = 1;
 const KIND_ACCOUNT_DATA: u8 = 2;
-const KIND_RECEIPT: u8 = 3;
+pub(super) const KIND_RECEIPT: u8 = 3;
 const KIND_DEVICE_LIST: u8 = 4;
-const KIND_TO_DEVICE: u8 = 5;
+pub(super) const KIND_TO_DEVICE: u8 = 5;
 
 impl UserStore for RocksStorage {
     fn user(&self, user_id: &UserId) -> Result<Option<UserRecord>> {
@@ -716,6 +716,7 @@ impl MetaStore for RocksStorage {
             receipt.pos = pos;
             batch.put_cf(self.cf(cf::RECEIPTS), &key, encode(&receipt));
             batch.put_cf(self.cf(cf::RECEIPTS_STREAM), with_u64(room.as_bytes(), pos), &key);
+            batch.put_cf(self.cf(cf::STREAM), u64_key(pos), appservice::stream_receipt_value(&key));
         })
     }
 
