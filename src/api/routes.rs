@@ -11,7 +11,7 @@ use ruma::api::client::{
 
 use super::{
     admin,
-    client::{account, config, key_backup, keys, media, push, room, sync},
+    client::{account, config, key_backup, keys, media, push, room, sync, thirdparty},
     federation,
     ruma::{route, route_extra, route_limited, route_reshaped},
     well_known,
@@ -41,6 +41,13 @@ pub fn client_routes() -> Router<App> {
     let r = route::<c::account::register::v3::Request, _, _>(r, account::register);
     let r = route::<c::account::get_username_availability::v3::Request, _, _>(r, account::username_available);
     let r = route::<c::appservice::request_ping::v1::Request, _, _>(r, account::appservice_ping);
+    // Third-party networks, passed through to the appservices that bridge them.
+    let r = route::<c::thirdparty::get_protocols::v3::Request, _, _>(r, thirdparty::protocols);
+    let r = route::<c::thirdparty::get_protocol::v3::Request, _, _>(r, thirdparty::protocol);
+    let r = route::<c::thirdparty::get_location_for_protocol::v3::Request, _, _>(r, thirdparty::locations_for_protocol);
+    let r = route::<c::thirdparty::get_user_for_protocol::v3::Request, _, _>(r, thirdparty::users_for_protocol);
+    let r = route::<c::thirdparty::get_location_for_room_alias::v3::Request, _, _>(r, thirdparty::locations_for_alias);
+    let r = route::<c::thirdparty::get_user_for_user_id::v3::Request, _, _>(r, thirdparty::users_for_user_id);
     let r = route::<c::account::check_registration_token_validity::v1::Request, _, _>(
         r,
         account::registration_token_validity,

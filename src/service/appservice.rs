@@ -13,6 +13,8 @@ use ruma::{OwnedUserId, UserId};
 use super::{Core, users::token_hash};
 use crate::error::{Error, Result};
 
+pub mod thirdparty;
+
 pub struct Appservices {
     core: Arc<Core>,
     /// Requests to appservices (ping, user and alias queries).

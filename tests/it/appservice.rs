@@ -235,6 +235,48 @@ impl Stub {
                 }),
             )
             .route(
+                "/_matrix/app/v1/thirdparty/protocol/{protocol}",
+                get(|Path(protocol): Path<String>| async move {
+                    let body = json!({
+                        "user_fields": ["nickname"], "location_fields": ["chat"], "icon": "mxc://ieum.test/kakao",
+                        "field_types": {
+                            "nickname": { "regexp": ".+", "placeholder": "김민수" },
+                            "chat": { "regexp": "[0-9]+", "placeholder": "1234" }
+                        },
+                        "instances": [{ "desc": "카카오톡", "fields": {}, "network_id": "kakao-main" }]
+                    });
+                    if protocol == "kakaotalk" { (axum::http::StatusCode::OK, body.to_string()) }
+                    else { (axum::http::StatusCode::NOT_FOUND, "{}".to_owned()) }
+                }),
+            )
+            .route(
+                "/_matrix/app/v1/thirdparty/location/{protocol}",
+                get(|axum::extract::RawQuery(query): axum::extract::RawQuery| async move {
+                    json!([
+                        { "alias": "#kakao_1234:ieum.test", "protocol": "kakaotalk",
+                          "fields": { "chat": "1234", "query": query.unwrap_or_default() } },
+                        { "alias": "#kakao_bad:ieum.test", "protocol": "other", "fields": {} },
+                        { "protocol": "kakaotalk", "fields": {} }
+                    ])
+                    .to_string()
+                }),
+            )
+            .route(
+                "/_matrix/app/v1/thirdparty/user/{protocol}",
+                get(|| async { json!([{ "userid": "@kakao_kim:ieum.test", "protocol": "kakaotalk", "fields": { "nickname": "김민수" } }]).to_string() }),
+            )
+            .route(
+                "/_matrix/app/v1/thirdparty/location",
+                get(|axum::extract::RawQuery(query): axum::extract::RawQuery| async move {
+                    let alias = query.unwrap_or_default().replace("alias=", "").replace("%23", "#").replace("%3A", ":");
+                    json!([{ "alias": alias, "protocol": "kakaotalk", "fields": { "chat": "1234" } }]).to_string()
+                }),
+            )
+            .route(
+                "/_matrix/app/v1/thirdparty/user",
+                get(|| async { "not json".to_owned() }),
+            )
+            .route(
                 "/_matrix/app/v1/transactions/{txn}",
                 put(move |Path(txn): Path<String>, headers: HeaderMap, body: String| {
                     let stub = stub.clone();
@@ -485,5 +527,55 @@ async fn ephemeral_and_to_device_reach_appservices_that_ask_for_them() {
     let (status, sync) = ghost_client.raw("GET", "/_matrix/client/v3/sync?timeout=0", None).await;
     assert_eq!(status, 200, "{sync}");
     assert!(sync["to_device"]["events"].as_array().is_none_or(|e| e.is_empty()), "delivered once: {sync}");
+    drop(dir);
+}
+
+#[tokio::test]
+async fn third_party_lookups_are_passed_to_the_appservices_that_declare_the_protocol() {
+    let stub = Stub::default();
+    let url = stub.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kakao.yaml");
+    let yaml = registration("ieum.test")
+        .replace("http://127.0.0.1:9", &url)
+        .replace("rate_limited: false", "rate_limited: false\nprotocols: [\"kakaotalk\"]");
+    std::fs::write(&path, yaml).unwrap();
+    let list = format!("[{:?}]", path.display().to_string());
+    let server = TestServer::start_with(&[("IEUM_APPSERVICES__REGISTRATIONS", &list)]).await;
+    let alice = server.register("alice").await;
+
+    let (status, body) = alice.raw("GET", "/_matrix/client/v3/thirdparty/protocols", None).await;
+    assert_eq!(status, 200, "{body}");
+    let kakao = &body["kakaotalk"];
+    assert_eq!(kakao["user_fields"], json!(["nickname"]), "{body}");
+    assert_eq!(kakao["instances"][0]["desc"], "카카오톡");
+    assert_eq!(kakao["instances"][0]["instance_id"], "kakao|kakao-main", "each instance gets a unique id");
+    let (status, single) = alice.raw("GET", "/_matrix/client/v3/thirdparty/protocol/kakaotalk", None).await;
+    assert_eq!((status, &single), (200, kakao));
+    let (status, body) = alice.raw("GET", "/_matrix/client/v3/thirdparty/protocol/irc", None).await;
+    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
+
+    // Lookups: the fields are passed on; malformed or other-protocol entries are dropped.
+    let (status, body) = alice.raw("GET", "/_matrix/client/v3/thirdparty/location/kakaotalk?chat=1234", None).await;
+    assert_eq!(status, 200, "{body}");
+    let found = body.as_array().unwrap();
+    assert_eq!(found.len(), 1, "{body}");
+    assert_eq!(found[0]["alias"], "#kakao_1234:ieum.test");
+    assert_eq!(found[0]["fields"]["query"], "chat=1234", "only the lookup's fields reach the appservice");
+    let (status, body) = alice.raw("GET", "/_matrix/client/v3/thirdparty/user/kakaotalk?nickname=kim", None).await;
+    assert_eq!((status, body[0]["userid"].as_str()), (200, Some("@kakao_kim:ieum.test")), "{body}");
+    let (status, body) = alice.raw("GET", "/_matrix/client/v3/thirdparty/location/irc", None).await;
+    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
+
+    // Reverse lookups; an appservice answering garbage gives an empty list, not an error.
+    let (status, body) =
+        alice.raw("GET", "/_matrix/client/v3/thirdparty/location?alias=%23kakao_1234%3Aieum.test", None).await;
+    assert_eq!((status, body[0]["alias"].as_str()), (200, Some("#kakao_1234:ieum.test")), "{body}");
+    let (status, body) =
+        alice.raw("GET", "/_matrix/client/v3/thirdparty/user?userid=%40kakao_kim%3Aieum.test", None).await;
+    assert_eq!((status, body), (200, json!([])));
+    // Only users may ask.
+    let (status, _) = server.client().raw("GET", "/_matrix/client/v3/thirdparty/protocols", None).await;
+    assert_eq!(status, 401);
     drop(dir);
 }

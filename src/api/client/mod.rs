@@ -8,3 +8,4 @@ pub mod media;
 pub mod push;
 pub mod room;
 pub mod sync;
+pub mod thirdparty;
