@@ -427,7 +427,18 @@ async fn serve_webhooks(args: ServeArgs) -> Result<(), String> {
         burst: f64::from(args.burst),
         retry_for: std::time::Duration::from_secs(args.retry_for),
     };
+    // SIGINT or SIGTERM (systemd): stop accepting, finish the requests in flight.
     let shutdown = async {
+        #[cfg(unix)]
+        {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing the SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");
     };

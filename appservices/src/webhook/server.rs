@@ -54,8 +54,9 @@ pub async fn serve(
         .await
 }
 
-/// `POST /hooks/{secret}`, `GET /health`; anything else is Slack's 404 `no_service`.
-pub fn router(bridge: Arc<Bridge>) -> Router {
+/// `POST /hooks/{secret}`, `GET /health`; anything else is Slack's 404 `no_service`. Served
+/// with the peer's address (`ConnectInfo`), which the log lines carry.
+fn router(bridge: Arc<Bridge>) -> Router {
     let limit = bridge.config.max_body;
     Router::new()
         .route("/hooks/{secret}", post(hook))
@@ -82,7 +83,7 @@ struct Loaded {
 }
 
 /// The shared state of the server.
-pub struct Bridge {
+struct Bridge {
     config: Config,
     http: reqwest::Client,
     hooks: Mutex<Loaded>,
@@ -136,7 +137,10 @@ impl PostError {
     fn from_client(doing: &str, e: ClientError) -> Self {
         let detail = format!("{doing}: {e}");
         match e {
-            ClientError::Unreachable { .. } => PostError::Unavailable(detail),
+            // (The client's own text speaks of resuming an import.)
+            ClientError::Unreachable { base, secs, last } => PostError::Unavailable(format!(
+                "{doing}: the homeserver at {base} did not answer for {secs}s (last error: {last}); answered 503"
+            )),
             ClientError::Http { status: 403, .. } => PostError::Forbidden(detail),
             ClientError::Http { status: 413, .. } => PostError::TooLarge(detail),
             ClientError::Http { .. } => PostError::Refused(detail),
@@ -155,7 +159,7 @@ fn new_txn_id() -> String {
 }
 
 impl Bridge {
-    pub fn new(config: Config) -> Self {
+    fn new(config: Config) -> Self {
         Self {
             http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("reqwest client"),
             config,
