@@ -1,5 +1,5 @@
 //! The `ieum-bridge` command line: --dry-run summaries, clear errors (unknown layout, missing
-//! options), the generator, and the not-yet-built webhook.
+//! options), the generator, and `webhook add|list|remove` (a secret shown once, never stored).
 
 use std::process::Command;
 
@@ -54,7 +54,65 @@ fn errors_are_clear() {
     assert!(err.contains("--tz: expected a fixed offset like +09:00"), "{err}");
     let (ok, _, err) = bridge(&["webhook"]);
     assert!(!ok);
-    assert!(err.contains("not yet"), "{err}");
+    assert!(err.contains("--registration") && err.contains("--hooks"), "{err}");
+}
+
+#[test]
+fn webhook_hooks_are_added_listed_and_removed() {
+    let dir = std::env::temp_dir().join(format!("ieum-bridge-cli-hooks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let hooks = dir.join("hooks.toml");
+    let hooks = hooks.to_str().unwrap();
+    let (ok, out, err) = bridge(&[
+        "webhook",
+        "add",
+        "grafana",
+        "--hooks",
+        hooks,
+        "--room",
+        "#alerts:ieum.test",
+        "--display-name",
+        "Grafana",
+        "--listen",
+        "127.0.0.1:9123",
+    ]);
+    assert!(ok, "{err}");
+    let url = out.trim();
+    let secret = url.strip_prefix("http://127.0.0.1:9123/hooks/").expect(url);
+    assert_eq!(secret.len(), 64);
+    assert!(err.contains("shown only once"), "{err}");
+    let (ok, out, _) = bridge(&[
+        "webhook",
+        "add",
+        "ci",
+        "--hooks",
+        hooks,
+        "--room",
+        "!r:ieum.test",
+        "--public-url",
+        "https://hooks.example.org/",
+    ]);
+    assert!(ok);
+    assert!(out.starts_with("https://hooks.example.org/hooks/"), "{out}");
+    let (ok, _, err) = bridge(&["webhook", "add", "ci", "--hooks", hooks, "--room", "!r:ieum.test"]);
+    assert!(!ok && err.contains("exists already"), "{err}");
+    let (ok, _, err) = bridge(&["webhook", "add", "bad", "--hooks", hooks, "--room", "alerts"]);
+    assert!(!ok && err.contains("room: expected a room id"), "{err}");
+
+    let (ok, out, _) = bridge(&["webhook", "list", "--hooks", hooks]);
+    assert!(ok);
+    assert_eq!(out, "grafana\t#alerts:ieum.test\tdisplay name \"Grafana\"\nci\t!r:ieum.test\n");
+    let file = std::fs::read_to_string(hooks).unwrap();
+    assert!(!file.contains(secret) && !out.contains(secret));
+
+    let (ok, _, err) = bridge(&["webhook", "remove", "grafana", "--hooks", hooks]);
+    assert!(ok, "{err}");
+    let (_, out, _) = bridge(&["webhook", "list", "--hooks", hooks]);
+    assert_eq!(out, "ci\t!r:ieum.test\n");
+    let (ok, _, err) = bridge(&["webhook", "remove", "grafana", "--hooks", hooks]);
+    assert!(!ok && err.contains("no hook named \"grafana\""), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

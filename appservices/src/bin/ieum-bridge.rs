@@ -1,6 +1,7 @@
 //! `ieum-bridge`: imports legacy-channel history (KakaoTalk, Slack, mbox exports) into a Matrix
 //! homeserver through the application-service API; `gen-kakaotalk` writes a large synthetic
-//! export for throughput measurements. The live `webhook` bridge is not built yet.
+//! export for throughput measurements; `webhook` serves Slack-compatible incoming webhooks
+//! (and `webhook add|list|remove` manages their hooks file).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,12 +13,14 @@ use ieum_appservices::import::client::{
 };
 use ieum_appservices::import::model::{Export, Tz};
 use ieum_appservices::import::{kakaotalk, mbox, slack};
+use ieum_appservices::webhook::hooks::HooksFile;
+use ieum_appservices::webhook::server;
 
 #[derive(Parser)]
 #[command(
     name = "ieum-bridge",
     version,
-    about = "Bridges for ieum: import legacy-channel history into Matrix rooms",
+    about = "Bridges for ieum: import legacy-channel history into Matrix rooms, serve incoming webhooks",
     after_help = "Examples:\n  \
     ieum-bridge import kakaotalk --dry-run chat.txt\n  \
     ieum-bridge import kakaotalk chat.txt --homeserver http://127.0.0.1:8008 \\\n    \
@@ -41,8 +44,106 @@ enum Command {
     },
     /// Write a synthetic Android-Korean KakaoTalk export with N messages to stdout.
     GenKakaotalk { n: usize },
-    /// Incoming Slack-compatible webhooks (not yet built).
-    Webhook,
+    /// Incoming Slack-compatible webhooks: serve them (no subcommand), or add/list/remove hooks.
+    Webhook(Box<Webhook>),
+}
+
+#[derive(Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "Examples:\n  \
+    ieum-bridge webhook add grafana --hooks hooks.toml --room '#alerts:example.org' --listen 127.0.0.1:9000\n  \
+    ieum-bridge webhook --registration bridge.yaml --homeserver http://127.0.0.1:8008 \\\n    \
+    --listen 127.0.0.1:9000 --hooks hooks.toml\n  \
+    curl -H 'Content-Type: application/json' -d '{\"text\": \"*disk* full <!here>\", \"username\": \"Grafana\"}' \\\n    \
+    http://127.0.0.1:9000/hooks/<secret>\n\n\
+    POST /hooks/<secret> takes Slack incoming-webhook JSON (or a form with payload=<json>): text\n\
+    (mrkdwn), username (posts as a ghost with that display name), attachments, blocks. Answers:\n\
+    200 ok; 400 invalid_payload | no_text; 404 no_service (unknown secret); 413 request_too_large;\n\
+    429 rate_limited (Retry-After); 503 homeserver_unavailable (retry later); 404 channel_not_found\n\
+    (the alias does not resolve); 403 action_prohibited (the bot cannot join: invite it to the room,\n\
+    or make it public); 502 homeserver_error (any other refusal, logged in full). The hooks file is\n\
+    re-read when it changes.\n\
+    Logs go to stderr (RUST_LOG, default info): one line per request, never the secret."
+)]
+struct Webhook {
+    #[command(subcommand)]
+    action: Option<HookAction>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The appservice registration YAML (as_token, sender_localpart, namespaces.users for the ghosts).
+    #[arg(long, required = true)]
+    registration: Option<PathBuf>,
+    /// Homeserver client-server base URL, e.g. http://127.0.0.1:8008.
+    #[arg(long, required = true)]
+    homeserver: Option<String>,
+    /// Address to listen on (put a TLS reverse proxy in front to expose it).
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    listen: String,
+    /// The hooks file (TOML, written by `webhook add`).
+    #[arg(long, required = true)]
+    hooks: Option<PathBuf>,
+    /// The homeserver's server name (default: asked with /account/whoami).
+    #[arg(long)]
+    server_name: Option<String>,
+    /// Largest accepted request body in bytes (413 above).
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_body: usize,
+    /// Sustained messages per second per hook (429 rate_limited above, after the burst).
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// Messages a hook may send at once before the rate applies.
+    #[arg(long, default_value_t = 20)]
+    burst: u32,
+    /// Seconds to retry a homeserver that is down before answering 503.
+    #[arg(long, default_value_t = 10)]
+    retry_for: u64,
+}
+
+#[derive(Subcommand)]
+enum HookAction {
+    /// Add a hook: generates its secret and prints its URL (once: only a hash is stored).
+    Add {
+        /// A name for logs, `list` and `remove` (letters, digits, - _ .).
+        name: String,
+        /// The hooks file (created if missing).
+        #[arg(long)]
+        hooks: PathBuf,
+        /// The room: an id (!id:server) or an alias (#alerts:server).
+        #[arg(long)]
+        room: String,
+        /// Who posts when a payload has no `username` (default: the bridge bot).
+        #[arg(long)]
+        display_name: Option<String>,
+        /// An mxc:// avatar for the ghosts this hook posts as.
+        #[arg(long)]
+        avatar_url: Option<String>,
+        /// Post m.notice (no notification by default push rules) instead of m.text.
+        #[arg(long)]
+        notice: bool,
+        /// The address the server listens on, for the printed URL.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: String,
+        /// The public base URL instead (behind a reverse proxy), e.g. https://hooks.example.org.
+        #[arg(long)]
+        public_url: Option<String>,
+    },
+    /// List the hooks (names, rooms, display names; never secrets).
+    List {
+        #[arg(long)]
+        hooks: PathBuf,
+    },
+    /// Remove a hook: its URL stops working (a running server re-reads the file).
+    Remove {
+        name: String,
+        #[arg(long)]
+        hooks: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -250,6 +351,100 @@ async fn run(source: Source) -> Result<(), String> {
     Ok(())
 }
 
+fn hook_action(action: HookAction) -> Result<(), String> {
+    match action {
+        HookAction::Add { name, hooks, room, display_name, avatar_url, notice, listen, public_url } => {
+            let mut file = HooksFile::load(&hooks)?;
+            let secret = file.add(&name, &room, display_name, avatar_url, notice)?;
+            file.save(&hooks)?;
+            let base = public_url.unwrap_or_else(|| format!("http://{listen}"));
+            println!("{}/hooks/{secret}", base.trim_end_matches('/'));
+            eprintln!("hook {name:?} added for {room}: keep this URL secret, it is shown only once");
+            Ok(())
+        }
+        HookAction::List { hooks } => {
+            let file = HooksFile::load(&hooks)?;
+            for hook in &file.hooks {
+                let mut line = format!("{}\t{}", hook.name, hook.room);
+                if let Some(display_name) = &hook.display_name {
+                    line.push_str(&format!("\tdisplay name {display_name:?}"));
+                }
+                if let Some(avatar) = &hook.avatar_url {
+                    line.push_str(&format!("\tavatar {avatar}"));
+                }
+                if hook.notice {
+                    line.push_str("\tm.notice");
+                }
+                println!("{line}");
+            }
+            eprintln!("{} hook(s) in {}", file.hooks.len(), hooks.display());
+            Ok(())
+        }
+        HookAction::Remove { name, hooks } => {
+            let mut file = HooksFile::load(&hooks)?;
+            let removed = file.remove(&name)?;
+            file.save(&hooks)?;
+            eprintln!("hook {name:?} for {} removed", removed.room);
+            Ok(())
+        }
+    }
+}
+
+async fn serve_webhooks(args: ServeArgs) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
+        .with_writer(std::io::stderr)
+        .init();
+    let registration_path = args.registration.expect("clap requires it");
+    let yaml =
+        std::fs::read_to_string(&registration_path).map_err(|e| format!("{}: {e}", registration_path.display()))?;
+    let registration = Registration::parse(&registration_path.display().to_string(), &yaml)?;
+    let hooks_path = args.hooks.expect("clap requires it");
+    let hooks = HooksFile::load(&hooks_path)?;
+    if !(args.rate > 0.0 && args.rate.is_finite()) || args.burst == 0 {
+        return Err("--rate must be above 0 and --burst at least 1".into());
+    }
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| format!("--listen {}: cannot listen: {e}", args.listen))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(
+        listen = %local,
+        hooks = hooks.hooks.len(),
+        file = %hooks_path.display(),
+        "ieum-bridge webhook: accepting POST /hooks/<secret>"
+    );
+    let config = server::Config {
+        homeserver: args.homeserver.expect("clap requires it"),
+        registration,
+        server_name: args.server_name,
+        hooks_path,
+        max_body: args.max_body,
+        rate_per_sec: args.rate,
+        burst: f64::from(args.burst),
+        retry_for: std::time::Duration::from_secs(args.retry_for),
+    };
+    // SIGINT or SIGTERM (systemd): stop accepting, finish the requests in flight.
+    let shutdown = async {
+        #[cfg(unix)]
+        {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing the SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+    };
+    server::serve(listener, config, shutdown).await.map_err(|e| format!("serving: {e}"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -257,7 +452,13 @@ fn main() -> ExitCode {
             print!("{}", kakaotalk::generate(n));
             Ok(())
         }
-        Command::Webhook => Err("ieum-bridge webhook: not yet built (issue 4, the live webhook bridge)".to_owned()),
+        Command::Webhook(webhook) => match webhook.action {
+            Some(action) => hook_action(action),
+            None => {
+                let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+                rt.block_on(serve_webhooks(webhook.serve))
+            }
+        },
         Command::Import { source } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
             rt.block_on(run(*source))

@@ -187,8 +187,17 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: &str, as_token: &str) -> Self {
+        Self::with_http(
+            reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("reqwest client"),
+            base,
+            as_token,
+        )
+    }
+
+    /// A client sharing `http`'s connection pool (the webhook server makes one per request).
+    pub fn with_http(http: reqwest::Client, base: &str, as_token: &str) -> Self {
         Self {
-            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("reqwest client"),
+            http,
             base: base.trim_end_matches('/').to_owned(),
             as_token: as_token.to_owned(),
             retry_for: Duration::from_secs(120),
