@@ -325,12 +325,12 @@ fn encoded_words() {
     assert_eq!(mbox::parse_date("3 Aug 2015 00:29 GMT"), civil_to_ms(2015, 8, 3, 0, 29, 0, Tz(0)));
 }
 
-const REG: &str = "id: bridge\nurl: null\nas_token: secret_as\nhs_token: secret_hs\nsender_localpart: bridgebot\nnamespaces:\n  users:\n    - exclusive: true\n      regex: '@bridge_.*:example\\.org'\n  aliases: []\n  rooms: []\n";
+const REG: &str = "id: bridge\nurl: null\nas_token: secret_as_0123456789\nhs_token: secret_hs_0123456789\nsender_localpart: bridgebot\nnamespaces:\n  users:\n    - exclusive: true\n      regex: '@bridge_.*:example\\.org'\n  aliases: []\n  rooms: []\n";
 
 #[test]
 fn registration_ghosts_and_mapping() {
     let reg = Registration::parse("reg.yaml", REG).unwrap();
-    assert_eq!(reg.as_token, "secret_as");
+    assert_eq!(reg.as_token, "secret_as_0123456789");
     let g = reg.ghost("kakao", "박영우", "example.org").unwrap();
     assert!(g.starts_with("@bridge_kakao_") && g.ends_with(":example.org"), "{g}");
     assert_eq!(g, reg.ghost("kakao", "박영우", "example.org").unwrap());

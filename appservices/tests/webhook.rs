@@ -86,7 +86,7 @@ async fn start_stub() -> (String, Arc<Stub>) {
     (base, stub)
 }
 
-const REG: &str = "id: wh\nas_token: as_token_0123456789\nhs_token: hs_token_0123456789\nsender_localpart: bridgebot\n\
+const REG: &str = "id: wh\nurl: null\nas_token: as_token_0123456789\nhs_token: hs_token_0123456789\nsender_localpart: bridgebot\n\
 namespaces:\n  users:\n    - exclusive: true\n      regex: '@bridge_.*:hs'\n";
 
 struct Hooks {

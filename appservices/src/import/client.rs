@@ -27,29 +27,11 @@ pub struct Registration {
     user_sources: Vec<String>,
 }
 
-#[derive(Deserialize)]
-struct RawRegistration {
-    as_token: String,
-    sender_localpart: String,
-    #[serde(default)]
-    namespaces: RawNamespaces,
-}
-#[derive(Deserialize, Default)]
-struct RawNamespaces {
-    #[serde(default)]
-    users: Vec<RawNamespace>,
-}
-#[derive(Deserialize)]
-struct RawNamespace {
-    regex: String,
-}
-
 impl Registration {
+    /// Reads the registration with the homeserver's own rules (`crate::registration::parse`),
+    /// so the bridge accepts and refuses exactly the files ieum does.
     pub fn parse(file: &str, yaml: &str) -> Result<Self, String> {
-        let raw: RawRegistration = serde_yaml_ng::from_str(yaml).map_err(|e| match e.location() {
-            Some(l) => format!("{file}:{}: expected an appservice registration (as_token, sender_localpart, namespaces.users), found: {e}", l.line()),
-            None => format!("{file}: expected an appservice registration, found: {e}"),
-        })?;
+        let raw = crate::registration::parse(Path::new(file), yaml).map_err(|e| e.to_string())?;
         let mut user_regexes = Vec::new();
         for ns in &raw.namespaces.users {
             user_regexes.push(
@@ -683,7 +665,8 @@ pub fn content_for(
 mod tests {
     use super::*;
 
-    const REG: &str = "as_token: a\nsender_localpart: bot\nnamespaces:\n  users:\n    - regex: '@bridge_.*:hs'\n      exclusive: true\n";
+    const REG: &str = "id: b\nurl: null\nas_token: as_token_0123456789\nhs_token: hs_token_0123456789\n\
+        sender_localpart: bot\nnamespaces:\n  users:\n    - regex: '@bridge_.*:hs'\n      exclusive: true\n";
 
     #[test]
     fn mapped_users_inside_the_namespace_are_used_outside_invited() {

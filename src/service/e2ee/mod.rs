@@ -342,7 +342,7 @@ impl E2ee {
             add_keys(&mut response, user_id, keys)?;
         }
         let timeout = timeout.unwrap_or(DEFAULT_REMOTE_TIMEOUT).min(Duration::from_secs(60));
-        let mut remote = tokio::task::JoinSet::new();
+        let mut requests = Vec::new();
         for (server, users) in by_server(wanted, self.core.server_name()) {
             // Users whose device lists we follow are answered from our copy.
             let mut ask = BTreeMap::new();
@@ -367,41 +367,14 @@ impl E2ee {
             if ask.is_empty() {
                 continue;
             }
-            let client = self.federation.client.clone();
-            remote.spawn(async move {
-                let request = federation::keys::get_keys::v1::Request::new(ask);
-                let answer = tokio::time::timeout(timeout, client.send(&server, request)).await;
-                (server, answer)
-            });
+            requests.push((server, federation::keys::get_keys::v1::Request::new(ask)));
         }
-        while let Some(joined) = remote.join_next().await {
-            let Ok((server, answer)) = joined else { continue };
-            match answer {
-                Ok(Ok(answer)) => {
-                    for (user_id, devices) in answer.device_keys {
-                        if user_id.server_name() == server {
-                            response.device_keys.insert(user_id, devices);
-                        }
-                    }
-                    for (user_id, key) in answer.master_keys {
-                        if user_id.server_name() == server {
-                            response.master_keys.insert(user_id, key);
-                        }
-                    }
-                    for (user_id, key) in answer.self_signing_keys {
-                        if user_id.server_name() == server {
-                            response.self_signing_keys.insert(user_id, key);
-                        }
-                    }
-                }
-                Ok(Err(error)) => {
-                    tracing::info!(%server, %error, "a key query to another server failed");
-                    response.failures.insert(server.to_string(), server_failure(&error));
-                }
-                Err(_) => {
-                    response.failures.insert(server.to_string(), server_failure(&"timed out"));
-                }
-            }
+        for (server, answer) in self.ask_servers(requests, timeout, "key query", &mut response.failures).await {
+            // A server answers for its own users only.
+            let own = |user_id: &UserId| user_id.server_name() == server;
+            response.device_keys.extend(answer.device_keys.into_iter().filter(|(u, _)| own(u)));
+            response.master_keys.extend(answer.master_keys.into_iter().filter(|(u, _)| own(u)));
+            response.self_signing_keys.extend(answer.self_signing_keys.into_iter().filter(|(u, _)| own(u)));
         }
         // Signatures the requester made on remote users' master keys.
         let signed: Vec<OwnedUserId> =
@@ -440,7 +413,7 @@ impl E2ee {
             }
         }
         let timeout = timeout.unwrap_or(DEFAULT_REMOTE_TIMEOUT).min(Duration::from_secs(60));
-        let mut remote = tokio::task::JoinSet::new();
+        let mut requests = Vec::new();
         for (server, users) in by_server(wanted, self.core.server_name()) {
             let mut claims = BTreeMap::new();
             for (user_id, devices) in users {
@@ -448,33 +421,56 @@ impl E2ee {
                     devices.into_iter().map(|(d, a)| (d, ruma::OneTimeKeyAlgorithm::from(a.as_str()))).collect();
                 claims.insert(user_id, devices);
             }
+            requests.push((server, federation::keys::claim_keys::v1::Request::new(claims)));
+        }
+        for (server, answer) in self.ask_servers(requests, timeout, "key claim", &mut response.failures).await {
+            // A server answers for its own users only.
+            response.one_time_keys.extend(answer.one_time_keys.into_iter().filter(|(u, _)| u.server_name() == server));
+        }
+        Ok(response)
+    }
+
+    /// Sends each server its request at once, each bounded by `timeout`; the answers of the
+    /// servers that answered, and a `failures` entry (as /keys/query and /keys/claim report
+    /// them) for each one that did not.
+    async fn ask_servers<R>(
+        &self,
+        requests: Vec<(ruma::OwnedServerName, R)>,
+        timeout: Duration,
+        what: &'static str,
+        failures: &mut BTreeMap<String, Value>,
+    ) -> Vec<(ruma::OwnedServerName, R::IncomingResponse)>
+    where
+        R: ruma::api::OutgoingRequest<
+                Authentication = ruma::api::federation::authentication::ServerSignatures,
+                PathBuilder = ruma::api::path_builder::SinglePath,
+            > + Send
+            + 'static,
+        R::IncomingResponse: Send + 'static,
+    {
+        let mut remote = tokio::task::JoinSet::new();
+        for (server, request) in requests {
             let client = self.federation.client.clone();
             remote.spawn(async move {
-                let request = federation::keys::claim_keys::v1::Request::new(claims);
                 let answer = tokio::time::timeout(timeout, client.send(&server, request)).await;
                 (server, answer)
             });
         }
+        let mut answers = Vec::new();
         while let Some(joined) = remote.join_next().await {
             let Ok((server, answer)) = joined else { continue };
             match answer {
-                Ok(Ok(answer)) => {
-                    for (user_id, keys) in answer.one_time_keys {
-                        if user_id.server_name() == server {
-                            response.one_time_keys.insert(user_id, keys);
-                        }
-                    }
-                }
+                Ok(Ok(answer)) => answers.push((server, answer)),
                 Ok(Err(error)) => {
-                    tracing::info!(%server, %error, "a key claim to another server failed");
-                    response.failures.insert(server.to_string(), server_failure(&error));
+                    tracing::info!(%server, %error, "a {what} to another server failed");
+                    failures.insert(server.to_string(), server_failure(&error));
                 }
                 Err(_) => {
-                    response.failures.insert(server.to_string(), server_failure(&"timed out"));
+                    failures.insert(server.to_string(), server_failure(&"timed out"));
                 }
             }
         }
-        Ok(response)
+        answers
     }
 
     /// Claims one key per device of a local user.

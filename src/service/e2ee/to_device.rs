@@ -74,18 +74,7 @@ impl E2ee {
         let mut inbox: Vec<(OwnedUserId, OwnedDeviceId, Box<RawValue>)> = Vec::new();
         for (user_id, target, content) in local {
             let event = event_json(&session.user_id, &kind, content.json())?;
-            match target {
-                DeviceIdOrAllDevices::AllDevices => {
-                    for device in self.core.db.devices(&user_id)? {
-                        inbox.push((user_id.clone(), device.device_id, event.clone()));
-                    }
-                }
-                DeviceIdOrAllDevices::DeviceId(device_id) => {
-                    if self.core.db.device(&user_id, &device_id)?.is_some() {
-                        inbox.push((user_id.clone(), device_id, event));
-                    }
-                }
-            }
+            self.address(&mut inbox, &user_id, target, event)?;
         }
         // The transaction is recorded with the local messages; a retry of a transaction we
         // already did sends nothing anywhere.
@@ -106,6 +95,30 @@ impl E2ee {
         Ok(())
     }
 
+    /// Inbox entries for one message to a local user: each of the user's devices for `*`, the
+    /// device named if it exists; unknown users and devices get nothing (the spec).
+    fn address(
+        &self,
+        inbox: &mut Vec<(OwnedUserId, OwnedDeviceId, Box<RawValue>)>,
+        user_id: &OwnedUserId,
+        target: DeviceIdOrAllDevices,
+        event: Box<RawValue>,
+    ) -> Result<()> {
+        match target {
+            DeviceIdOrAllDevices::AllDevices => {
+                for device in self.core.db.devices(user_id)? {
+                    inbox.push((user_id.clone(), device.device_id, event.clone()));
+                }
+            }
+            DeviceIdOrAllDevices::DeviceId(device_id) => {
+                if self.core.db.device(user_id, &device_id)?.is_some() {
+                    inbox.push((user_id.clone(), device_id, event));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// An `m.direct_to_device` EDU from `origin`: into our users' inboxes.
     pub async fn receive_direct_to_device(&self, origin: &ServerName, content: DirectDeviceContent) {
         if content.sender.server_name() != origin {
@@ -120,18 +133,7 @@ impl E2ee {
                 }
                 for (target, message) in devices {
                     let event = event_json(&content.sender, &kind, message.json())?;
-                    match target {
-                        DeviceIdOrAllDevices::AllDevices => {
-                            for device in self.core.db.devices(&user_id)? {
-                                inbox.push((user_id.clone(), device.device_id, event.clone()));
-                            }
-                        }
-                        DeviceIdOrAllDevices::DeviceId(device_id) => {
-                            if self.core.db.device(&user_id, &device_id)?.is_some() {
-                                inbox.push((user_id.clone(), device_id, event));
-                            }
-                        }
-                    }
+                    self.address(&mut inbox, &user_id, target, event)?;
                     if inbox.len() > MAX_MESSAGES {
                         return Err(Error::invalid_param("too many to-device messages"));
                     }
