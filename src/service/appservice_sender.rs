@@ -5,7 +5,7 @@
 //! and resent with the same id and body until accepted, across restarts; failures back off.
 //!
 //! Appservices registered with `receive_ephemeral` also get typing, receipts and presence in
-//! `ephemeral`, and the to-device messages of their users' devices in
+//! `ephemeral` (and `de.sorunome.msc2409.ephemeral`, which older frameworks read), and the to-device messages of their users' devices in
 //! `de.sorunome.msc2409.to_device` (with `to_user_id`/`to_device_id`, as Synapse sends them).
 //! Receipts and to-device messages are durable and found by stream position like events
 //! (a to-device message leaves its inbox once the transaction carrying it is accepted);
@@ -165,6 +165,8 @@ impl AppserviceSender {
         }
         let mut body = json!({ "events": events });
         if wants_ephemeral {
+            // Also under MSC2409's unstable name: matrix-appservice (node) reads only that one.
+            body["de.sorunome.msc2409.ephemeral"] = Value::Array(ephemeral.clone());
             body["ephemeral"] = Value::Array(ephemeral);
             if !to_device.is_empty() {
                 body["de.sorunome.msc2409.to_device"] =

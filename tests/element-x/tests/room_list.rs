@@ -1,0 +1,269 @@
+//! Element X's room list, timeline and encryption (matrix-sdk-ui 0.18's SyncService over
+//! simplified sliding sync) against ieum.
+
+mod common;
+
+use std::{sync::Arc, time::Instant};
+
+use futures_util::StreamExt;
+use matrix_sdk::{
+    Client, RoomState,
+    ruma::{
+        OwnedRoomId, RoomId,
+        api::client::{
+            membership::{invite_user, join_room_by_id},
+            receipt::create_receipt::v3::ReceiptType,
+            room::create_room,
+        },
+        events::{
+            InitialStateEvent, receipt::ReceiptThread, room::encryption::RoomEncryptionEventContent,
+            room::message::RoomMessageEventContent,
+        },
+        serde::Raw,
+    },
+};
+use matrix_sdk_ui::{
+    eyeball_im::Vector,
+    room_list_service::{RoomListItem, filters::new_filter_non_left},
+    timeline::RoomExt,
+};
+use tokio::sync::Mutex;
+
+use common::{Ieum, create_room, eventually, say, start_sync};
+
+/// The room list as Element X shows it (non-left rooms, the SDK's sort), kept current by
+/// a task applying the list's diffs.
+struct Shown {
+    rooms: Arc<Mutex<Vector<RoomListItem>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Shown {
+    async fn start(sync: &matrix_sdk_ui::sync_service::SyncService, page: usize) -> Self {
+        let service = sync.room_list_service();
+        let rooms = Arc::new(Mutex::new(Vector::new()));
+        let shown = rooms.clone();
+        let task = tokio::spawn(async move {
+            let list = service.all_rooms().await.expect("all_rooms");
+            let (stream, controller) = list.entries_with_dynamic_adapters(page);
+            controller.set_filter(Box::new(new_filter_non_left()));
+            futures_util::pin_mut!(stream);
+            while let Some(diffs) = stream.next().await {
+                let mut rooms = shown.lock().await;
+                for diff in diffs {
+                    diff.apply(&mut rooms);
+                }
+            }
+        });
+        Self { rooms, _task: task }
+    }
+
+    async fn ids(&self) -> Vec<OwnedRoomId> {
+        self.rooms.lock().await.iter().map(|r| r.room_id().to_owned()).collect()
+    }
+}
+
+fn named(name: &str) -> create_room::v3::Request {
+    let mut request = create_room::v3::Request::new();
+    request.name = Some(name.to_owned());
+    request
+}
+
+async fn invite_and_join(inviter: &Client, invitee: &Client, room_id: &RoomId) {
+    let user = invitee.user_id().unwrap().to_owned();
+    inviter.send(invite_user::v3::Request::new(room_id.to_owned(), user.into())).await.expect("invite");
+    invitee.send(join_room_by_id::v3::Request::new(room_id.to_owned())).await.expect("join");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rooms_in_recency_order_with_names_heroes_and_counts_that_move_and_clear() {
+    let server = Ieum::start().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let budget = create_room(&bob, named("예산 2027")).await;
+    let ops = create_room(&bob, named("Ops")).await;
+    let unnamed = create_room(&bob, create_room::v3::Request::new()).await;
+    for room in [&budget, &ops, &unnamed] {
+        invite_and_join(&bob, &alice, room).await;
+    }
+    say(&bob, &budget, "first").await;
+    say(&bob, &ops, "second").await;
+    say(&bob, &unnamed, "third").await;
+
+    let sync = start_sync(&alice).await;
+    let shown = Shown::start(&sync, 50).await;
+    let order = eventually("three rooms, newest first", async || {
+        let ids = shown.ids().await;
+        (ids.len() == 3).then_some(ids)
+    })
+    .await;
+    assert_eq!(order, vec![unnamed.clone(), ops.clone(), budget.clone()], "recency order");
+
+    let room = |id: &OwnedRoomId| alice.get_room(id).expect("room known to the client");
+    assert_eq!(room(&budget).display_name().await.unwrap().to_string(), "예산 2027");
+    assert_eq!(room(&ops).display_name().await.unwrap().to_string(), "Ops");
+    // An unnamed room is called after its other members (the heroes).
+    let bob_id = bob.user_id().unwrap().to_owned();
+    let heroes = room(&unnamed).heroes();
+    assert!(heroes.iter().any(|h| h.user_id == bob_id), "heroes: {heroes:?}");
+    let unnamed_name = room(&unnamed).display_name().await.unwrap().to_string();
+    assert!(unnamed_name.contains(bob_id.localpart()), "unnamed room shown as {unnamed_name:?}");
+    for id in [&budget, &ops, &unnamed] {
+        assert_eq!(room(id).unread_notification_counts().notification_count, 1, "{id}");
+    }
+
+    // A new message moves its room to the top and bumps the count.
+    let latest = say(&bob, &budget, "예산안 검토 부탁드립니다").await;
+    eventually("the budget room on top with 2 unread", async || {
+        let ids = shown.ids().await;
+        (ids.first() == Some(&budget) && room(&budget).unread_notification_counts().notification_count == 2)
+            .then_some(())
+    })
+    .await;
+
+    // Reading it clears the count.
+    room(&budget)
+        .send_single_receipt(ReceiptType::Read.into(), ReceiptThread::Unthreaded, latest)
+        .await
+        .expect("read receipt");
+    eventually("the count cleared", async || {
+        (room(&budget).unread_notification_counts().notification_count == 0).then_some(())
+    })
+    .await;
+    sync.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_invite_appears_and_can_be_accepted() {
+    let server = Ieum::start().await;
+    let alice = server.user("alice").await;
+    let carol = server.user("carol").await;
+    let sync = start_sync(&alice).await;
+    let shown = Shown::start(&sync, 50).await;
+    // Let the first sync finish with no rooms, then invite: the invite arrives live.
+    eventually("the first sync", async || alice.sliding_sync_version().is_native().then_some(())).await;
+    let room_id = create_room(&carol, named("인사팀 공지")).await;
+    let alice_id = alice.user_id().unwrap().to_owned();
+    carol.send(invite_user::v3::Request::new(room_id.clone(), alice_id.into())).await.expect("invite");
+    let invited = eventually("the invite in the list", async || {
+        let room = alice.get_room(&room_id)?;
+        (room.state() == RoomState::Invited && shown.ids().await.contains(&room_id)).then_some(room)
+    })
+    .await;
+    assert_eq!(invited.display_name().await.unwrap().to_string(), "인사팀 공지", "invite_state carries the name");
+    invited.join().await.expect("accept");
+    eventually("joined", async || (alice.get_room(&room_id)?.state() == RoomState::Joined).then_some(())).await;
+    sync.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_timeline_paginates_back_to_the_start() {
+    let server = Ieum::start().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let room_id = create_room(&bob, named("History")).await;
+    invite_and_join(&bob, &alice, &room_id).await;
+    for i in 0..45 {
+        say(&bob, &room_id, &format!("message {i}")).await;
+    }
+    let sync = start_sync(&alice).await;
+    let room = eventually("the room", async || alice.get_room(&room_id)).await;
+    let timeline = room.timeline().await.expect("timeline");
+    let mut reached_start = false;
+    for _ in 0..20 {
+        if timeline.paginate_backwards(20).await.expect("paginate") {
+            reached_start = true;
+            break;
+        }
+    }
+    assert!(reached_start, "pagination reaches the room's creation");
+    let bodies: Vec<String> = timeline
+        .items()
+        .await
+        .iter()
+        .filter_map(|item| item.as_event()?.content().as_message().map(|m| m.body().to_owned()))
+        .collect();
+    let expected: Vec<String> = (0..45).map(|i| format!("message {i}")).collect();
+    assert_eq!(bodies, expected, "every message once, in order");
+    sync.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_in_an_encrypted_room_are_decrypted() {
+    let server = Ieum::start().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let alice_sync = start_sync(&alice).await;
+    let bob_sync = start_sync(&bob).await;
+    let mut request = named("보안 회의");
+    request.initial_state =
+        vec![InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults()).to_raw_any()];
+    let room_id = create_room(&bob, request).await;
+    invite_and_join(&bob, &alice, &room_id).await;
+    // Bob's client must see alice join (and learn her devices) before it encrypts to her.
+    let bob_room = eventually("bob sees alice in the room", async || {
+        let room = bob.get_room(&room_id)?;
+        (room.joined_members_count() == 2).then_some(room)
+    })
+    .await;
+    assert!(bob_room.latest_encryption_state().await.unwrap().is_encrypted());
+    bob_room.send(RoomMessageEventContent::text_plain("기밀: 3시 회의")).await.expect("send encrypted");
+
+    let alice_room = eventually("alice has the room", async || alice.get_room(&room_id)).await;
+    let timeline = alice_room.timeline().await.expect("timeline");
+    eventually("alice decrypts bob's message", async || {
+        let _ = timeline.paginate_backwards(10).await;
+        timeline
+            .items()
+            .await
+            .iter()
+            .any(|item| {
+                item.as_event().and_then(|e| e.content().as_message()).is_some_and(|m| m.body() == "기밀: 3시 회의")
+            })
+            .then_some(())
+    })
+    .await;
+    alice_sync.stop().await;
+    bob_sync.stop().await;
+}
+
+/// What Element X shows on first start for a user in many rooms (500 unless
+/// IEUM_ELEMENT_X_ROOMS says otherwise), and how long the first page of 20 took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn first_start_for_a_user_in_many_rooms() {
+    let rooms: usize = std::env::var("IEUM_ELEMENT_X_ROOMS").ok().and_then(|n| n.parse().ok()).unwrap_or(500);
+    let server = Ieum::start().await;
+    let alice = server.user("alice").await;
+    let setup = Instant::now();
+    let mut created = Vec::new();
+    for i in 0..rooms {
+        let id = create_room(&alice, named(&format!("업무방 {i:03}"))).await;
+        if i % 50 == 0 {
+            say(&alice, &id, &format!("room {i}")).await;
+        }
+        created.push(id);
+    }
+    let setup = setup.elapsed();
+    let started = Instant::now();
+    let sync = start_sync(&alice).await;
+    let shown = Shown::start(&sync, 20).await;
+    let first_page = eventually("the first 20 rooms", async || {
+        let ids = shown.ids().await;
+        (ids.len() >= 20).then_some(ids)
+    })
+    .await;
+    let elapsed = started.elapsed();
+    let names: Vec<String> = {
+        let shown = shown.rooms.lock().await;
+        shown.iter().take(20).map(|r| r.cached_display_name().map(|n| n.to_string()).unwrap_or_default()).collect()
+    };
+    println!(
+        "element-x first start: {rooms} rooms (set up in {setup:?}); first page of 20 shown after {elapsed:?}: {names:?}"
+    );
+    // The rooms with a message are the most recent activity after the newest creations; the
+    // first page holds the newest rooms, newest first.
+    assert_eq!(first_page.len(), 20);
+    assert_eq!(first_page[0], *created.last().unwrap(), "the newest room first");
+    assert!(names.iter().all(|n| n.starts_with("업무방")), "{names:?}");
+    sync.stop().await;
+}
