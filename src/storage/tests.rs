@@ -80,6 +80,8 @@ fn append(store: &dyn Storage, room: &RoomId, id: &OwnedEventId, membership: Opt
             txn_key: Some((owned_user_id!("@a:x"), "S".into(), id.to_string())),
             push: Default::default(),
             redact: None,
+            bumps: false,
+            last_bump: None,
         })
         .unwrap()
 }
@@ -670,6 +672,8 @@ fn push_append(store: &dyn Storage, room: &RoomId, id: &OwnedEventId, push: Push
             txn_key: None,
             redact: None,
             push,
+            bumps: false,
+            last_bump: None,
         })
         .unwrap()
 }

@@ -7,4 +7,5 @@ pub mod keys;
 pub mod media;
 pub mod push;
 pub mod room;
+pub mod sliding_sync;
 pub mod sync;
