@@ -54,7 +54,7 @@ const MAX_LISTS: usize = 100;
 const MAX_SUBSCRIPTIONS: usize = 100;
 /// Default and largest number of to-device messages in one response.
 const TO_DEVICE_LIMIT: usize = 100;
-/// Room types remembered (cleared when full).
+/// Room types and searched bump positions remembered (each map cleared when full).
 const ROOM_TYPE_CACHE_LIMIT: usize = 100_000;
 /// How far back a room without a recorded bump position is searched for one.
 const BUMP_SCAN_LIMIT: usize = 100;
@@ -244,6 +244,9 @@ pub struct SlidingSync {
     /// Room types (they never change), so the usual `not_room_types: ["m.space"]` filter costs
     /// no reads after the first request.
     room_types: Mutex<HashMap<OwnedRoomId, Option<String>>>,
+    /// Bump positions found by searching rooms whose head has none (joined over federation
+    /// and quiet since), with the head position they were found at.
+    scanned_bumps: Mutex<HashMap<OwnedRoomId, (StreamPos, StreamPos)>>,
 }
 
 /// What one computation produced.
@@ -278,7 +281,16 @@ impl SlidingSync {
         e2ee: Arc<E2ee>,
         sync: Arc<Sync>,
     ) -> Self {
-        Self { core, rooms, ephemeral, e2ee, sync, connections: Mutex::default(), room_types: Mutex::default() }
+        Self {
+            core,
+            rooms,
+            ephemeral,
+            e2ee,
+            sync,
+            connections: Mutex::default(),
+            room_types: Mutex::default(),
+            scanned_bumps: Mutex::default(),
+        }
     }
 
     /// One sliding sync request: answers at once when there is something to send (always for
@@ -424,14 +436,26 @@ impl SlidingSync {
         if let Some(bump) = head.last_bump {
             return Ok(bump);
         }
+        if let Some((last_pos, bump)) = self.scanned_bumps.lock().unwrap_or_else(|e| e.into_inner()).get(room_id)
+            && *last_pos == head.last_pos
+        {
+            return Ok(*bump);
+        }
+        let mut bump = head.last_pos;
         for (pos, event_id, _) in
             self.core.db.timeline(room_id, head.last_pos + 1, Direction::Backward, BUMP_SCAN_LIMIT)?
         {
             if self.rooms.pdu(&event_id)?.is_some_and(|pdu| bumps(&pdu.kind)) {
-                return Ok(pos);
+                bump = pos;
+                break;
             }
         }
-        Ok(head.last_pos)
+        let mut scanned = self.scanned_bumps.lock().unwrap_or_else(|e| e.into_inner());
+        if scanned.len() >= ROOM_TYPE_CACHE_LIMIT {
+            scanned.clear();
+        }
+        scanned.insert(room_id.to_owned(), (head.last_pos, bump));
+        Ok(bump)
     }
 
     /// Rooms named in `m.direct` account data.

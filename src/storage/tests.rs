@@ -151,6 +151,40 @@ storage_test!(timeline_pages_both_ways_and_survives_reopen, |store, reopen| {
     assert!(next > *positions.last().unwrap());
 });
 
+storage_test!(room_heads_keep_the_last_bumping_position, |store, reopen| {
+    let room = room_id!("!r:x");
+    let append_bump = |store: &dyn Storage, id: &str, bumps: bool| {
+        let id = OwnedEventId::try_from(id.to_owned()).unwrap();
+        let last_bump = store.room_head(room).unwrap().and_then(|h| h.last_bump);
+        store
+            .append_event(AppendEvent {
+                event_id: &id,
+                event: event(room),
+                new_room: None,
+                new_state_groups: Vec::new(),
+                state_after: 1,
+                extremities: vec![id.clone()],
+                depth: 1,
+                memberships: Vec::new(),
+                txn_key: None,
+                redact: None,
+                push: Default::default(),
+                bumps,
+                last_bump,
+            })
+            .unwrap()
+    };
+    let message = append_bump(&*store, "$message", true);
+    let state = append_bump(&*store, "$state", false);
+    let head = store.room_head(room).unwrap().unwrap();
+    assert_eq!((head.last_pos, head.last_bump), (state, Some(message)), "a non-bumping event keeps the bump");
+    drop(store);
+    let store = reopen();
+    assert_eq!(store.room_head(room).unwrap().unwrap().last_bump, Some(message));
+    let later = append_bump(&*store, "$later", true);
+    assert_eq!(store.room_head(room).unwrap().unwrap().last_bump, Some(later));
+});
+
 storage_test!(backfilled_history_goes_below_the_oldest_entry_and_is_not_new, |store, reopen| {
     let room = room_id!("!r:x");
     let joined = OwnedEventId::try_from("$join".to_owned()).unwrap();

@@ -872,3 +872,27 @@ async fn left_and_kicked_rooms() {
     let after = ss(&bob, Some(&pos(&fresh)), &request).await;
     assert!(!has_room(&after, &kicked), "{after}");
 }
+
+#[tokio::test]
+async fn a_user_in_many_rooms_gets_the_window_then_only_what_is_new_to_the_client() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let mut rooms = Vec::new();
+    for i in 0..40 {
+        rooms.push(create_named_room(&alice, &format!("room {i}"), false).await);
+    }
+    // Newest first: the last created room is the most recent.
+    let newest_first: Vec<String> = rooms.iter().rev().map(|r| r.to_string()).collect();
+    let started = Instant::now();
+    let first = ss(&alice, None, &list((0, 19), 1, json!([["m.room.name", ""]]))).await;
+    let took = started.elapsed();
+    assert_eq!(first["lists"]["all"]["count"], 40);
+    assert_eq!(by_bump(&first), newest_first[..20].to_vec(), "{first}");
+    assert_eq!(room(&first, &rooms[39])["name"], "room 39");
+    eprintln!("first response for 20 of 40 rooms (debug build): {took:?}");
+
+    // Growing the range sends the 20 rooms the client does not have, not the first 20 again.
+    let grown = ss(&alice, Some(&pos(&first)), &list((0, 39), 1, json!([["m.room.name", ""]]))).await;
+    assert_eq!(by_bump(&grown), newest_first[20..].to_vec(), "{grown}");
+    assert!(grown["rooms"].as_object().unwrap().values().all(|r| r["initial"] == true));
+}
