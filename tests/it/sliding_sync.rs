@@ -429,6 +429,15 @@ async fn timeline_limit_limited_and_prev_batch() {
     let older: Vec<&str> =
         page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
     assert_eq!(older, vec!["m2", "m1"]);
+    // The response's `pos` is a /messages token too (MSC4186): backwards from it, the newest.
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1&from={}",
+        enc(room_id.as_str()),
+        enc(&pos(&answer))
+    );
+    let (status, page) = alice.raw("GET", &path, None).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["chunk"][0]["content"]["body"], "m5", "{page}");
 
     // A room that fits in the limit is not limited.
     let short = create_named_room(&alice, "short", false).await;
