@@ -905,3 +905,22 @@ async fn a_user_in_many_rooms_gets_the_window_then_only_what_is_new_to_the_clien
     assert_eq!(by_bump(&grown), newest_first[20..].to_vec(), "{grown}");
     assert!(grown["rooms"].as_object().unwrap().values().all(|r| r["initial"] == true));
 }
+
+#[tokio::test]
+async fn bad_requests_get_the_spec_errcodes() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let backwards = json!({ "lists": { "l": { "ranges": [[5, 2]], "timeline_limit": 1 } } });
+    let (status, body) = try_ss(&alice, None, Some(0), &backwards).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{body}");
+    let bad_since = json!({ "extensions": { "to_device": { "enabled": true, "since": "yesterday" } } });
+    let (status, body) = try_ss(&alice, None, Some(0), &bad_since).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{body}");
+    let wrong_type = json!({ "lists": { "l": { "ranges": "all", "timeline_limit": 1 } } });
+    let (status, body) = try_ss(&alice, None, Some(0), &wrong_type).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{body}");
+    let (status, body) = alice.raw("POST", PATH, Some("{not json")).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_NOT_JSON")), "{body}");
+    let (status, body) = server.client().raw("POST", PATH, Some("{}")).await;
+    assert_eq!((status, body["errcode"].as_str()), (401, Some("M_MISSING_TOKEN")), "{body}");
+}
