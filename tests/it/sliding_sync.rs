@@ -924,3 +924,47 @@ async fn bad_requests_get_the_spec_errcodes() {
     let (status, body) = server.client().raw("POST", PATH, Some("{}")).await;
     assert_eq!((status, body["errcode"].as_str()), (401, Some("M_MISSING_TOKEN")), "{body}");
 }
+
+/// Timing of the first response for a user in 500 rooms (run by hand:
+/// `cargo test --test it sliding_sync::first_response_timing -- --ignored --nocapture`).
+#[tokio::test]
+#[ignore]
+async fn first_response_timing() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    for i in 0..500 {
+        let room_id = create_named_room(&alice, &format!("room {i}"), true).await;
+        if i % 10 == 0 {
+            join(&bob, &room_id).await;
+            send_text(&bob, &room_id, "hello").await;
+        }
+    }
+    let request = json!({
+        "conn_id": "room-list",
+        "lists": { "all_rooms": {
+            "ranges": [[0, 19]], "timeline_limit": 1,
+            "required_state": [["m.room.name", ""], ["m.room.avatar", ""], ["m.room.encryption", ""], ["m.room.member", "$LAZY"], ["m.room.member", "$ME"], ["m.room.create", ""]],
+            "filters": { "not_room_types": ["m.space"] },
+        } },
+        "extensions": { "account_data": { "enabled": true }, "receipts": { "enabled": true, "rooms": ["*"] }, "typing": { "enabled": true } },
+    });
+    for run in 0..3 {
+        let started = Instant::now();
+        let answer = ss(&alice, None, &request).await;
+        eprintln!(
+            "run {run}: first response, 20 of {} rooms: {:?}",
+            answer["lists"]["all_rooms"]["count"],
+            started.elapsed()
+        );
+        let started = Instant::now();
+        let mut grown = request.clone();
+        grown["lists"]["all_rooms"]["ranges"] = json!([[0, 499]]);
+        let all = ss(&alice, Some(&pos(&answer)), &grown).await;
+        eprintln!(
+            "run {run}: growing to all rooms ({} new): {:?}",
+            all["rooms"].as_object().map_or(0, |r| r.len()),
+            started.elapsed()
+        );
+    }
+}
