@@ -87,6 +87,31 @@ pub struct ExtraListFilters {
     pub not_tags: Vec<String>,
 }
 
+impl ExtraListFilters {
+    /// `lists.{name}.filters.{spaces,tags,not_tags}` of a request body, by list name.
+    pub fn from_body(body: &[u8]) -> BTreeMap<String, Self> {
+        let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(body) else { return BTreeMap::new() };
+        let Some(Value::Object(lists)) = body.get("lists") else { return BTreeMap::new() };
+        let strings = |value: Option<&Value>| -> Option<Vec<String>> {
+            value?.as_array().map(|items| items.iter().filter_map(|i| i.as_str().map(str::to_owned)).collect())
+        };
+        lists
+            .iter()
+            .filter_map(|(name, list)| {
+                let filters = list.get("filters")?;
+                let spaces = strings(filters.get("spaces"))
+                    .map(|ids| ids.into_iter().filter_map(|id| OwnedRoomId::try_from(id).ok()).collect());
+                let extra = Self {
+                    spaces,
+                    tags: strings(filters.get("tags")),
+                    not_tags: strings(filters.get("not_tags")).unwrap_or_default(),
+                };
+                Some((name.clone(), extra))
+            })
+            .collect()
+    }
+}
+
 /// A response and the rooms whose timeline reaches back before what the client had
 /// (`expanded_timeline`, which ruma's `Room` cannot carry).
 pub struct SlidingSyncOutput {

@@ -968,3 +968,29 @@ async fn first_response_timing() {
         );
     }
 }
+
+#[tokio::test]
+async fn filter_tags_and_not_tags() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let favourite = create_named_room(&alice, "favourite", false).await;
+    let low = create_named_room(&alice, "low", false).await;
+    let plain = create_named_room(&alice, "plain", false).await;
+    for (room_id, tag) in [(&favourite, "m.favourite"), (&low, "m.lowpriority")] {
+        let path = format!(
+            "/_matrix/client/v3/user/{}/rooms/{}/tags/{tag}",
+            enc(alice.user_id().as_str()),
+            enc(room_id.as_str())
+        );
+        let (status, body) = alice.raw("PUT", &path, Some("{}")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let body =
+        |filters: Value| json!({ "lists": { "l": { "ranges": [[0, 9]], "timeline_limit": 0, "filters": filters } } });
+    let favourites = ss(&alice, None, &body(json!({ "tags": ["m.favourite"] }))).await;
+    assert_eq!(favourites["lists"]["l"]["count"], 1, "{favourites}");
+    assert!(has_room(&favourites, &favourite));
+    let rest = ss(&alice, None, &body(json!({ "not_tags": ["m.favourite", "m.lowpriority"] }))).await;
+    assert_eq!(rest["lists"]["l"]["count"], 1, "{rest}");
+    assert!(has_room(&rest, &plain));
+}

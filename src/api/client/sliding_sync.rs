@@ -2,10 +2,9 @@
 //! what ruma's types leave out (`expanded_timeline`); the `spaces` and `tags` list filters
 //! are read from the body for the same reason.
 
-use std::{collections::BTreeMap, convert::Infallible};
+use std::convert::Infallible;
 
 use ruma::{
-    OwnedRoomId,
     api::{OutgoingBody, OutgoingResponse, OutgoingResponseExt, client::sync::sync_events::v5, error::IntoHttpError},
     exports::{bytes::BufMut, http},
 };
@@ -22,32 +21,9 @@ use crate::{
 pub async fn sliding_sync(app: App, req: Ruma<v5::Request>) -> Result<SlidingSyncResponse> {
     let session = req.user()?.clone();
     let _syncing = app.syncing(&session.user_id, &req.body.set_presence).await?;
-    let extra = extra_list_filters(&req.raw_body);
+    let extra = ExtraListFilters::from_body(&req.raw_body);
     let output = app.sliding_sync.sync(&session, req.body, extra).await?;
     Ok(SlidingSyncResponse(output))
-}
-
-/// `lists.{name}.filters.{spaces,tags,not_tags}` from the body (ruma's `ListFilters` drops them).
-fn extra_list_filters(body: &[u8]) -> BTreeMap<String, ExtraListFilters> {
-    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(body) else { return BTreeMap::new() };
-    let Some(Value::Object(lists)) = body.get("lists") else { return BTreeMap::new() };
-    let strings = |value: Option<&Value>| -> Option<Vec<String>> {
-        value?.as_array().map(|items| items.iter().filter_map(|i| i.as_str().map(str::to_owned)).collect())
-    };
-    lists
-        .iter()
-        .filter_map(|(name, list)| {
-            let filters = list.get("filters")?;
-            let spaces = strings(filters.get("spaces"))
-                .map(|ids| ids.into_iter().filter_map(|id| OwnedRoomId::try_from(id).ok()).collect());
-            let extra = ExtraListFilters {
-                spaces,
-                tags: strings(filters.get("tags")),
-                not_tags: strings(filters.get("not_tags")).unwrap_or_default(),
-            };
-            Some((name.clone(), extra))
-        })
-        .collect()
 }
 
 /// The sliding sync response as sent: ruma's, with `expanded_timeline` (MSC4186) and its
