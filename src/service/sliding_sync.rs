@@ -54,6 +54,8 @@ const MAX_LISTS: usize = 100;
 const MAX_SUBSCRIPTIONS: usize = 100;
 /// Default and largest number of to-device messages in one response.
 const TO_DEVICE_LIMIT: usize = 100;
+/// Stream entries a long-poll reads on a wake-up before it just recomputes.
+const WAKE_SCAN_LIMIT: usize = 1000;
 /// Room types and searched bump positions remembered (each map cleared when full).
 const ROOM_TYPE_CACHE_LIMIT: usize = 100_000;
 /// How far back a room without a recorded bump position is searched for one.
@@ -281,6 +283,8 @@ struct Computed {
     expanded: Vec<OwnedRoomId>,
     /// Something the client does not have yet (a long-poll returns).
     changed: bool,
+    /// The rooms the lists' ranges and the subscriptions matched.
+    in_view: Vec<OwnedRoomId>,
 }
 
 fn uint(n: u64) -> UInt {
@@ -346,19 +350,38 @@ impl SlidingSync {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut positions = self.core.db.subscribe();
         let mut typing = self.ephemeral.subscribe_typing();
-        let computed = loop {
-            positions.borrow_and_update();
-            typing.borrow_and_update();
-            let computed = self.compute(session, &request, &extra, from.as_deref())?;
+        positions.borrow_and_update();
+        typing.borrow_and_update();
+        let mut computed = self.compute(session, &request, &extra, from.as_deref())?;
+        // Everything up to here was looked at: a wake-up for positions that concern nothing
+        // of this connection is answered by a few cheap reads instead of a recomputation.
+        let mut seen = computed.snapshot.stream;
+        loop {
             if computed.changed || tokio::time::Instant::now() >= deadline {
-                break computed;
+                break;
             }
-            tokio::select! {
-                changed = positions.changed() => { if changed.is_err() { break computed } }
-                changed = typing.changed() => { if changed.is_err() { break computed } }
-                () = tokio::time::sleep_until(deadline) => { break computed }
+            let recompute = tokio::select! {
+                changed = positions.changed() => {
+                    if changed.is_err() { break }
+                    positions.borrow_and_update();
+                    let now = self.core.db.current_pos();
+                    let concerns = self.may_concern(session, seen, now, &computed.in_view)?;
+                    seen = now;
+                    concerns
+                }
+                changed = typing.changed() => {
+                    if changed.is_err() { break }
+                    true
+                }
+                () = tokio::time::sleep_until(deadline) => break,
+            };
+            if recompute {
+                positions.borrow_and_update();
+                typing.borrow_and_update();
+                computed = self.compute(session, &request, &extra, from.as_deref())?;
+                seen = computed.snapshot.stream;
             }
-        };
+        }
         let Computed { mut response, snapshot, expanded, .. } = computed;
         let stream = snapshot.stream;
         let number = self.finish(&key, &nonce, snapshot);
@@ -423,6 +446,42 @@ impl SlidingSync {
         }
         connection.last_used = Instant::now();
         number
+    }
+
+    /// Whether the stream positions in (seen, now] may change what this connection is sent:
+    /// a membership of the user, an event in one of their rooms, their account data, a
+    /// to-device message for the device, any device-list change, a receipt in a room in view.
+    /// A wrong "no" only delays news to the long-poll's timeout (the next computation covers
+    /// everything since the snapshot), never loses it.
+    fn may_concern(&self, session: &Session, seen: StreamPos, now: StreamPos, in_view: &[OwnedRoomId]) -> Result<bool> {
+        if now <= seen {
+            return Ok(false);
+        }
+        let db = &self.core.db;
+        let user_id = &session.user_id;
+        let mut mine = HashSet::new();
+        for (room_id, record) in db.rooms_of_user(user_id)? {
+            if record.pos > seen {
+                return Ok(true);
+            }
+            mine.insert(room_id);
+        }
+        let events = db.stream_events(seen, now, WAKE_SCAN_LIMIT)?;
+        if events.len() >= WAKE_SCAN_LIMIT || events.iter().any(|(_, room_id, _)| mine.contains(room_id)) {
+            return Ok(true);
+        }
+        if !db.account_data_since(user_id, seen)?.is_empty()
+            || !db.to_device_messages(user_id, &session.device_id, seen, now, 1)?.is_empty()
+            || !db.device_list_changes(seen, now)?.is_empty()
+        {
+            return Ok(true);
+        }
+        for room_id in in_view {
+            if db.receipts_since(room_id, seen)?.iter().any(|r| r.pos <= now) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The user's rooms a list may show, newest activity first.
@@ -886,7 +945,8 @@ impl SlidingSync {
             changed |= !response.extensions.typing.is_empty();
         }
 
-        Ok(Computed { response, snapshot, expanded, changed })
+        let in_view = configs.keys().cloned().collect();
+        Ok(Computed { response, snapshot, expanded, changed, in_view })
     }
 
     /// One room's entry: everything on first sight (`initial`), afterwards only what changed.

@@ -642,9 +642,19 @@ async fn long_poll_wakes_on_a_message() {
     join(&bob, &room_id).await;
     let request = list((0, 9), 1, json!([]));
     let first = ss(&alice, None, &request).await;
-    // Nothing new: the long-poll waits out its timeout.
+    // Nothing new for alice (a stranger talking in a room of their own does not count): the
+    // long-poll waits out its timeout.
+    let stranger = server.register("stranger").await;
+    let elsewhere = create_named_room(&stranger, "elsewhere", false).await;
+    let chatter = tokio::spawn(async move {
+        for i in 0..3 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            send_text(&stranger, &elsewhere, &format!("unrelated {i}")).await;
+        }
+    });
     let started = Instant::now();
     let (status, idle) = try_ss(&alice, Some(&pos(&first)), Some(700), &request).await;
+    chatter.await.expect("chatter");
     assert_eq!(status, 200);
     assert!(started.elapsed() >= Duration::from_millis(600), "returned early: {idle}");
     assert!(idle["rooms"].as_object().is_none_or(|r| r.is_empty()), "{idle}");
