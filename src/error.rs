@@ -70,6 +70,7 @@ impl Error {
         bad_alias => ErrorKind::BadAlias,
         weak_password => ErrorKind::WeakPassword,
         unauthorized => ErrorKind::Unauthorized,
+        unknown_pos => ErrorKind::UnknownPos,
     }
 
     pub fn unknown_token(message: impl Into<String>) -> Self {
@@ -195,6 +196,7 @@ mod tests {
             (Error::limit_exceeded(Duration::from_millis(1500)), 429, "M_LIMIT_EXCEEDED"),
             (Error::user_in_use("x"), 400, "M_USER_IN_USE"),
             (Error::exclusive("x"), 400, "M_EXCLUSIVE"),
+            (Error::unknown_pos("x"), 400, "M_UNKNOWN_POS"),
             (Error::internal("secret detail"), 500, "M_UNKNOWN"),
         ];
         for (error, status, errcode) in cases {

@@ -432,7 +432,20 @@ where
     route_full(router, handler, None, Some(body_limit))
 }
 
-fn route_full<R, F, Fut>(
+/// Like `route`, for a handler that answers with its own response type: ruma's response
+/// plus what ruma's type cannot say (sliding sync's `expanded_timeline`).
+pub fn route_responding<R, T, F, Fut>(router: Router<App>, handler: F) -> Router<App>
+where
+    R: IncomingRequest + Send + 'static,
+    R::Authentication: Authenticate,
+    T: OutgoingResponse,
+    F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<T>> + Send + 'static,
+{
+    route_full(router, handler, None, None)
+}
+
+fn route_full<R, T, F, Fut>(
     mut router: Router<App>,
     handler: F,
     reshape: Option<Reshape>,
@@ -441,8 +454,9 @@ fn route_full<R, F, Fut>(
 where
     R: IncomingRequest + Send + 'static,
     R::Authentication: Authenticate,
+    T: OutgoingResponse,
     F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
+    Fut: Future<Output = Result<T>> + Send + 'static,
 {
     let filter = method_filter(&R::METHOD);
     for path in R::PATH_BUILDER.all_paths() {

@@ -26,7 +26,11 @@ pub async fn versions(
     _req: Ruma<get_supported_versions::Request>,
 ) -> Result<get_supported_versions::Response> {
     let mut response = get_supported_versions::Response::new(VERSIONS.iter().map(|v| v.to_string()).collect());
-    response.unstable_features = BTreeMap::from([("org.matrix.msc2285.stable".to_owned(), true)]);
+    response.unstable_features = BTreeMap::from([
+        ("org.matrix.msc2285.stable".to_owned(), true),
+        // Simplified sliding sync (MSC4186), the only sync Element X speaks.
+        ("org.matrix.simplified_msc3575".to_owned(), true),
+    ]);
     Ok(response)
 }
 

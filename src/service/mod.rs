@@ -25,6 +25,7 @@ pub mod push;
 pub mod ratelimit;
 pub mod rooms;
 pub mod server_keys;
+pub mod sliding_sync;
 pub mod sync;
 pub mod uiaa;
 pub mod users;
@@ -63,7 +64,8 @@ pub struct Services {
     pub ephemeral: Arc<ephemeral::Ephemeral>,
     pub account_data: account_data::AccountData,
     pub directory: directory::Directory,
-    pub sync: sync::Sync,
+    pub sync: Arc<sync::Sync>,
+    pub sliding_sync: sliding_sync::SlidingSync,
     pub ratelimit: ratelimit::RateLimiter,
     pub federation: Arc<federation::Federation>,
     pub transactions: inbound::Transactions,
@@ -82,12 +84,20 @@ impl Services {
         let rooms = Arc::new(rooms::Rooms::new(core.clone(), federation.clone()));
         let ephemeral = Arc::new(ephemeral::Ephemeral::new(core.clone()));
         let e2ee = Arc::new(e2ee::E2ee::new(core.clone(), rooms.clone(), federation.clone()));
+        let sync = Arc::new(sync::Sync::new(core.clone(), rooms.clone(), ephemeral.clone(), e2ee.clone()));
         Ok(Self {
             users: users::Users::new(core.clone(), e2ee.clone()),
             uiaa: uiaa::Uiaa::default(),
             account_data: account_data::AccountData::new(core.clone()),
             directory: directory::Directory::new(core.clone(), rooms.clone()),
-            sync: sync::Sync::new(core.clone(), rooms.clone(), ephemeral.clone(), e2ee.clone()),
+            sliding_sync: sliding_sync::SlidingSync::new(
+                core.clone(),
+                rooms.clone(),
+                ephemeral.clone(),
+                e2ee.clone(),
+                sync.clone(),
+            ),
+            sync,
             ratelimit: ratelimit::RateLimiter::new(core.config.rate_limits.clone()),
             media: media::Media::new(core.clone(), federation.clone()),
             federation,

@@ -221,7 +221,7 @@ pub struct Sync {
     e2ee: Arc<E2ee>,
 }
 
-fn raw_event<T>(event: &Map<String, Value>) -> Result<Raw<T>> {
+pub(crate) fn raw_event<T>(event: &Map<String, Value>) -> Result<Raw<T>> {
     Ok(Raw::from_json(raw(event)?))
 }
 
@@ -310,16 +310,7 @@ impl Sync {
 
         let mut room_account_data: HashMap<OwnedRoomId, Vec<Raw<ruma::events::AnyRoomAccountDataEvent>>> =
             HashMap::new();
-        let mut stored_push_rules = false;
-        for (room_id, kind, mut content) in self.core.db.account_data_since(user_id, since_or_zero.pos)? {
-            if room_id.is_none() && kind == "m.push_rules" {
-                // Stored rules are brought up to date with the server defaults (see push.rs).
-                stored_push_rules = true;
-                content = super::account_data::push_rules_content(user_id, Some(&content))?;
-            }
-            let mut event = Map::new();
-            event.insert("type".into(), Value::String(kind.clone()));
-            event.insert("content".into(), serde_json::from_str(content.get()).unwrap_or(Value::Object(Map::new())));
+        for (room_id, kind, event) in self.account_data_events(user_id, since_or_zero.pos)? {
             match room_id {
                 None if filter.account_data.matches_type(&kind) => {
                     response.account_data.events.push(raw_event(&event)?);
@@ -329,14 +320,6 @@ impl Sync {
                 }
                 _ => {}
             }
-        }
-        // Push rules are account data too; clients expect them in an initial sync.
-        if since.is_none() && !stored_push_rules && filter.account_data.matches_type("m.push_rules") {
-            let content = super::account_data::push_rules_content(user_id, None)?;
-            let mut event = Map::new();
-            event.insert("type".into(), Value::String("m.push_rules".into()));
-            event.insert("content".into(), serde_json::from_str(content.get()).unwrap_or_default());
-            response.account_data.events.push(raw_event(&event)?);
         }
         if let Some(limit) = filter.account_data.limit {
             response.account_data.events.truncate(limit);
@@ -406,24 +389,63 @@ impl Sync {
             response.device_lists.changed = delta.changed;
             response.device_lists.left = delta.left;
         }
-        for (algorithm, count) in self.core.db.one_time_key_counts(user_id, device_id)? {
-            response
-                .device_one_time_keys_count
-                .insert(algorithm.as_str().into(), UInt::try_from(count).unwrap_or_default());
-        }
-        response
-            .device_one_time_keys_count
-            .entry(ruma::OneTimeKeyAlgorithm::SignedCurve25519)
-            .or_insert(UInt::from(0u32));
-        response.device_unused_fallback_key_types = Some(
-            self.core
-                .db
-                .unused_fallback_key_types(user_id, device_id)?
-                .iter()
-                .map(|a| ruma::OneTimeKeyAlgorithm::from(a.as_str()))
-                .collect(),
-        );
+        let (counts, fallback) = self.key_counts(user_id, device_id)?;
+        response.device_one_time_keys_count = counts;
+        response.device_unused_fallback_key_types = Some(fallback);
         Ok(())
+    }
+
+    /// One-time key counts (signed_curve25519 always present, 0 when none) and unused
+    /// fallback key algorithms of a device, as /sync and sliding sync's e2ee extension send them.
+    pub(crate) fn key_counts(
+        &self,
+        user_id: &UserId,
+        device_id: &ruma::DeviceId,
+    ) -> Result<(std::collections::BTreeMap<ruma::OneTimeKeyAlgorithm, UInt>, Vec<ruma::OneTimeKeyAlgorithm>)> {
+        let mut counts = std::collections::BTreeMap::new();
+        for (algorithm, count) in self.core.db.one_time_key_counts(user_id, device_id)? {
+            counts.insert(algorithm.as_str().into(), UInt::try_from(count).unwrap_or_default());
+        }
+        counts.entry(ruma::OneTimeKeyAlgorithm::SignedCurve25519).or_insert(UInt::from(0u32));
+        let fallback = self
+            .core
+            .db
+            .unused_fallback_key_types(user_id, device_id)?
+            .iter()
+            .map(|a| ruma::OneTimeKeyAlgorithm::from(a.as_str()))
+            .collect();
+        Ok((counts, fallback))
+    }
+
+    /// Account data changed after `since` (everything when 0) as events `{type, content}`,
+    /// global ones with a None room. Push rules are brought up to date with the server
+    /// defaults (see push.rs); an initial sync (`since == 0`) always carries them.
+    pub(crate) fn account_data_events(
+        &self,
+        user_id: &UserId,
+        since: StreamPos,
+    ) -> Result<Vec<(Option<OwnedRoomId>, String, Map<String, Value>)>> {
+        let mut events = Vec::new();
+        let mut stored_push_rules = false;
+        for (room_id, kind, mut content) in self.core.db.account_data_since(user_id, since)? {
+            if room_id.is_none() && kind == "m.push_rules" {
+                stored_push_rules = true;
+                content = super::account_data::push_rules_content(user_id, Some(&content))?;
+            }
+            let mut event = Map::new();
+            event.insert("type".into(), Value::String(kind.clone()));
+            event.insert("content".into(), serde_json::from_str(content.get()).unwrap_or(Value::Object(Map::new())));
+            events.push((room_id, kind, event));
+        }
+        // Push rules are account data too; clients expect them in an initial sync.
+        if since == 0 && !stored_push_rules {
+            let content = super::account_data::push_rules_content(user_id, None)?;
+            let mut event = Map::new();
+            event.insert("type".into(), Value::String("m.push_rules".into()));
+            event.insert("content".into(), serde_json::from_str(content.get()).unwrap_or_default());
+            events.push((None, "m.push_rules".into(), event));
+        }
+        Ok(events)
     }
 
     /// Presence changes since `since` of the user and of everyone sharing a joined room.
@@ -461,7 +483,7 @@ impl Sync {
     }
 
     /// Stripped state for an invite or knock: the recommended state plus the membership event.
-    fn stripped_state<T>(&self, room_id: &RoomId, membership_event: &ruma::EventId) -> Result<Vec<Raw<T>>> {
+    pub(crate) fn stripped_state<T>(&self, room_id: &RoomId, membership_event: &ruma::EventId) -> Result<Vec<Raw<T>>> {
         let mut events = Vec::new();
         let membership = self.rooms.pdu(membership_event)?;
         // A room this server is not in: the state the other server sent with the invite (or
@@ -509,7 +531,7 @@ impl Sync {
 
     /// Timeline events visible to the user in (after, up_to], newest `limit` of them.
     /// Returns (events oldest first, limited).
-    fn timeline_window(
+    pub(crate) fn timeline_window(
         &self,
         user_id: &UserId,
         room_id: &RoomId,
@@ -554,7 +576,7 @@ impl Sync {
     }
 
     /// The state at a stream position in a room (the state after the event at or before it).
-    fn state_at_pos(&self, room_id: &RoomId, pos: StreamPos) -> Result<Arc<StateMap>> {
+    pub(crate) fn state_at_pos(&self, room_id: &RoomId, pos: StreamPos) -> Result<Arc<StateMap>> {
         match self.core.db.timeline_at(room_id, pos)? {
             Some((_, _, group)) => self.rooms.state(group),
             None => Ok(Arc::new(StateMap::new())),
@@ -562,7 +584,7 @@ impl Sync {
     }
 
     /// State events in `to` that differ from `from`.
-    fn state_delta(&self, from: &StateMap, to: &StateMap) -> Vec<ruma::OwnedEventId> {
+    pub(crate) fn state_delta(&self, from: &StateMap, to: &StateMap) -> Vec<ruma::OwnedEventId> {
         let mut delta: Vec<_> =
             to.iter().filter(|(key, id)| from.get(*key) != Some(*id)).map(|(_, id)| id.clone()).collect();
         delta.sort();
@@ -765,7 +787,7 @@ impl Sync {
 
     /// Room summary: heroes (the first 5 other members by stream order, joined or
     /// invited; else any) and member counts.
-    fn summary(&self, room_id: &RoomId, user_id: &UserId) -> Result<RoomSummary> {
+    pub(crate) fn summary(&self, room_id: &RoomId, user_id: &UserId) -> Result<RoomSummary> {
         let mut members = Vec::new();
         for (member, membership) in self.core.db.members(room_id)? {
             let pos = self.core.db.membership(room_id, &member)?.map(|m| m.pos).unwrap_or(StreamPos::MAX);
@@ -797,7 +819,7 @@ impl Sync {
     /// thread, `main` the main timeline) or their own latest event. With `by_thread`
     /// (`unread_thread_notifications` in the timeline filter), the room's counts are the main
     /// timeline's and each thread with unread notifications gets its own.
-    fn unread(
+    pub(crate) fn unread(
         &self,
         room_id: &RoomId,
         user_id: &UserId,

@@ -170,6 +170,10 @@ pub struct AppendEvent<'a> {
     pub redact: Option<(OwnedEventId, StoredEvent)>,
     /// Notification records, push deliveries and the sender's implicit read position.
     pub push: PushWrites,
+    /// This event moves the room up a client's room list (its position becomes the head's
+    /// `last_bump`); otherwise the head keeps `last_bump`, the previous head's value.
+    pub bumps: bool,
+    pub last_bump: Option<StreamPos>,
 }
 
 /// Direction of a timeline walk.
@@ -283,6 +287,11 @@ pub struct RoomHead {
     pub extremities: Vec<OwnedEventId>,
     pub depth: u64,
     pub last_pos: StreamPos,
+    /// Position of the room's latest event of a type that moves it up a client's room list
+    /// (`m.room.message`, `m.room.encrypted`, ...: see `service::sliding_sync::bumps`). None
+    /// for rooms whose head was written before this field existed.
+    #[serde(default)]
+    pub last_bump: Option<StreamPos>,
 }
 
 /// Aliases, the public room directory, room tags and account data, filters, receipts.

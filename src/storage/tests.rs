@@ -80,6 +80,8 @@ fn append(store: &dyn Storage, room: &RoomId, id: &OwnedEventId, membership: Opt
             txn_key: Some((owned_user_id!("@a:x"), "S".into(), id.to_string())),
             push: Default::default(),
             redact: None,
+            bumps: false,
+            last_bump: None,
         })
         .unwrap()
 }
@@ -147,6 +149,40 @@ storage_test!(timeline_pages_both_ways_and_survives_reopen, |store, reopen| {
     // The stream counter resumes after the last durable position.
     let next = append(&*store, room, &OwnedEventId::try_from("$after".to_owned()).unwrap(), None);
     assert!(next > *positions.last().unwrap());
+});
+
+storage_test!(room_heads_keep_the_last_bumping_position, |store, reopen| {
+    let room = room_id!("!r:x");
+    let append_bump = |store: &dyn Storage, id: &str, bumps: bool| {
+        let id = OwnedEventId::try_from(id.to_owned()).unwrap();
+        let last_bump = store.room_head(room).unwrap().and_then(|h| h.last_bump);
+        store
+            .append_event(AppendEvent {
+                event_id: &id,
+                event: event(room),
+                new_room: None,
+                new_state_groups: Vec::new(),
+                state_after: 1,
+                extremities: vec![id.clone()],
+                depth: 1,
+                memberships: Vec::new(),
+                txn_key: None,
+                redact: None,
+                push: Default::default(),
+                bumps,
+                last_bump,
+            })
+            .unwrap()
+    };
+    let message = append_bump(&*store, "$message", true);
+    let state = append_bump(&*store, "$state", false);
+    let head = store.room_head(room).unwrap().unwrap();
+    assert_eq!((head.last_pos, head.last_bump), (state, Some(message)), "a non-bumping event keeps the bump");
+    drop(store);
+    let store = reopen();
+    assert_eq!(store.room_head(room).unwrap().unwrap().last_bump, Some(message));
+    let later = append_bump(&*store, "$later", true);
+    assert_eq!(store.room_head(room).unwrap().unwrap().last_bump, Some(later));
 });
 
 storage_test!(backfilled_history_goes_below_the_oldest_entry_and_is_not_new, |store, reopen| {
@@ -670,6 +706,8 @@ fn push_append(store: &dyn Storage, room: &RoomId, id: &OwnedEventId, push: Push
             txn_key: None,
             redact: None,
             push,
+            bumps: false,
+            last_bump: None,
         })
         .unwrap()
 }

@@ -19,6 +19,7 @@ mod membership;
 mod messages;
 mod push;
 mod rooms;
+mod sliding_sync;
 mod smoke;
 mod sync;
 mod tls;

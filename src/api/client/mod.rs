@@ -7,5 +7,6 @@ pub mod keys;
 pub mod media;
 pub mod push;
 pub mod room;
+pub mod sliding_sync;
 pub mod sync;
 pub mod thirdparty;

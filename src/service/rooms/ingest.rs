@@ -254,6 +254,8 @@ impl Rooms {
             txn_key: None,
             redact,
             push,
+            bumps: crate::service::sliding_sync::bumps(&pdu.kind),
+            last_bump: head.last_bump,
         };
         let redacted_id = append.redact.as_ref().map(|(id, _)| id.clone());
         self.write(append).await?;

@@ -368,6 +368,8 @@ impl Rooms {
             txn_key: None,
             redact: None,
             push: Default::default(),
+            bumps: true,
+            last_bump: None,
         };
         self.write(append).await?;
         self.cache_state(group_id, Arc::new(state));
@@ -506,6 +508,8 @@ impl Rooms {
             txn_key,
             redact,
             push,
+            bumps: super::sliding_sync::bumps(&pdu.kind),
+            last_bump: head.last_bump,
         };
         let redacted_id = append.redact.as_ref().map(|(id, _)| id.clone());
         self.write(append).await?;
@@ -534,6 +538,8 @@ impl Rooms {
                     txn_key: append.txn_key,
                     redact: append.redact,
                     push: append.push,
+                    bumps: append.bumps,
+                    last_bump: append.last_bump,
                 })
                 .map_err(Error::from)
             })
@@ -723,6 +729,8 @@ struct AppendEventOwned {
     txn_key: Option<(OwnedUserId, String, String)>,
     redact: Option<(OwnedEventId, StoredEvent)>,
     push: crate::storage::PushWrites,
+    bumps: bool,
+    last_bump: Option<crate::storage::StreamPos>,
 }
 
 /// The room id of a built event object.

@@ -661,6 +661,9 @@ impl Rooms {
             txn_key: None,
             redact: None,
             push: Default::default(),
+            // The join was not a bumping event; the room's earlier history is not ours yet.
+            bumps: false,
+            last_bump: None,
         };
         self.write(append).await?;
         self.cache_state(after_id, Arc::new(after));

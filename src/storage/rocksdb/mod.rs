@@ -374,6 +374,7 @@ impl RoomStore for RocksStorage {
                 extremities: append.extremities,
                 depth: append.depth,
                 last_pos: pos,
+                last_bump: if append.bumps { Some(pos) } else { append.last_bump },
             };
             batch.put_cf(self.cf(cf::ROOM_HEADS), room, encode(&head));
             for (user_id, membership, event_id) in &append.memberships {
