@@ -29,21 +29,24 @@ pub const PASSWORD: &str = "element-x-password-1";
 /// An ieum server (`$IEUM_BIN serve`) with its own data directory; killed on drop.
 pub struct Ieum {
     pub url: String,
-    pub server_name: String,
     _child: tokio::process::Child,
     _dir: tempfile::TempDir,
 }
 
 impl Ieum {
     pub async fn start() -> Self {
-        let binary = std::env::var("IEUM_BIN").expect(
-            "IEUM_BIN must name the ieum server binary (scripts/test sets it; e.g. target/debug/ieum)",
-        );
+        let binary = std::env::var("IEUM_BIN")
+            .expect("IEUM_BIN must name the ieum server binary (scripts/test sets it; e.g. target/debug/ieum)");
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dir = tempfile::tempdir().unwrap();
         let server_name = format!("localhost:{port}");
         let log = std::fs::File::create(dir.path().join("ieum.log")).unwrap();
-        let child = tokio::process::Command::new(&binary)
+        let mut command = tokio::process::Command::new(&binary);
+        // The server reads IEUM_* as configuration: none of the test's own may leak in.
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("IEUM_")) {
+            command.env_remove(key);
+        }
+        let child = command
             .arg("serve")
             .env("IEUM_SERVER_NAME", &server_name)
             .env("IEUM_HTTP__LISTEN", format!("127.0.0.1:{port}"))
@@ -63,10 +66,11 @@ impl Ieum {
             if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
                 break;
             }
-            assert!(Instant::now() < deadline, "ieum did not listen on {url} within 30 s");
+            let log = std::fs::read_to_string(dir.path().join("ieum.log")).unwrap_or_default();
+            assert!(Instant::now() < deadline, "ieum did not listen on {url} within 30 s; its log:\n{log}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Self { url, server_name, _child: child, _dir: dir }
+        Self { url, _child: child, _dir: dir }
     }
 
     /// A new user, logged in with a matrix-sdk client (in-memory stores) that discovers
@@ -86,7 +90,7 @@ impl Ieum {
         request.auth = Some(AuthData::Dummy(Dummy::new()));
         request.initial_device_display_name = Some(format!("Element X test ({name})"));
         client.matrix_auth().register(request).await.expect("register");
-        assert!(client.logged_in(), "registering logs the client in");
+        assert!(client.user_id().is_some(), "registering logs the client in");
         client
     }
 }
@@ -119,6 +123,6 @@ pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>
             return value;
         }
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
