@@ -89,6 +89,9 @@ pub struct Peer {
     /// Every PDU this peer built or was given, by event id.
     events: Mutex<HashMap<String, Arc<Value>>>,
     hosted: Mutex<HashMap<String, HostedRoom>>,
+    /// Rooms of the server under test this peer joined (W5): their state after the join,
+    /// which is the state at every later event of the peer (they are all messages).
+    joined: Mutex<HashMap<String, Vec<String>>>,
     /// "GET /_matrix/federation/v1/event/{event_id}" -> times asked.
     asked: Mutex<BTreeMap<String, u64>>,
 }
@@ -108,7 +111,15 @@ impl Peer {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| Error::msg(format!("peer: building the HTTPS client: {e}")))?;
-        Ok(Self { name, key, http, events: Mutex::default(), hosted: Mutex::default(), asked: Mutex::default() })
+        Ok(Self {
+            name,
+            key,
+            http,
+            events: Mutex::default(),
+            hosted: Mutex::default(),
+            joined: Mutex::default(),
+            asked: Mutex::default(),
+        })
     }
 
     /// Binds `addr` (loopback) and serves HTTPS there for the rest of the process.
@@ -128,6 +139,26 @@ impl Peer {
     /// The endpoints the server under test called so far, with counts.
     pub fn asked(&self) -> BTreeMap<String, u64> {
         self.asked.lock().expect("asked").clone()
+    }
+
+    /// What the server under test asked since `before` (an earlier [`Peer::asked`]), key
+    /// fetches and transactions left out, as one line for a note.
+    pub fn asked_since(&self, before: &BTreeMap<String, u64>) -> Option<String> {
+        let asked: Vec<String> = self
+            .asked()
+            .into_iter()
+            .filter(|(what, _)| !what.contains("/key/v2/") && !what.contains("/send/"))
+            .filter_map(|(what, n)| {
+                let n = n - before.get(&what).copied().unwrap_or(0);
+                (n > 0).then(|| format!("{what} x{n}"))
+            })
+            .collect();
+        (!asked.is_empty()).then(|| format!("the server asked the peer: {}", asked.join(", ")))
+    }
+
+    /// Records the state of a room of the server under test after this peer's join.
+    pub fn joined_room(&self, room_id: &str, state: Vec<String>) {
+        self.joined.lock().expect("joined").insert(room_id.to_owned(), state);
     }
 
     pub fn event(&self, id: &str) -> Option<Arc<Value>> {
@@ -302,10 +333,13 @@ impl Peer {
         chain
     }
 
-    /// The state before `event_id` in a hosted room (the whole state for events after it).
+    /// The state before `event_id` in a hosted room (the whole state for events after it);
+    /// in a joined room, the state after the join.
     fn state_ids_at(&self, room_id: &str, event_id: &str) -> Option<Vec<String>> {
         let hosted = self.hosted.lock().expect("hosted");
-        let room = hosted.get(room_id)?;
+        let Some(room) = hosted.get(room_id) else {
+            return self.joined.lock().expect("joined").get(room_id).cloned();
+        };
         Some(match room.position.get(event_id) {
             Some(&i) => room.state[..i].to_vec(),
             None => room.state.clone(),

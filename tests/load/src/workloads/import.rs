@@ -115,10 +115,11 @@ async fn transaction(
         let imported = !marker.is_empty()
             && event["type"] == "m.room.message"
             && event["content"]["body"].as_str().is_some_and(|b| b.starts_with(&marker));
-        if imported && let Some(id) = event["event_id"].as_str() {
-            if pushed.events.insert(id.to_owned()) {
-                pushed.last_at = Some(Instant::now());
-            }
+        if imported
+            && let Some(id) = event["event_id"].as_str()
+            && pushed.events.insert(id.to_owned())
+        {
+            pushed.last_at = Some(Instant::now());
         }
     }
     Json(json!({}))

@@ -44,6 +44,7 @@ async fn measure(ctx: &Ctx, opts: &Opts, peer: &Arc<Peer>, w: &mut Workload) -> 
     let deadline = ctx.deadline();
     let members = opts.members.max(1);
     let joiners = register_many(ctx, "w4", opts.repeats.max(1)).await?;
+    let asked_before = peer.asked();
     let mut timings = Vec::new();
     for (r, joiner) in joiners.iter().enumerate() {
         check_deadline(deadline, "W4")?;
@@ -63,15 +64,7 @@ async fn measure(ctx: &Ctx, opts: &Opts, peer: &Arc<Peer>, w: &mut Workload) -> 
     if let Some(s) = summarize(timings.iter().map(|t| t.send).collect()) {
         w.metric("first send p50", s.p50, "ms", Better::Lower);
     }
-    let asked: Vec<String> = peer
-        .asked()
-        .into_iter()
-        .filter(|(what, _)| !what.contains("/key/v2/") && !what.contains("/send/"))
-        .map(|(what, n)| format!("{what} x{n}"))
-        .collect();
-    if !asked.is_empty() {
-        w.notes.push(format!("the server asked the peer: {}", asked.join(", ")));
-    }
+    w.notes.extend(peer.asked_since(&asked_before));
     Ok(())
 }
 
