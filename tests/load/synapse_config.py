@@ -5,8 +5,11 @@ Reuses the interop suite's launcher (tests/interop/peers/synapse.py) for the tes
 settings — a plain-HTTP client listener on 127.0.0.1 only, open m.login.dummy
 registration, every rate limit raised, no outbound key servers — and adds what the
 benchmark chooses: the database (SQLite, or PostgreSQL on the private loopback cluster
-the script runs) and cheap password hashing for the setup phase (bcrypt_rounds: 4; no
-measured request hashes a password). Prints the path of the written homeserver.yaml.
+the script runs), cheap password hashing for the setup phase (bcrypt_rounds: 4; no
+measured request hashes a password), and for W4/W5/W8 a TLS federation listener (the
+interop suite's federation settings: self-signed certificate, peers' certificates not
+verified, loopback peers allowed) and the W8 appservice registration. Prints the path of
+the written homeserver.yaml.
 
 Run it with the Python of the venv Synapse is installed in.
 """
@@ -31,6 +34,12 @@ def main() -> int:
     parser.add_argument("--pg-port", type=int, help="PostgreSQL port on 127.0.0.1")
     parser.add_argument("--pg-user", default="synapse")
     parser.add_argument("--pg-database", default="synapse")
+    parser.add_argument("--federation-port", type=int,
+                        help="also serve federation over TLS (self-signed) on this port; the server "
+                             "name stays localhost:<port>, peer certificates are not verified and "
+                             "loopback peers are allowed (the interop suite's federation settings)")
+    parser.add_argument("--appservice", action="append", default=[],
+                        help="an appservice registration file (repeatable)")
     args = parser.parse_args()
 
     extra: dict = {"bcrypt_rounds": 4}
@@ -49,7 +58,10 @@ def main() -> int:
                 "cp_max": 10,
             },
         }
-    server = SynapseServer(args.port, args.dir, extra_config=extra)
+    if args.appservice:
+        extra["app_service_config_files"] = list(args.appservice)
+    server = SynapseServer(args.port, args.dir, extra_config=extra,
+                           federation_port=args.federation_port, server_name=f"localhost:{args.port}")
     server.prepare()
     print(server.config_path)
     return 0

@@ -4,11 +4,13 @@
 
 mod client;
 mod machine;
+mod peer;
 mod report;
 mod stats;
 mod workloads;
 
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::ExitCode,
     sync::Arc,
@@ -19,7 +21,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     client::Homeserver,
-    report::{Better, NOT_YET, Results, Workload},
+    report::{Better, Results, Workload},
     workloads::Ctx,
 };
 
@@ -50,7 +52,8 @@ struct Target {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run W1 (send), W2 (fan-out) and W3 (warm initial sync); list W4/W5/W8.
+    /// Run W1 (send), W2 (fan-out), W3 (warm initial sync), W8 (appservice import), W5
+    /// (federation ingest) and W4 (remote join), in that order.
     Run(RunArgs),
     /// W7: poll /versions until it answers; report ms since --since-unix-ns.
     WaitReady {
@@ -151,8 +154,8 @@ struct RunArgs {
     /// Exit non-zero when any request failed (implied by --smoke).
     #[arg(long)]
     strict: bool,
-    /// Which workloads to run, comma-separated (w1,w2,w3).
-    #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3")]
+    /// Which workloads to run, comma-separated (w1,w2,w3,w4,w5,w8).
+    #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,w4,w5,w8")]
     only: Vec<String>,
     /// W1: concurrent senders [default 10; smoke 2].
     #[arg(long)]
@@ -181,6 +184,48 @@ struct RunArgs {
     /// W3: measured warm initial syncs [default 5; smoke 2].
     #[arg(long)]
     w3_repeats: Option<usize>,
+    /// W4: members of the room the peer hosts [default 1000; smoke 20].
+    #[arg(long)]
+    w4_members: Option<usize>,
+    /// W4: joins measured, each into a new room [default 3; smoke 1].
+    #[arg(long)]
+    w4_repeats: Option<usize>,
+    /// W5: transactions sent, one in flight [default 100; smoke 2].
+    #[arg(long)]
+    w5_transactions: Option<usize>,
+    /// W5: PDUs per transaction (the spec's maximum is 50).
+    #[arg(long, default_value_t = 50)]
+    w5_pdus: usize,
+    /// W4, W5: where the federation peer serves HTTPS, e.g. 127.0.0.1:8450; its server name
+    /// is this address. The server under test must accept its self-signed certificate.
+    #[arg(long)]
+    peer_listen: Option<SocketAddr>,
+    /// W4, W5: the server under test's federation API, e.g. https://127.0.0.1:8448.
+    #[arg(long)]
+    federation_url: Option<String>,
+    /// W8: messages imported [default 10000; smoke 100].
+    #[arg(long)]
+    w8_messages: Option<usize>,
+    /// W8: ghosts the messages are sent as, in turn [default 10; smoke 3].
+    #[arg(long)]
+    w8_ghosts: Option<usize>,
+    /// W8: sends in flight [default 10; smoke 4].
+    #[arg(long)]
+    w8_concurrency: Option<usize>,
+    /// W8: bytes of each message body.
+    #[arg(long, default_value_t = 100)]
+    w8_body_bytes: usize,
+    /// W8: seconds to wait after the last send for the server to push every message.
+    #[arg(long, default_value_t = 120)]
+    w8_push_timeout_secs: u64,
+    /// W8: the as_token of the appservice registration the server was given (its user
+    /// namespace must hold `@w8_.*`).
+    #[arg(long)]
+    as_token: Option<String>,
+    /// W8: where the registration's `url` points: ieum-load answers the server's
+    /// transactions there (e.g. 127.0.0.1:9000). Without it the pushes are not measured.
+    #[arg(long)]
+    as_listen: Option<SocketAddr>,
     /// Save the W3 account here (for `cold-sync` and `first-sync`).
     #[arg(long)]
     state: Option<PathBuf>,
@@ -289,10 +334,78 @@ async fn run(args: RunArgs) -> Result<bool, String> {
         );
         done.push(workloads::initial_sync::run(&ctx, &opts, args.state.as_deref()).await);
     }
-    for id in NOT_YET {
-        let w = Workload::unavailable(id);
+    if wants("w8") {
+        match &args.as_token {
+            None => done.push(Workload::not_run("W8", "needs --as-token (an appservice registration)")),
+            Some(as_token) => {
+                let listener = match args.as_listen {
+                    Some(addr) => {
+                        Some(workloads::import::AppserviceListener::start(addr).await.map_err(|e| e.to_string())?)
+                    }
+                    None => None,
+                };
+                let opts = workloads::import::Opts {
+                    messages: pick(args.w8_messages, smoke, 100, 10_000),
+                    ghosts: pick(args.w8_ghosts, smoke, 3, 10),
+                    concurrency: pick(args.w8_concurrency, smoke, 4, 10),
+                    body_bytes: args.w8_body_bytes,
+                    as_token: as_token.clone(),
+                    push_timeout: Duration::from_secs(args.w8_push_timeout_secs.max(1)),
+                };
+                eprintln!(
+                    "ieum-load: {label}: W8 appservice import: {} messages as {} ghosts, {} in flight",
+                    opts.messages, opts.ghosts, opts.concurrency
+                );
+                done.push(workloads::import::run(&ctx, &opts, listener.as_ref()).await);
+            }
+        }
+    }
+    if wants("w5") || wants("w4") {
+        let peer = match (args.peer_listen, &args.federation_url) {
+            (Some(addr), Some(_)) => Some(
+                peer::Peer::start(addr, Duration::from_secs(args.target.timeout_secs.max(300)))
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ),
+            _ => None,
+        };
+        let why = "needs --peer-listen and --federation-url (federation with a peer on loopback)";
+        if wants("w5") {
+            match (&peer, &args.federation_url) {
+                (Some(peer), Some(url)) => {
+                    let opts = workloads::ingest::Opts {
+                        transactions: pick(args.w5_transactions, smoke, 2, 100),
+                        pdus_per_transaction: args.w5_pdus.clamp(1, 50),
+                        federation_url: url.trim_end_matches('/').to_owned(),
+                    };
+                    eprintln!(
+                        "ieum-load: {label}: W5 federation ingest: {} transactions of {} PDUs from {}",
+                        opts.transactions, opts.pdus_per_transaction, peer.name
+                    );
+                    done.push(workloads::ingest::run(&ctx, &opts, peer).await);
+                }
+                _ => done.push(Workload::not_run("W5", why)),
+            }
+        }
+        if wants("w4") {
+            match &peer {
+                Some(peer) => {
+                    let opts = workloads::remote_join::Opts {
+                        members: pick(args.w4_members, smoke, 20, 1000),
+                        repeats: pick(args.w4_repeats, smoke, 1, 3).max(1),
+                    };
+                    eprintln!(
+                        "ieum-load: {label}: W4 remote join: {} members on {}, {} joins",
+                        opts.members, peer.name, opts.repeats
+                    );
+                    done.push(workloads::remote_join::run(&ctx, &opts, peer).await);
+                }
+                None => done.push(Workload::not_run("W4", why)),
+            }
+        }
+    }
+    for w in done.iter().filter(|w| w.status.starts_with(report::NOT_RUN)) {
         eprintln!("ieum-load: {label}: {} {}: {}", w.id, w.name, w.status);
-        done.push(w);
     }
     print_one(label, hs.base(), &done);
     store(&args.target, done, args.strict || smoke)

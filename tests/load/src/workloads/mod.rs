@@ -2,7 +2,10 @@
 //! users, join many users), retries for setup steps, and deadlines.
 
 pub mod fanout;
+pub mod import;
+pub mod ingest;
 pub mod initial_sync;
+pub mod remote_join;
 pub mod send;
 pub mod start;
 
