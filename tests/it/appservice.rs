@@ -311,6 +311,20 @@ impl Stub {
     }
 }
 
+/// A server whose registration points at `stub` (started here), with `extra` registration
+/// lines; the directory holding the registration is kept for restarts.
+async fn server_with_stub(stub: &Stub, extra: &str) -> (TestServer, tempfile::TempDir) {
+    let url = stub.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kakao.yaml");
+    let yaml = registration("ieum.test")
+        .replace("http://127.0.0.1:9", &url)
+        .replace("rate_limited: false", &format!("rate_limited: false\n{extra}"));
+    std::fs::write(&path, yaml).unwrap();
+    let list = format!("[{:?}]", path.display().to_string());
+    (TestServer::start_with(&[("IEUM_APPSERVICES__REGISTRATIONS", &list)]).await, dir)
+}
+
 async fn wait_for(what: &str, check: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !check() {
@@ -438,15 +452,7 @@ impl Stub {
 #[tokio::test]
 async fn ephemeral_and_to_device_reach_appservices_that_ask_for_them() {
     let stub = Stub::default();
-    let url = stub.start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kakao.yaml");
-    let yaml = registration("ieum.test")
-        .replace("http://127.0.0.1:9", &url)
-        .replace("rate_limited: false", "rate_limited: false\nreceive_ephemeral: true");
-    std::fs::write(&path, yaml).unwrap();
-    let list = format!("[{:?}]", path.display().to_string());
-    let server = TestServer::start_with(&[("IEUM_APPSERVICES__REGISTRATIONS", &list)]).await;
+    let (server, dir) = server_with_stub(&stub, "receive_ephemeral: true").await;
     let mut appservice = server.client();
     appservice.token = Some(AS_TOKEN.to_owned());
     // A ghost with a device (an encrypting bridge logs its ghosts in).
@@ -533,15 +539,7 @@ async fn ephemeral_and_to_device_reach_appservices_that_ask_for_them() {
 #[tokio::test]
 async fn third_party_lookups_are_passed_to_the_appservices_that_declare_the_protocol() {
     let stub = Stub::default();
-    let url = stub.start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kakao.yaml");
-    let yaml = registration("ieum.test")
-        .replace("http://127.0.0.1:9", &url)
-        .replace("rate_limited: false", "rate_limited: false\nprotocols: [\"kakaotalk\"]");
-    std::fs::write(&path, yaml).unwrap();
-    let list = format!("[{:?}]", path.display().to_string());
-    let server = TestServer::start_with(&[("IEUM_APPSERVICES__REGISTRATIONS", &list)]).await;
+    let (server, dir) = server_with_stub(&stub, "protocols: [\"kakaotalk\"]").await;
     let alice = server.register("alice").await;
 
     let (status, body) = alice.raw("GET", "/_matrix/client/v3/thirdparty/protocols", None).await;
