@@ -101,6 +101,7 @@ impl Services {
                         Err(error) => Err(error),
                     }
                 }
+                Ok(None) if self.rooms.queue_while_joining(origin, &room_id, raw) => Ok(()),
                 Ok(None) => Err(Error::not_found(format!("This server is not in room {room_id}."))),
                 Err(error) => Err(error),
             };

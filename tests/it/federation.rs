@@ -788,6 +788,8 @@ async fn keys_kept_from_before_a_restart_verify_a_server_that_is_down() {
     let room = create_public_room(&alice).await;
     join_via(&bob, &room, "a.test").await;
     join_via(&carol, &room, "a.test").await;
+    // B must know C is in the room (A tells it) before A goes down, or B sends C nothing.
+    eventually("B sees carol", || async { joined(&bob, &room).await.contains(&carol.user_id().to_string()) }).await;
     say(&bob, &room, "hello").await;
     eventually("A has bob's hello", || async { bodies(&alice, &room).await.contains(&"hello".into()) }).await;
 

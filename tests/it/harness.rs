@@ -78,6 +78,17 @@ pub struct TestServer {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// `IEUM_TEST_LOG=ieum=debug cargo test … -- --nocapture` shows the servers' logs (captured
+/// per test like `println!`); without it tests log nothing.
+fn init_test_log() {
+    if let Ok(filter) = std::env::var("IEUM_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 impl TestServer {
     pub async fn start() -> Self {
         Self::start_with(&[]).await
@@ -90,6 +101,7 @@ impl TestServer {
 
     /// Like `start_with`, returning the start-up error (a fixed port may be taken).
     pub async fn try_start_with(env: &[(&str, &str)]) -> Result<Self, ieum::server::ServerError> {
+        init_test_log();
         let dir = tempfile::tempdir().expect("temp dir");
         let config = test_config(&dir, env);
         let server = Server::start(config.clone()).await?;

@@ -103,6 +103,9 @@ pub struct Rooms {
     /// Rooms whose backfill failed recently: not asked again before this time (ms), so a
     /// client paging back while the other servers are down is not held up every time.
     backfill_retry: Mutex<HashMap<OwnedRoomId, u64>>,
+    /// Rooms a local user is joining over federation: PDUs that arrive for them before the
+    /// join completes wait here and are processed once it has (see `remote::JoinQueue`).
+    joining: Mutex<HashMap<OwnedRoomId, Vec<(ruma::OwnedServerName, Box<serde_json::value::RawValue>)>>>,
     /// Push rules evaluated for every appended event (see `super::push`).
     pub push: Arc<super::push::Push>,
 }
@@ -115,6 +118,7 @@ impl Rooms {
             state_cache: Mutex::default(),
             locks: Mutex::default(),
             backfill_retry: Mutex::default(),
+            joining: Mutex::default(),
             push: Arc::new(super::push::Push::new(core.clone())),
             core,
         }

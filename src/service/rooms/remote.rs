@@ -9,8 +9,8 @@ use std::{
 };
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedServerName, RoomId, RoomVersionId, ServerName,
-    UserId,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId,
+    RoomVersionId, ServerName, UserId,
     api::federation::membership::{
         RawStrippedState, create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event,
         prepare_knock_event, prepare_leave_event,
@@ -455,13 +455,19 @@ impl Rooms {
         mut content: Map<String, Value>,
     ) -> Result<()> {
         let mut problems = Vec::new();
+        let queue = JoinQueue::open(self, room_id);
         for server in servers.iter().filter(|s| *s != self.core.server_name()) {
             if !self.federation.permits(server) {
                 problems.push(format!("{server}: not permitted by federation policy"));
                 continue;
             }
             match self.join_via(user_id, room_id, server, &mut content).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if let Some(queue) = queue {
+                        queue.process().await;
+                    }
+                    return Ok(());
+                }
                 Err(error) => {
                     tracing::info!(%room_id, %server, %error, "joining through this server failed");
                     problems.push(format!("{server}: {error}"));
@@ -480,6 +486,21 @@ impl Rooms {
             message: format!("Could not join the room: {summary}"),
             status: ruma::exports::http::StatusCode::BAD_GATEWAY,
         })
+    }
+
+    /// Keeps a PDU that arrived for a room this server is joining right now (the resident
+    /// server sends new events to the joining server as soon as it accepts the join, which
+    /// may be before the answer to send_join has been stored here). False when no join is
+    /// under way or the queue is full: the caller answers "not in room".
+    pub fn queue_while_joining(&self, origin: &ServerName, room_id: &RoomId, raw_pdu: &RawValue) -> bool {
+        let mut joining = self.joining.lock().unwrap_or_else(|e| e.into_inner());
+        match joining.get_mut(room_id) {
+            Some(queue) if queue.len() < MAX_QUEUED_WHILE_JOINING => {
+                queue.push((origin.to_owned(), raw_pdu.to_owned()));
+                true
+            }
+            _ => false,
+        }
     }
 
     async fn join_via(
@@ -967,4 +988,47 @@ fn stripped_value(state: &RawStrippedState) -> Option<CanonicalJsonValue> {
         stripped.insert(key.to_owned(), value.get(key)?.clone());
     }
     ruma::canonical_json::to_canonical_value(Value::Object(stripped)).ok()
+}
+
+/// At most this many PDUs wait for one room's join to complete; more are refused (the
+/// sender retries nothing, but later events lead here to fetch what is missing).
+const MAX_QUEUED_WHILE_JOINING: usize = 1000;
+
+/// A join over federation in progress: while it lives, PDUs for the room are queued
+/// (`Rooms::queue_while_joining`); dropping it (join failed, request cancelled) discards
+/// them; `process` hands them to the normal inbound path once the join is stored.
+struct JoinQueue<'a> {
+    rooms: &'a Rooms,
+    room_id: OwnedRoomId,
+}
+
+impl<'a> JoinQueue<'a> {
+    /// None when another local user's join of the same room already holds the queue.
+    fn open(rooms: &'a Rooms, room_id: &RoomId) -> Option<Self> {
+        let mut joining = rooms.joining.lock().unwrap_or_else(|e| e.into_inner());
+        if joining.contains_key(room_id) {
+            return None;
+        }
+        joining.insert(room_id.to_owned(), Vec::new());
+        Some(Self { rooms, room_id: room_id.to_owned() })
+    }
+
+    fn take(&self) -> Vec<(OwnedServerName, Box<RawValue>)> {
+        self.rooms.joining.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.room_id).unwrap_or_default()
+    }
+
+    async fn process(self) {
+        let queued = self.take();
+        for (origin, raw_pdu) in queued {
+            if let Err(error) = self.rooms.receive_pdu(&origin, &self.room_id, &raw_pdu).await {
+                tracing::info!(room_id = %self.room_id, %origin, %error, "a PDU received while joining was not accepted");
+            }
+        }
+    }
+}
+
+impl Drop for JoinQueue<'_> {
+    fn drop(&mut self) {
+        self.take();
+    }
 }
