@@ -7,7 +7,7 @@ pub mod routes;
 pub mod ruma;
 pub mod well_known;
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Instant};
 
 use axum::{
     Router,
@@ -46,9 +46,16 @@ pub fn router(app: App) -> Router {
 
 /// Every client (browser-based ones too) may call the API: answer CORS preflights and
 /// mark every response as shareable.
+/// Also the access log: `RUST_LOG=ieum::access=debug` shows method, path (never the query,
+/// which may hold an access token), status and time of every request.
 async fn cors(request: Request, next: Next) -> Response {
+    let (method, path, started) = (request.method().clone(), request.uri().path().to_owned(), Instant::now());
     let mut response =
         if request.method() == Method::OPTIONS { StatusCode::OK.into_response() } else { next.run(request).await };
+    tracing::debug!(
+        target: "ieum::access", %method, %path, status = response.status().as_u16(),
+        ms = started.elapsed().as_millis() as u64, "request"
+    );
     let headers = response.headers_mut();
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"));

@@ -391,6 +391,13 @@ pub async fn get_message_events(
         )
         .await?;
     let mut response = get_message_events::v3::Response::new();
+    tracing::trace!(
+        target: "ieum::wire",
+        room_id = %req.body.room_id, from = ?req.body.from, dir = ?req.body.dir, limit,
+        start = %page.start, end = ?page.end, events = page.events.len(),
+        first = ?page.events.first().map(|p| &p.event_id), last = ?page.events.last().map(|p| &p.event_id),
+        "messages"
+    );
     response.start = page.start;
     response.end = page.end;
     response.chunk = page.events.iter().map(|pdu| event_json(&app, pdu, session)).collect::<Result<_>>()?;

@@ -22,6 +22,8 @@ pub async fn sliding_sync(app: App, req: Ruma<v5::Request>) -> Result<SlidingSyn
     let session = req.user()?.clone();
     let _syncing = app.syncing(&session.user_id, &req.body.set_presence).await?;
     let extra = ExtraListFilters::from_body(&req.raw_body);
+    // `RUST_LOG=ieum::wire=trace` shows each exchange (to debug a client's view).
+    tracing::trace!(target: "ieum::wire", user = %session.user_id, body = %String::from_utf8_lossy(&req.raw_body), "sliding sync request");
     let output = app.sliding_sync.sync(&session, req.body, extra).await?;
     Ok(SlidingSyncResponse(output))
 }
@@ -53,6 +55,7 @@ impl OutgoingResponse for SlidingSyncResponse {
     fn try_into_http_response_inner(self) -> Result<http::Response<JsonBody>, IntoHttpError> {
         let SlidingSyncOutput { response, expanded } = self.0;
         let (parts, body) = response.try_into_http_response::<Vec<u8>>()?.into_parts();
+        tracing::trace!(target: "ieum::wire", body = %String::from_utf8_lossy(&body), ?expanded, "sliding sync response");
         if expanded.is_empty() {
             return Ok(http::Response::from_parts(parts, JsonBody(body)));
         }

@@ -73,6 +73,11 @@ impl Ieum {
         Self { url, _child: child, _dir: dir }
     }
 
+    /// Where the server's log is (kept when a test fails: see `Drop`).
+    fn log_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("ieum.log")
+    }
+
     /// A new user, logged in with a matrix-sdk client (in-memory stores) that discovers
     /// simplified sliding sync from /versions, as Element X does.
     pub async fn user(&self, name: &str) -> Client {
@@ -124,5 +129,18 @@ pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>
         }
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+impl Drop for Ieum {
+    /// A failing test keeps the server's log (set IEUM_TEST_LOG, e.g.
+    /// `ieum=debug,ieum::wire=trace`, for more than warnings) and says where it is.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let kept = std::env::temp_dir().join(format!("ieum-element-x-{}.log", std::process::id()));
+            if std::fs::copy(self.log_path(), &kept).is_ok() {
+                eprintln!("ieum's log: {}", kept.display());
+            }
+        }
     }
 }
