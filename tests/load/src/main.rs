@@ -52,8 +52,8 @@ struct Target {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run W1 (send), W2 (fan-out), W3 (warm initial sync), W8 (appservice import), W5
-    /// (federation ingest) and W4 (remote join), in that order.
+    /// Run W1 (send), W2 (fan-out), W3 (warm initial sync), W9 (sliding sync first page),
+    /// W8 (appservice import), W5 (federation ingest) and W4 (remote join), in that order.
     Run(RunArgs),
     /// W7: poll /versions until it answers; report ms since --since-unix-ns.
     WaitReady {
@@ -154,8 +154,8 @@ struct RunArgs {
     /// Exit non-zero when any request failed (implied by --smoke).
     #[arg(long)]
     strict: bool,
-    /// Which workloads to run, comma-separated (w1,w2,w3,w4,w5,w8).
-    #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,w4,w5,w8")]
+    /// Which workloads to run, comma-separated (w1,w2,w3,w9,w4,w5,w8).
+    #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,w9,w4,w5,w8")]
     only: Vec<String>,
     /// W1: concurrent senders [default 10; smoke 2].
     #[arg(long)]
@@ -187,6 +187,12 @@ struct RunArgs {
     /// W4: members of the room the peer hosts [default 1000; smoke 20].
     #[arg(long)]
     w4_members: Option<usize>,
+    /// W9: rooms of the user whose first sliding sync page is timed [default 2000; smoke 25].
+    #[arg(long)]
+    w9_rooms: Option<usize>,
+    /// W9: measured first pages, each from a new device [default 5; smoke 2].
+    #[arg(long)]
+    w9_repeats: Option<usize>,
     /// W4: joins measured, each into a new room [default 3; smoke 1].
     #[arg(long)]
     w4_repeats: Option<usize>,
@@ -333,6 +339,14 @@ async fn run(args: RunArgs) -> Result<bool, String> {
             opts.rooms, opts.messages, opts.repeats
         );
         done.push(workloads::initial_sync::run(&ctx, &opts, args.state.as_deref()).await);
+    }
+    if wants("w9") {
+        let opts = workloads::sliding_sync::Opts {
+            rooms: pick(args.w9_rooms, smoke, 25, 2000),
+            repeats: pick(args.w9_repeats, smoke, 2, 5).max(1),
+        };
+        eprintln!("ieum-load: {label}: W9 sliding sync first page: {} rooms, {} repeats", opts.rooms, opts.repeats);
+        done.push(workloads::sliding_sync::run(&ctx, &opts).await);
     }
     if wants("w8") {
         match &args.as_token {
@@ -481,7 +495,7 @@ async fn dispatch(command: Command) -> Result<bool, String> {
         Command::Record { json, label, url, workload, metric, value, unit, better, note } => {
             let id = workload.to_ascii_uppercase();
             if !report::CATALOGUE.iter().any(|(i, _)| *i == id) {
-                return Err(format!("--workload {workload}: not one of W1..W8"));
+                return Err(format!("--workload {workload}: not one of W1..W9"));
             }
             let mut w = Workload::new(&id);
             let better = match better {

@@ -105,47 +105,7 @@ async fn measure(ctx: &Ctx, opts: &Opts, state: Option<&Path>, w: &mut Workload)
     let localpart = ctx.localpart("w3", 0);
     let account = retry("register the W3 user", || hs.register(&localpart, Some(PASSWORD))).await?;
 
-    let token: Arc<str> = account.token.as_str().into();
-    let (messages, run_id) = (opts.messages, ctx.run_id.clone());
-    let setup_hs = hs.clone();
-    let room_in_use = Arc::new(AtomicU64::new(0));
-    let in_use = room_in_use.clone();
-    parallel(opts.rooms, ctx.setup_concurrency, move |r| {
-        let (hs, token, run_id, in_use) = (setup_hs.clone(), token.clone(), run_id.clone(), in_use.clone());
-        async move {
-            check_deadline(deadline, "W3 room setup")?;
-            let name = format!("W3 room {r}");
-            let mut attempt = 0;
-            let room = loop {
-                match retry("create a W3 room", || hs.create_room(&token, &name, false)).await {
-                    // Two createRoom calls of one user in the same millisecond can produce
-                    // the same create event, hence the same room id (room version 12); a
-                    // server may refuse the second. Counted and reported, then retried.
-                    Err(e) if e.errcode.as_deref() == Some("M_ROOM_IN_USE") && attempt < 5 => {
-                        in_use.fetch_add(1, Ordering::Relaxed);
-                        attempt += 1;
-                        tokio::time::sleep(Duration::from_millis(3)).await;
-                    }
-                    other => break other?,
-                }
-            };
-            for m in 0..messages {
-                let txn = format!("{run_id}-w3-{r}-{m}");
-                let text = format!("W3 room {r} message {m}");
-                retry("W3 setup send", || hs.send_text(&token, &room, &txn, &text)).await?;
-            }
-            Ok(())
-        }
-    })
-    .await?;
-    check_deadline(deadline, "W3 setup")?;
-    let refused = room_in_use.load(Ordering::Relaxed);
-    if refused > 0 {
-        w.notes.push(format!(
-            "setup: {refused} concurrent createRoom calls were refused with M_ROOM_IN_USE (same-millisecond \
-             create events of one user give the same room id) and retried"
-        ));
-    }
+    create_rooms(ctx, &hs, &account.token, "W3", opts.rooms, opts.messages, deadline, w).await?;
 
     // One unmeasured pass (the same work a client did just after setup), then the repeats.
     let sync_timeout = hs.timeout;
@@ -200,4 +160,61 @@ pub async fn cold(hs: &Homeserver, state: &Path) -> Workload {
         Err(e) => w.fail(format!("cold initial sync: {e}")),
     }
     w
+}
+
+/// Setup shared by W3 and W9: the user of `token` creates `rooms` rooms named
+/// "{tag} room {r}" and sends `messages` messages into each (setup_concurrency at a time).
+#[allow(clippy::too_many_arguments)]
+pub async fn create_rooms(
+    ctx: &Ctx,
+    hs: &Arc<Homeserver>,
+    token: &str,
+    tag: &'static str,
+    rooms: usize,
+    messages: usize,
+    deadline: Instant,
+    w: &mut Workload,
+) -> Result<()> {
+    let token: Arc<str> = token.into();
+    let run_id = ctx.run_id.clone();
+    let setup_hs = hs.clone();
+    let room_in_use = Arc::new(AtomicU64::new(0));
+    let in_use = room_in_use.clone();
+    parallel(rooms, ctx.setup_concurrency, move |r| {
+        let (hs, token, run_id, in_use) = (setup_hs.clone(), token.clone(), run_id.clone(), in_use.clone());
+        async move {
+            check_deadline(deadline, "room setup")?;
+            let name = format!("{tag} room {r}");
+            let mut attempt = 0;
+            let room = loop {
+                match retry("create a room", || hs.create_room(&token, &name, false)).await {
+                    // Two createRoom calls of one user in the same millisecond can produce
+                    // the same create event, hence the same room id (room version 12); a
+                    // server may refuse the second. Counted and reported, then retried.
+                    Err(e) if e.errcode.as_deref() == Some("M_ROOM_IN_USE") && attempt < 5 => {
+                        in_use.fetch_add(1, Ordering::Relaxed);
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(3)).await;
+                    }
+                    other => break other?,
+                }
+            };
+            for m in 0..messages {
+                let txn = format!("{run_id}-{tag}-{r}-{m}");
+                let text = format!("{tag} room {r} message {m}");
+                retry("setup send", || hs.send_text(&token, &room, &txn, &text)).await?;
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    check_deadline(deadline, "room setup")?;
+    let refused = room_in_use.load(Ordering::Relaxed);
+    if refused > 0 {
+        w.notes.push(format!(
+            "setup: {refused} concurrent createRoom calls were refused with M_ROOM_IN_USE (same-millisecond \
+             create events of one user give the same room id) and retried"
+        ));
+    }
+    Ok(())
 }

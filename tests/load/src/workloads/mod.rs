@@ -7,6 +7,7 @@ pub mod ingest;
 pub mod initial_sync;
 pub mod remote_join;
 pub mod send;
+pub mod sliding_sync;
 pub mod start;
 
 use std::{
