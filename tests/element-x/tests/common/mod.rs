@@ -53,7 +53,8 @@ impl Ieum {
             .env("IEUM_STORAGE__PATH", dir.path().join("data"))
             .env("IEUM_REGISTRATION__ENABLED", "true")
             .env("IEUM_RATE_LIMITS__ENABLED", "false")
-            .env("RUST_LOG", std::env::var("IEUM_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            // The access log is cheap and says what the client asked when a test fails.
+            .env("RUST_LOG", std::env::var("IEUM_TEST_LOG").unwrap_or_else(|_| "warn,ieum::access=debug".into()))
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log)
@@ -137,9 +138,12 @@ impl Drop for Ieum {
     /// `ieum=debug,ieum::wire=trace`, for more than warnings) and says where it is.
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let kept = std::env::temp_dir().join(format!("ieum-element-x-{}.log", std::process::id()));
+            let kept = std::env::temp_dir().join(format!("ieum-element-x-{}.log", self.url.rsplit(':').next().unwrap_or("0")));
             if std::fs::copy(self.log_path(), &kept).is_ok() {
-                eprintln!("ieum's log: {}", kept.display());
+                let log = std::fs::read_to_string(&kept).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+                eprintln!("ieum's log: {} (last 80 lines:)\n{tail}", kept.display());
             }
         }
     }
