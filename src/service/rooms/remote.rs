@@ -1020,7 +1020,13 @@ impl<'a> JoinQueue<'a> {
     async fn process(self) {
         let queued = self.take();
         for (origin, raw_pdu) in queued {
-            if let Err(error) = self.rooms.receive_pdu(&origin, &self.room_id, &raw_pdu).await {
+            // The same checks as a transaction for a room this server is in: the ACL, then
+            // signatures, hashes and auth in receive_pdu.
+            let outcome = match self.rooms.check_server_acl(&origin, &self.room_id) {
+                Ok(()) => self.rooms.receive_pdu(&origin, &self.room_id, &raw_pdu).await.map(|_| ()),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = outcome {
                 tracing::info!(room_id = %self.room_id, %origin, %error, "a PDU received while joining was not accepted");
             }
         }
