@@ -12,7 +12,7 @@
 //! typing and presence are in memory and follow the ephemeral serial from the sender's start.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -47,6 +47,12 @@ pub struct AppserviceSender {
     start_serial: u64,
     /// Cursors moved past uninteresting events without a write (re-scanned after a crash).
     states: HashMap<String, AppserviceState>,
+    /// Appservices whose last accepted transaction is recorded in `states` only: the write
+    /// that persists the next transaction records it too (one synced write per transaction
+    /// instead of two), or the sender writes it when it goes idle or stops. A crash before
+    /// that resends the accepted transaction under its own txn id, which the appservice
+    /// API requires appservices to treat as a repeat.
+    unsaved: HashSet<String>,
     backoff: HashMap<String, (Instant, Duration)>,
 }
 
@@ -68,6 +74,7 @@ impl AppserviceSender {
             serials: HashMap::new(),
             start_serial,
             states: HashMap::new(),
+            unsaved: HashSet::new(),
             backoff: HashMap::new(),
         }
     }
@@ -117,7 +124,10 @@ impl AppserviceSender {
                 changed = positions.changed() => { if changed.is_err() { return } }
                 changed = serial.changed(), if wants_ephemeral => { if changed.is_err() { return } }
                 () = tokio::time::sleep(sleep) => {}
-                _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = shutdown.wait_for(|stop| *stop) => {
+                    self.save_accepted();
+                    return;
+                }
             }
         }
     }
@@ -147,6 +157,9 @@ impl AppserviceSender {
         let serial_now = self.ephemeral.typing_serial();
         let serial_seen = self.serials.get(&id).copied().unwrap_or(self.start_serial);
         if state.cursor >= now && !(wants_ephemeral && serial_now > serial_seen) {
+            if self.unsaved.remove(&id) {
+                self.core.db.put_appservice_state(&id, &state)?;
+            }
             self.states.insert(id, state);
             return Ok(false);
         }
@@ -182,6 +195,7 @@ impl AppserviceSender {
         state.next_txn_id += 1;
         state.in_flight = Some(txn.clone());
         self.core.db.put_appservice_state(&id, &state)?;
+        self.unsaved.remove(&id);
         self.states.insert(id.clone(), state.clone());
         self.put(service, &txn).await?;
         self.accepted(&id, state, &txn)?;
@@ -196,9 +210,20 @@ impl AppserviceSender {
         }
         state.cursor = txn.upto;
         state.in_flight = None;
-        self.core.db.put_appservice_state(id, &state)?;
         self.states.insert(id.to_owned(), state);
+        self.unsaved.insert(id.to_owned());
         Ok(())
+    }
+
+    /// Persists the accepted transactions not yet written (see `unsaved`).
+    fn save_accepted(&mut self) {
+        for id in std::mem::take(&mut self.unsaved) {
+            if let Some(state) = self.states.get(&id)
+                && let Err(error) = self.core.db.put_appservice_state(&id, state)
+            {
+                tracing::warn!(appservice = %id, %error, "cannot record the last accepted transaction; it will be sent again");
+            }
+        }
     }
 
     /// Timeline events after `cursor` the appservice is interested in (at most a batch), and

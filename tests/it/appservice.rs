@@ -384,6 +384,15 @@ async fn transactions_carry_interesting_events_and_survive_an_outage_and_a_resta
     assert_eq!(stub.bodies().iter().filter(|b| *b == "while down").count(), 1, "{:?}", stub.bodies());
     // Without receive_ephemeral, transactions carry no ephemeral field.
     assert!(received.iter().all(|(_, _, body)| body.get("ephemeral").is_none()));
+    // The last accepted transaction is recorded (at the latest when the sender goes idle or
+    // stops): a restart sends nothing again.
+    say(&bridged, "4", "just before a restart").await;
+    wait_for("the last message", || stub.bodies().contains(&"just before a restart".to_owned())).await;
+    let before = stub.received.lock().unwrap().len();
+    server.stop().await;
+    server.start_again().await;
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    assert_eq!(stub.received.lock().unwrap().len(), before, "no transaction sent again after a clean restart");
     drop(dir);
 }
 
