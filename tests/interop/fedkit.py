@@ -16,6 +16,7 @@ name) and build them with `start_federation_pair`.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 import urllib.error
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import pytest
+import yaml
 
 from peers.ieum import IeumBinaryMissing, IeumServer, ieum_binary
 from peers.process import LOOPBACK, ServerProcess, ServerStartError, free_port
@@ -54,6 +56,61 @@ def start_server(server: ServerProcess) -> None:
         server.start()
     except ServerStartError as exc:
         pytest.fail(f"{server.name} failed to start:\n{exc}", pytrace=False)
+
+
+def appservice_registration(as_id: str, server_name: str, as_port: int, sender_localpart: str,
+                            prefix: str, *, aliases: bool = True, ephemeral: bool = False,
+                            legacy_ephemeral: bool = False) -> dict:
+    """An appservice registration (fresh random tokens) whose url is a listener on
+    `as_port`, with exclusive `@{prefix}.*` users (and `#{prefix}.*` aliases)."""
+    domain = re.escape(server_name)
+    registration = {
+        "id": as_id,
+        "url": f"http://{LOOPBACK}:{as_port}",
+        "as_token": "as_" + secrets.token_hex(16),
+        "hs_token": "hs_" + secrets.token_hex(16),
+        "sender_localpart": sender_localpart,
+        "rate_limited": False,
+    }
+    if ephemeral:
+        registration["receive_ephemeral"] = True
+    if legacy_ephemeral:
+        # The pre-merge name that mautrix and matrix-appservice-bridge still write.
+        registration["de.sorunome.msc2409.push_ephemeral"] = True
+    registration["namespaces"] = {
+        "users": [{"exclusive": True, "regex": f"@{prefix}.*:{domain}"}],
+        "aliases": [{"exclusive": True, "regex": f"#{prefix}.*:{domain}"}] if aliases else [],
+        "rooms": [],
+    }
+    return registration
+
+
+def start_appservice_homeserver(request, kind: str, port: int, tmp, registration: dict,
+                                synapse_extra: dict | None = None) -> ServerProcess:
+    """Synapse or ieum on `port`, given `registration` (written to tmp/registration.yaml)
+    from the start; stopped when the requesting fixture ends. The server carries
+    `registration` and `registration_path`."""
+    reg_path = tmp / "registration.yaml"
+    reg_path.write_text(yaml.safe_dump(registration, sort_keys=False))
+    if kind == "synapse":
+        server = SynapseServer(port, tmp / "server", extra_config={
+            "app_service_config_files": [str(reg_path)], **(synapse_extra or {})})
+    else:
+        try:
+            binary = ieum_binary()
+        except IeumBinaryMissing as exc:
+            pytest.fail(str(exc), pytrace=False)  # never skip the ieum side
+        server = IeumServer(port, tmp / "server", binary=binary, extra_env={
+            "RUST_LOG": "info,ieum=debug",
+            "IEUM_RATE_LIMITS__ENABLED": "false",
+            "IEUM_APPSERVICES__REGISTRATIONS": json.dumps([str(reg_path)]),
+        })
+    assert server.server_name == f"localhost:{port}"
+    start_server(server)
+    request.addfinalizer(server.stop)
+    server.registration = registration
+    server.registration_path = reg_path
+    return server
 
 
 def start_federation_pair(request, tmp_path_factory, prefix: str = "fed", *,

@@ -26,13 +26,10 @@ import secrets
 import time
 
 import pytest
-import yaml
 
-from fedkit import Client, MatrixError, q, start_server
+from fedkit import Client, MatrixError, appservice_registration, q, start_appservice_homeserver
 from nodebridge import NodeBridge, NodeBridgeUnavailable
-from peers.ieum import IeumBinaryMissing, IeumServer, ieum_binary
-from peers.process import LOOPBACK, free_port
-from peers.synapse import SynapseServer
+from peers.process import free_port
 from test_appservice_mautrix import AnonClient
 
 SCENARIO = "appservice_bridge_js"
@@ -55,53 +52,15 @@ SETTLE = 2.0
 RESULTS: dict[str, dict] = {}
 
 
-def registration_for(server_name: str, as_port: int) -> dict:
-    domain = re.escape(server_name)
-    return {
-        "id": AS_ID,
-        "url": f"http://{LOOPBACK}:{as_port}",
-        "as_token": "as_" + secrets.token_hex(16),
-        "hs_token": "hs_" + secrets.token_hex(16),
-        "sender_localpart": BOT_LOCALPART,
-        "rate_limited": False,
-        "receive_ephemeral": True,
-        "de.sorunome.msc2409.push_ephemeral": True,
-        "namespaces": {
-            "users": [{"exclusive": True, "regex": f"@jsb_.*:{domain}"}],
-            "aliases": [{"exclusive": True, "regex": f"#jsb_.*:{domain}"}],
-            "rooms": [],
-        },
-    }
-
-
 @pytest.fixture(scope="module", params=SERVERS)
 def homeserver(request, tmp_path_factory):
     """Named like conftest's fixture so failures carry this server's log tail."""
     kind = request.param
     tmp = tmp_path_factory.mktemp(f"as-js-{kind}")
     port, as_port = free_port(), free_port()
-    server_name = f"localhost:{port}"
-    registration = registration_for(server_name, as_port)
-    reg_path = tmp / "registration.yaml"
-    reg_path.write_text(yaml.safe_dump(registration, sort_keys=False))
-    if kind == "synapse":
-        server = SynapseServer(port, tmp / "server",
-                               extra_config={"app_service_config_files": [str(reg_path)]})
-    else:
-        try:
-            binary = ieum_binary()
-        except IeumBinaryMissing as exc:
-            pytest.fail(str(exc), pytrace=False)  # never skip the ieum side
-        server = IeumServer(port, tmp / "server", binary=binary, extra_env={
-            "RUST_LOG": "info,ieum=debug",
-            "IEUM_RATE_LIMITS__ENABLED": "false",
-            "IEUM_APPSERVICES__REGISTRATIONS": json.dumps([str(reg_path)]),
-        })
-    assert server.server_name == server_name
-    start_server(server)
-    request.addfinalizer(server.stop)
-    server.registration = registration
-    server.registration_path = reg_path
+    registration = appservice_registration(AS_ID, f"localhost:{port}", as_port, BOT_LOCALPART, "jsb_",
+                                           ephemeral=True, legacy_ephemeral=True)
+    server = start_appservice_homeserver(request, kind, port, tmp, registration)
     server.as_port = as_port
     server.bridge_log = tmp / "bridge.log"
     return server

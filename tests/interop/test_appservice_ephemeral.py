@@ -15,19 +15,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import secrets
 import time
 
 import pytest
-import yaml
 from mautrix.appservice import AppService
 from mautrix.types import UserID
 
-from fedkit import Client, q, start_server
-from peers.ieum import IeumBinaryMissing, IeumServer, ieum_binary
+from fedkit import Client, appservice_registration, q, start_appservice_homeserver
 from peers.process import LOOPBACK, free_port
-from peers.synapse import SynapseServer
 from test_appservice_mautrix import call, register_user
 
 SCENARIO = "appservice_ephemeral"
@@ -45,38 +41,11 @@ def homeserver(request, tmp_path_factory):
     kind = request.param
     tmp = tmp_path_factory.mktemp(f"as-edu-{kind}")
     port, as_port = free_port(), free_port()
-    server_name = f"localhost:{port}"
-    domain = re.escape(server_name)
-    registration = {
-        "id": AS_ID,
-        "url": f"http://{LOOPBACK}:{as_port}",
-        "as_token": "as_" + secrets.token_hex(16),
-        "hs_token": "hs_" + secrets.token_hex(16),
-        "sender_localpart": BOT_LOCALPART,
-        "rate_limited": False,
-        "receive_ephemeral": True,
-        "namespaces": {"users": [{"exclusive": True, "regex": f"@edu_.*:{domain}"}], "aliases": [], "rooms": []},
-    }
-    reg_path = tmp / "registration.yaml"
-    reg_path.write_text(yaml.safe_dump(registration, sort_keys=False))
-    if kind == "synapse":
-        server = SynapseServer(port, tmp / "server", extra_config={
-            "app_service_config_files": [str(reg_path)],
-            "experimental_features": {"msc2409_to_device_messages_enabled": True},
-        })
-    else:
-        try:
-            binary = ieum_binary()
-        except IeumBinaryMissing as exc:
-            pytest.fail(str(exc), pytrace=False)  # never skip the ieum side
-        server = IeumServer(port, tmp / "server", binary=binary, extra_env={
-            "RUST_LOG": "info,ieum=debug",
-            "IEUM_RATE_LIMITS__ENABLED": "false",
-            "IEUM_APPSERVICES__REGISTRATIONS": json.dumps([str(reg_path)]),
-        })
-    start_server(server)
-    request.addfinalizer(server.stop)
-    server.registration = registration
+    registration = appservice_registration(AS_ID, f"localhost:{port}", as_port, BOT_LOCALPART, "edu_",
+                                           aliases=False, ephemeral=True)
+    server = start_appservice_homeserver(
+        request, kind, port, tmp, registration,
+        synapse_extra={"experimental_features": {"msc2409_to_device_messages_enabled": True}})
     server.as_port = as_port
     return server
 
