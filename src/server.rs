@@ -110,6 +110,8 @@ impl Server {
         let push_sender =
             crate::service::push::sender::PushSender::new(app.core.clone(), app.push.clone(), app.rooms.clone());
         tasks.spawn(push_sender.run(shutdown.subscribe()));
+        // Background: syncs appends whose writer stopped waiting (see service::durability).
+        tasks.spawn(crate::service::durability::sweep(app.core.clone(), shutdown.subscribe()));
         Ok(Self { addrs, tls_addrs, app, shutdown, tasks })
     }
 

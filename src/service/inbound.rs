@@ -83,8 +83,31 @@ impl Services {
             tracing::debug!(%origin, txn = %request.transaction_id, "replayed transaction");
             return Ok(results);
         }
+        // The transaction's PDUs share one fsync, made before it is answered.
+        let results =
+            crate::service::durability::deferred(&self.core, self.receive_pdus(origin, &request.pdus)).await?;
+        for edu in &request.edus {
+            // Presence is read leniently: Synapse leaves out `last_active_ago` at times,
+            // which ruma's type requires.
+            if let Ok(value) = serde_json::from_str::<serde_json::Value>(edu.json().get())
+                && value["edu_type"] == "m.presence"
+            {
+                self.receive_presence(origin, &value["content"]);
+                continue;
+            }
+            match edu.deserialize() {
+                Ok(edu) => self.receive_edu(origin, edu).await,
+                Err(error) => tracing::debug!(%origin, %error, "ignoring an EDU that does not parse"),
+            }
+        }
+        self.transactions.remember(key, results.clone());
+        Ok(results)
+    }
+
+    /// The PDUs of one transaction, in order, with a result for each.
+    async fn receive_pdus(&self, origin: &ServerName, pdus: &[Box<serde_json::value::RawValue>]) -> Result<PduResults> {
         let mut results = PduResults::new();
-        for raw in &request.pdus {
+        for raw in pdus {
             let room_id = match serde_json::from_str::<RoomOf>(raw.get()) {
                 Ok(RoomOf { room_id: Some(room_id) }) => room_id,
                 _ => {
@@ -112,21 +135,6 @@ impl Services {
                 results.insert(event_id, outcome.map_err(|e| e.to_string()));
             }
         }
-        for edu in &request.edus {
-            // Presence is read leniently: Synapse leaves out `last_active_ago` at times,
-            // which ruma's type requires.
-            if let Ok(value) = serde_json::from_str::<serde_json::Value>(edu.json().get())
-                && value["edu_type"] == "m.presence"
-            {
-                self.receive_presence(origin, &value["content"]);
-                continue;
-            }
-            match edu.deserialize() {
-                Ok(edu) => self.receive_edu(origin, edu).await,
-                Err(error) => tracing::debug!(%origin, %error, "ignoring an EDU that does not parse"),
-            }
-        }
-        self.transactions.remember(key, results.clone());
         Ok(results)
     }
 
@@ -242,7 +250,7 @@ impl Services {
             return Ok(());
         }
         let active = presence == "online";
-        if !self.ephemeral.set_presence(user_id, presence, status_msg.clone(), super::now_ms(), active) {
+        if !self.ephemeral.set_presence(user_id, presence, status_msg, super::now_ms(), active) {
             return Ok(());
         }
         let mut servers = std::collections::BTreeSet::new();
@@ -254,12 +262,8 @@ impl Services {
         if servers.is_empty() {
             return Ok(());
         }
-        let mut update = serde_json::json!({
-            "user_id": user_id, "presence": presence, "last_active_ago": 0, "currently_active": active,
-        });
-        if let Some(status) = status_msg {
-            update["status_msg"] = serde_json::Value::String(status);
-        }
+        let Some(current) = self.ephemeral.presence_of(user_id) else { return Ok(()) };
+        let update = current.federation_update(user_id);
         let edu = serde_json::json!({ "edu_type": "m.presence", "content": { "push": [update] } });
         self.federation.queue_edu(servers.into_iter().collect(), &raw_edu(&edu)?).await
     }

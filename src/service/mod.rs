@@ -15,6 +15,7 @@ pub mod account_data;
 pub mod appservice;
 pub mod appservice_sender;
 pub mod directory;
+pub mod durability;
 pub mod e2ee;
 pub mod ephemeral;
 pub mod federation;

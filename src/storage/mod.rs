@@ -38,6 +38,12 @@ mod tests;
 /// account data, invites...). Sync tokens are built from it.
 pub type StreamPos = u64;
 
+/// Names a write that is readable but maybe not yet durable (see
+/// `RoomStore::append_event_pending`); `StreamStore::wait_durable` makes it durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[must_use = "a pending write is acknowledged only after wait_durable"]
+pub struct WriteTicket(pub(crate) u64);
+
 /// The id of a stored state group (a delta over a parent group, or a full snapshot).
 pub type StateGroupId = u64;
 
@@ -222,11 +228,21 @@ pub trait UserStore: Send + Sync {
 }
 
 /// Events, the timeline, state and membership.
-pub trait RoomStore: Send + Sync {
+pub trait RoomStore: Send + Sync + StreamStore {
     /// Reserves state-group ids (never reused).
     fn next_state_group_id(&self) -> StateGroupId;
-    /// Appends one accepted event to a room's timeline with all its derived indexes.
-    fn append_event(&self, append: AppendEvent<'_>) -> Result<StreamPos>;
+    /// Appends one accepted event to a room's timeline with all its derived indexes; durable
+    /// when it returns.
+    fn append_event(&self, append: AppendEvent<'_>) -> Result<StreamPos> {
+        let (pos, ticket) = self.append_event_pending(append)?;
+        self.wait_durable(ticket)?;
+        Ok(pos)
+    }
+    /// `append_event` without waiting for the disk: the event is readable at once (the next
+    /// event of the room can be built on it), but neither durable nor visible to stream
+    /// readers until `wait_durable` with its ticket, or a later one, returns. Lets a caller
+    /// release the room's lock before the fsync, and many appends share one fsync.
+    fn append_event_pending(&self, append: AppendEvent<'_>) -> Result<(StreamPos, WriteTicket)>;
     fn event(&self, event_id: &ruma::EventId) -> Result<Option<StoredEvent>>;
     fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>>;
     fn state_group(&self, id: StateGroupId) -> Result<Option<StateGroup>>;
@@ -346,6 +362,14 @@ pub trait StreamStore: Send + Sync {
     fn current_pos(&self) -> StreamPos;
     /// A receiver that changes whenever `current_pos` advances.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<StreamPos>;
+    /// Returns once the pending write named by `ticket`, and every write before it, is
+    /// durable (one WAL sync serves every waiter it covers).
+    fn wait_durable(&self, ticket: WriteTicket) -> Result<()>;
+    /// A ticket covering every write made so far (to make a pending write that someone
+    /// else made durable before answering about it).
+    fn latest_write(&self) -> WriteTicket;
+    /// Some pending write is not durable yet.
+    fn has_unsynced(&self) -> bool;
 }
 
 /// Everything the service layer needs from a backend. The federation outbox trait is

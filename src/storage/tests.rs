@@ -64,27 +64,52 @@ fn event(room: &RoomId) -> StoredEvent {
 }
 
 fn append(store: &dyn Storage, room: &RoomId, id: &OwnedEventId, membership: Option<(&str, &str)>) -> StreamPos {
-    store
-        .append_event(AppendEvent {
-            event_id: id,
-            event: event(room),
-            new_room: None,
-            new_state_groups: Vec::new(),
-            state_after: 1,
-            extremities: vec![id.clone()],
-            depth: 1,
-            memberships: membership
-                .map(|(u, m)| (UserId::parse(u).unwrap(), m.to_owned(), id.clone()))
-                .into_iter()
-                .collect(),
-            txn_key: Some((owned_user_id!("@a:x"), "S".into(), id.to_string())),
-            push: Default::default(),
-            redact: None,
-            bumps: false,
-            last_bump: None,
-        })
-        .unwrap()
+    store.append_event(append_record(room, id, membership)).unwrap()
 }
+
+fn append_record<'a>(room: &RoomId, id: &'a OwnedEventId, membership: Option<(&str, &str)>) -> AppendEvent<'a> {
+    AppendEvent {
+        event_id: id,
+        event: event(room),
+        new_room: None,
+        new_state_groups: Vec::new(),
+        state_after: 1,
+        extremities: vec![id.clone()],
+        depth: 1,
+        memberships: membership
+            .map(|(u, m)| (UserId::parse(u).unwrap(), m.to_owned(), id.clone()))
+            .into_iter()
+            .collect(),
+        txn_key: Some((owned_user_id!("@a:x"), "S".into(), id.to_string())),
+        push: Default::default(),
+        redact: None,
+        bumps: false,
+        last_bump: None,
+    }
+}
+
+storage_test!(pending_appends_are_readable_at_once_and_visible_once_durable, |store, reopen| {
+    let room = room_id!("!r:x");
+    let first = append(&*store, room, &event_id!("$first").to_owned(), None);
+    assert_eq!(store.current_pos(), first);
+    assert!(!store.has_unsynced());
+    let (a, b) = (event_id!("$a").to_owned(), event_id!("$b").to_owned());
+    let (_, ticket_a) = store.append_event_pending(append_record(room, &a, None)).unwrap();
+    let (pos_b, ticket_b) = store.append_event_pending(append_record(room, &b, None)).unwrap();
+    assert!(store.event(&a).unwrap().is_some(), "a pending event is readable");
+    assert_eq!(store.room_head(room).unwrap().unwrap().last_pos, pos_b, "the next event builds on it");
+    assert_eq!(store.current_pos(), first, "stream readers do not see it before it is durable");
+    assert!(store.has_unsynced());
+    store.wait_durable(ticket_b).unwrap();
+    assert_eq!(store.current_pos(), pos_b, "one sync made both durable and visible");
+    assert!(!store.has_unsynced());
+    store.wait_durable(ticket_a).unwrap();
+    assert_eq!(store.latest_write(), ticket_b);
+    drop(store);
+    let store = reopen();
+    assert!(store.event(&a).unwrap().is_some() && store.event(&b).unwrap().is_some());
+    assert_eq!(store.current_pos(), pos_b);
+});
 
 storage_test!(users_are_created_once, |store, _reopen| {
     assert!(store.create_user(&user("@alice:x")).unwrap());

@@ -13,7 +13,13 @@ use crate::error::{Error, Result};
 
 impl Rooms {
     /// `POST /createRoom` for a local user.
+    /// The room's events share their fsyncs (see `durability::deferred`); the answer waits
+    /// for all of them.
     pub async fn create_room(&self, creator: &UserId, request: Request) -> Result<OwnedRoomId> {
+        crate::service::durability::deferred(&self.core, self.create_room_deferred(creator, request)).await
+    }
+
+    async fn create_room_deferred(&self, creator: &UserId, request: Request) -> Result<OwnedRoomId> {
         let version = request.room_version.clone().unwrap_or_else(|| self.core.config.rooms.default_version.clone());
         if !SUPPORTED_CREATE_VERSIONS.contains(&version) {
             return Err(Error::unsupported_room_version(format!(

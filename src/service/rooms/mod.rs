@@ -18,7 +18,7 @@ use ruma::{
         StateEventType, TimelineEventType,
         room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
     },
-    room_version_rules::RoomVersionRules,
+    room_version_rules::{EventIdFormatVersion, EventsReferenceFormatVersion, RoomVersionRules},
     signatures::{hash_and_sign_event, reference_hash},
     state_res,
 };
@@ -35,6 +35,7 @@ pub mod ingest;
 pub mod membership;
 pub mod pdu;
 pub mod remote;
+mod state_res_v1;
 pub mod timeline;
 
 pub use pdu::Pdu;
@@ -265,12 +266,22 @@ impl Rooms {
 
     /// Builds, authorises and appends a local event. Returns its id (the earlier one when
     /// the same transaction id was already used by this device).
+    ///
+    /// The room's lock is held while the event is built and written, not while the disk
+    /// syncs it: the answer waits for durability after the lock is released, so the
+    /// room's next event is built meanwhile and one fsync serves several (group commit).
     pub async fn send(&self, new: NewEvent) -> Result<OwnedEventId> {
+        crate::service::durability::deferred(&self.core, self.send_locked(new)).await
+    }
+
+    async fn send_locked(&self, new: NewEvent) -> Result<OwnedEventId> {
         let lock = self.room_lock(&new.room_id);
         let _guard = lock.lock().await;
         if let Some((session_id, txn_id)) = &new.txn
             && let Some(event_id) = self.core.db.txn_event(&new.sender, session_id, &new.txn_key(txn_id))?
         {
+            // The first request may still be waiting for the disk.
+            crate::service::durability::settle_latest(&self.core).await?;
             return Ok(event_id);
         }
         let record = self.room_record(&new.room_id)?;
@@ -285,6 +296,7 @@ impl Rooms {
             && current.sender == new.sender
             && current.content_value() == new.content
         {
+            crate::service::durability::settle_latest(&self.core).await?;
             return Ok(current.event_id.clone());
         }
         let (event_id, pdu) = self.append_locked(new, &record.room_version, Some(head)).await?;
@@ -528,9 +540,10 @@ impl Rooms {
 
     async fn write(&self, append: AppendEventOwned) -> Result<()> {
         let deliveries = !append.push.deliveries.is_empty();
-        self.core
+        let ticket = self
+            .core
             .blocking(move |db| {
-                db.append_event(AppendEvent {
+                db.append_event_pending(AppendEvent {
                     event_id: &append.event_id,
                     event: append.event,
                     new_room: append.new_room,
@@ -545,9 +558,13 @@ impl Rooms {
                     bumps: append.bumps,
                     last_bump: append.last_bump,
                 })
+                .map(|(_, ticket)| ticket)
                 .map_err(Error::from)
             })
             .await?;
+        // Durable before the caller goes on, or (inside `durability::deferred`) before the
+        // scope answers anyone.
+        crate::service::durability::settle(&self.core, ticket).await?;
         self.push.appended(deliveries);
         Ok(())
     }
@@ -583,8 +600,27 @@ impl Rooms {
         let ts = new.ts.unwrap_or_else(now_ms);
         object.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(int(ts)?));
         object.insert("depth".into(), CanonicalJsonValue::Integer(int(depth)?));
+        // Room versions 1 and 2 reference events as [id, {"sha256": <its content hash>}].
+        let pairs = rules.events_reference_format == EventsReferenceFormatVersion::V1;
         let refs = |ids: &[OwnedEventId]| {
-            CanonicalJsonValue::Array(ids.iter().map(|id| CanonicalJsonValue::String(id.to_string())).collect())
+            CanonicalJsonValue::Array(
+                ids.iter()
+                    .map(|id| {
+                        let id_value = CanonicalJsonValue::String(id.to_string());
+                        if !pairs {
+                            return id_value;
+                        }
+                        let hashes = self
+                            .pdu(id)
+                            .ok()
+                            .flatten()
+                            .and_then(|pdu| serde_json::from_str::<CanonicalJsonObject>(pdu.stored.pdu.get()).ok())
+                            .and_then(|mut object| object.remove("hashes"))
+                            .unwrap_or_else(|| CanonicalJsonValue::Object(CanonicalJsonObject::new()));
+                        CanonicalJsonValue::Array(vec![id_value, hashes])
+                    })
+                    .collect(),
+            )
         };
         object.insert("prev_events".into(), refs(prev_events));
         object.insert("auth_events".into(), refs(auth_events));
@@ -614,13 +650,22 @@ impl Rooms {
         depth: u64,
     ) -> Result<(OwnedEventId, OwnedRoomId, CanonicalJsonObject)> {
         let mut object = self.template_in(rules, room_id, new, prev_events, auth_events, depth)?;
+        // Room versions 1 and 2 name events `$<random>:<origin>`, inside the signed event.
+        let named = (rules.event_id_format == EventIdFormatVersion::V1).then(|| {
+            let id = format!("${}:{}", super::random_token(18), self.core.server_name());
+            object.insert("event_id".into(), CanonicalJsonValue::String(id.clone()));
+            id
+        });
         hash_and_sign_event(self.core.server_name().as_str(), &*self.core.signing_key, &mut object, &rules.redaction)
             .map_err(|e| match e {
             ruma::signatures::JsonError::PduTooLarge => Error::too_large("The event is larger than 65535 bytes."),
             other => Error::bad_json(format!("Cannot sign the event: {other}")),
         })?;
         let hash = reference_hash(&object, rules).map_err(|e| Error::internal(format!("reference hash: {e}")))?;
-        let event_id = EventId::new_v2_or_v3(&hash).map_err(|e| Error::internal(e.to_string()))?;
+        let event_id = match named {
+            Some(id) => EventId::parse(id).map_err(|e| Error::internal(e.to_string()))?,
+            None => EventId::new_v2_or_v3(&hash).map_err(|e| Error::internal(e.to_string()))?,
+        };
         let room_id = match room_id {
             Some(room_id) => room_id.to_owned(),
             None => RoomId::new_v2(&hash).map_err(|e| Error::internal(e.to_string()))?,

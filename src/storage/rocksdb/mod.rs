@@ -10,6 +10,7 @@
 
 mod appservice;
 mod backup;
+mod commit;
 mod e2ee;
 mod keys;
 mod media;
@@ -38,7 +39,7 @@ use tokio::sync::watch;
 use super::{
     AppendEvent, DeviceRecord, Direction, MembershipRecord, MetaStore, ReceiptRecord, Result, RoomHead, RoomRecord,
     RoomStore, StateGroup, StateGroupId, StorageError, StoredEvent, StreamPos, StreamStore, TokenRecord, UserRecord,
-    UserStore, e2ee::DeviceListChange,
+    UserStore, WriteTicket, e2ee::DeviceListChange,
 };
 use keys::{join, prefix, trailing_u64, u64_key, with_u64};
 use schema as cf;
@@ -93,6 +94,9 @@ impl Positions {
 pub struct RocksStorage {
     db: DB,
     write_opts: WriteOptions,
+    /// WAL without sync, for pending writes (made durable by `commit`).
+    pending_opts: WriteOptions,
+    commit: commit::GroupCommit,
     positions: Positions,
     next_state_group: AtomicU64,
     /// The next federation outbox sequence number (see outbox.rs).
@@ -151,6 +155,7 @@ impl RocksStorage {
         let db = DB::open_cf_descriptors(&opts, path, descriptors).map_err(backend)?;
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(sync_writes);
+        let pending_opts = WriteOptions::default();
 
         // A new database starts its stream high, so history fetched later from other servers
         // can take timeline keys below a room's first event (see `insert_backfilled`).
@@ -160,6 +165,8 @@ impl RocksStorage {
         Ok(Self {
             db,
             write_opts,
+            pending_opts,
+            commit: commit::GroupCommit::new(sync_writes),
             positions: Positions::new(last_pos),
             next_state_group: AtomicU64::new(last_group + 1),
             next_outbox_seq: AtomicU64::new(last_outbox_seq + 1),
@@ -217,6 +224,26 @@ impl RocksStorage {
         let result = self.write(batch);
         self.positions.finish(pos);
         result.map(|()| pos)
+    }
+
+    /// Writes a batch at a fresh stream position without syncing the WAL: readable at
+    /// once, visible to stream readers once a `wait_durable` covers its ticket.
+    fn write_pending_at_new_pos(
+        &self,
+        kind: u8,
+        build: impl FnOnce(&mut WriteBatch, StreamPos),
+    ) -> Result<(StreamPos, WriteTicket)> {
+        let pos = self.positions.allocate();
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(cf::STREAM), u64_key(pos), [kind]);
+        build(&mut batch, pos);
+        match self.db.write_opt(batch, &self.pending_opts) {
+            Ok(()) => Ok((pos, self.commit.written(&self.positions, Some(pos)))),
+            Err(e) => {
+                self.positions.finish(pos);
+                Err(backend(e))
+            }
+        }
     }
 
     /// Every (key, value) whose key starts with `prefix`, in key order.
@@ -349,10 +376,10 @@ impl RoomStore for RocksStorage {
         self.next_state_group.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn append_event(&self, append: AppendEvent<'_>) -> Result<StreamPos> {
+    fn append_event_pending(&self, append: AppendEvent<'_>) -> Result<(StreamPos, WriteTicket)> {
         let room_id = append.event.room_id.clone();
         let room = room_id.as_bytes();
-        self.write_at_new_pos(KIND_EVENT, |batch, pos| {
+        self.write_pending_at_new_pos(KIND_EVENT, |batch, pos| {
             let mut event = append.event;
             event.pos = Some(pos);
             if let Some(record) = &append.new_room {
@@ -775,5 +802,19 @@ impl StreamStore for RocksStorage {
 
     fn subscribe(&self) -> watch::Receiver<StreamPos> {
         self.positions.visible.subscribe()
+    }
+
+    fn wait_durable(&self, ticket: WriteTicket) -> Result<()> {
+        self.commit
+            .wait(&self.positions, ticket, || self.db.flush_wal(true).map_err(|e| e.into_string()))
+            .map_err(StorageError::Backend)
+    }
+
+    fn latest_write(&self) -> WriteTicket {
+        self.commit.latest()
+    }
+
+    fn has_unsynced(&self) -> bool {
+        self.commit.has_unsynced()
     }
 }
