@@ -58,7 +58,7 @@ def i_bob(federation_pair) -> Client:
 # -- scenarios -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("room_version", ["10", "11", "12"])
+@pytest.mark.parametrize("room_version", ["1", "2", "10", "11", "12"])
 def test_ieum_joins_synapse_room_by_id(federation_pair, s_alice, i_bob, room_version):
     pair = federation_pair
     room_id = synapse_room_joined_from_ieum(pair, s_alice, i_bob, room_version=room_version)

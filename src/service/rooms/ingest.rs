@@ -625,10 +625,10 @@ impl Rooms {
         {
             return Ok((*first).clone());
         }
-        let v2_rules = rules
-            .state_res
-            .v2_rules()
-            .ok_or_else(|| Error::unsupported_room_version("State resolution v1 is not supported."))?;
+        let Some(v2_rules) = rules.state_res.v2_rules() else {
+            // Room version 1.
+            return Ok(super::state_res_v1::resolve(&rules.authorization, states, |id| self.pdu(id).ok().flatten()));
+        };
         let mut chains = Vec::new();
         let mut memo: HashMap<OwnedEventId, Arc<BTreeSet<OwnedEventId>>> = HashMap::new();
         for state in states {

@@ -30,6 +30,7 @@ use crate::{
 
 /// Room versions this server can take part in (authorises and resolves state for).
 pub const SUPPORTED_VERSIONS: &[RoomVersionId] = &[
+    RoomVersionId::V1,
     RoomVersionId::V2,
     RoomVersionId::V3,
     RoomVersionId::V4,
