@@ -63,6 +63,21 @@ impl Presence {
         }
         json!({ "type": "m.presence", "sender": user_id, "content": content })
     }
+
+    /// The entry of `user_id` in the `push` list of an `m.presence` EDU, with the real
+    /// `last_active_ago` (an offline user's is the time since they were last active).
+    pub fn federation_update(&self, user_id: &UserId) -> Value {
+        let mut update = json!({
+            "user_id": user_id,
+            "presence": self.presence,
+            "last_active_ago": now_ms().saturating_sub(self.last_active_ts),
+            "currently_active": self.currently_active,
+        });
+        if let Some(status) = &self.status_msg {
+            update["status_msg"] = Value::String(status.clone());
+        }
+        update
+    }
 }
 
 /// Local users' syncs in progress, for presence: (syncs running, when the last one ended).
@@ -177,6 +192,11 @@ impl Ephemeral {
     }
 
     /// Records a user's presence; returns whether anything a client sees changed.
+    ///
+    /// Other servers report when their users were last active. For a local user, going
+    /// offline or unavailable is no activity: their last activity stays the last time a
+    /// client synced or set them online (or busy), as Synapse counts it, so an idle user's
+    /// `last_active_ago` keeps growing.
     pub fn set_presence(
         &self,
         user_id: &UserId,
@@ -186,6 +206,13 @@ impl Ephemeral {
         currently_active: bool,
     ) -> bool {
         let mut all = self.presence.lock().unwrap_or_else(|e| e.into_inner());
+        let activity = user_id.server_name() != self.core.server_name()
+            || currently_active
+            || matches!(presence, "online" | "busy");
+        let last_active_ts = match all.get(user_id) {
+            Some(old) if !activity => old.last_active_ts,
+            _ => last_active_ts,
+        };
         let unchanged = all.get(user_id).is_some_and(|old| {
             old.presence == presence && old.status_msg == status_msg && old.currently_active == currently_active
         });
@@ -205,6 +232,33 @@ impl Ephemeral {
 
     pub fn presence_of(&self, user_id: &UserId) -> Option<Presence> {
         self.presence.lock().unwrap_or_else(|e| e.into_inner()).get(user_id).cloned()
+    }
+
+    /// `GET /presence/{userId}/status`: a user's presence as `requester` may see it. Users
+    /// see their own and that of users they share a joined room with; anyone else is
+    /// refused before we say whether we know them (Synapse: 403 M_FORBIDDEN, "You are not
+    /// allowed to see their presence.").
+    pub fn visible_presence(&self, requester: &UserId, user_id: &UserId) -> Result<Presence> {
+        if requester != user_id && !self.share_a_room(requester, user_id)? {
+            return Err(Error::forbidden("You are not allowed to see their presence."));
+        }
+        self.presence_of(user_id).ok_or_else(|| Error::not_found("No presence is known for that user."))
+    }
+
+    /// Whether two users are both joined to some room.
+    fn share_a_room(&self, one: &UserId, other: &UserId) -> Result<bool> {
+        let joined = |user: &UserId| -> Result<std::collections::BTreeSet<OwnedRoomId>> {
+            Ok(self
+                .core
+                .db
+                .rooms_of_user(user)?
+                .into_iter()
+                .filter(|(_, record)| record.membership == "join")
+                .map(|(room_id, _)| room_id)
+                .collect())
+        };
+        let mine = joined(one)?;
+        Ok(joined(other)?.iter().any(|room_id| mine.contains(room_id)))
     }
 
     /// Users whose presence changed after serial `since`.

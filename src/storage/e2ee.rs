@@ -27,7 +27,8 @@ pub struct DeviceListChange {
 pub struct KeyUpload {
     /// The device's identity keys (replacing earlier ones).
     pub device_keys: Option<Box<RawValue>>,
-    /// `algorithm:key_id` -> key. A key id already stored is left as it is.
+    /// `algorithm:key_id` -> key. A key id already stored is left as it is (the service
+    /// refuses an upload that gives one a different key before storing anything).
     pub one_time_keys: Vec<(String, Box<RawValue>)>,
     /// `algorithm:key_id` -> key. Replaces the device's fallback key of that algorithm.
     pub fallback_keys: Vec<(String, Box<RawValue>)>,
@@ -60,6 +61,12 @@ pub struct RemoteDeviceList {
     /// An update arrived that we could not apply: the copy must be fetched again.
     #[serde(default)]
     pub stale: bool,
+    /// The stream position taken just before the copy was fetched. Their server sends us
+    /// their changes only while one of our users shares a room with them, so the copy is
+    /// current only while a room has been shared without a break since then (copies from
+    /// before this field read 0 and are fetched again).
+    #[serde(default)]
+    pub fetched_at: StreamPos,
 }
 
 /// A message waiting in a device's to-device inbox: (stream position, event JSON
@@ -79,6 +86,8 @@ pub trait KeyStore: Send + Sync {
     fn device_keys(&self, user_id: &UserId) -> Result<Vec<(OwnedDeviceId, Box<RawValue>)>>;
     /// Replaces a device's stored keys (signatures added) and records the change.
     fn replace_device_keys(&self, user_id: &UserId, device_id: &DeviceId, keys: &RawValue) -> Result<DeviceListChange>;
+    /// An unclaimed one-time key of the device by its id (`algorithm:key_id`).
+    fn one_time_key(&self, user_id: &UserId, device_id: &DeviceId, id: &str) -> Result<Option<Box<RawValue>>>;
     /// Unclaimed one-time keys per algorithm.
     fn one_time_key_counts(&self, user_id: &UserId, device_id: &DeviceId) -> Result<BTreeMap<String, u64>>;
     /// Algorithms of the device's fallback keys not yet handed out.

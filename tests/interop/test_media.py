@@ -1,8 +1,9 @@
-"""Media repository interop: matrix-nio clients against ieum, and media across
-federation between ieum and a real Synapse, in both directions.
+"""Media repository interop: matrix-nio clients against each homeserver (Synapse as the
+reference, then ieum), and media across federation between ieum and a real Synapse, in
+both directions.
 
-Owns the scenarios: a nio client uploads a PNG (made with Pillow) to ieum and another
-nio client downloads it and a cropped thumbnail; a Synapse user downloads media
+Owns the scenarios: a nio client uploads a PNG (made with Pillow) and another nio client
+on the same server downloads it and a cropped thumbnail; a Synapse user downloads media
 uploaded to ieum (and a thumbnail of it) through Synapse; an ieum user downloads
 media uploaded to Synapse (and a thumbnail of it) through ieum. Bytes are compared
 exactly; thumbnails are opened with Pillow and their sizes checked.
@@ -65,20 +66,27 @@ def media_path(kind: str, mxc: str) -> str:
 # -- one server, two nio clients -------------------------------------------------
 
 
+def register_on(server, localpart: str) -> Client:
+    """A fresh account on either homeserver (Synapse: its shared-secret admin API)."""
+    if server.name == "synapse":
+        return register_synapse(server, localpart)
+    return register_ieum(server, localpart)
+
+
 @pytest.mark.asyncio
-async def test_nio_clients_share_an_image_and_its_thumbnail(ieum_server):
-    alice_info = register_ieum(ieum_server, unique("alice"))
-    bob_info = register_ieum(ieum_server, unique("bob"))
-    alice = RecordingClient(ieum_server.base_url, user=alice_info.user_id)
+async def test_nio_clients_share_an_image_and_its_thumbnail(homeserver):
+    alice_info = register_on(homeserver, unique("alice"))
+    bob_info = register_on(homeserver, unique("bob"))
+    alice = RecordingClient(homeserver.base_url, user=alice_info.user_id)
     alice.access_token, alice.user_id = alice_info.token, alice_info.user_id
-    bob = RecordingClient(ieum_server.base_url, user=bob_info.user_id)
+    bob = RecordingClient(homeserver.base_url, user=bob_info.user_id)
     bob.access_token, bob.user_id = bob_info.token, bob_info.user_id
     try:
         data = png_bytes(640, 320)
         uploaded, _ = await alice.upload(io.BytesIO(data), content_type="image/png",
                                          filename="지도.png", filesize=len(data))
         uploaded = expect(uploaded, nio.UploadResponse, "alice uploads a PNG")
-        assert uploaded.content_uri.startswith(f"mxc://{ieum_server.server_name}/")
+        assert uploaded.content_uri.startswith(f"mxc://{homeserver.server_name}/")
 
         downloaded = expect(await bob.download(mxc=uploaded.content_uri), nio.DownloadResponse,
                             "bob downloads it")

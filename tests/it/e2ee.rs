@@ -1,6 +1,8 @@
-//! End-to-end encryption support: key upload/query/claim (one-time and fallback keys),
-//! device lists in /sync and /keys/changes, cross-signing keys and signatures, to-device
-//! messages (exactly once, durable, batched), locally and between two servers.
+//! End-to-end encryption support: key upload/query/claim (one-time and fallback keys, ids
+//! never reused for another key), device lists in /sync and /keys/changes (remote copies
+//! distrusted once no room is shared), cross-signing keys and signatures, to-device
+//! messages (exactly once, durable, batched, capped per request), locally and between two
+//! servers.
 
 use ruma::{
     CanonicalJsonObject,
@@ -10,7 +12,7 @@ use ruma::{
 use serde_json::{Value, json};
 
 use crate::{
-    federation::{Cluster, create_public_room as fed_room, eventually, join_via},
+    federation::{Cluster, create_public_room as fed_room, eventually, join_via, joined},
     harness::{Client, TestServer},
 };
 
@@ -539,4 +541,128 @@ async fn keys_and_to_device_messages_cross_servers() {
         query(&alice, &bob_id).await["device_keys"][&bob_id].get(&bob_device).is_some()
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_one_time_key_id_is_never_given_another_key() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let key = DeviceKey::new(alice.device_id.as_deref().unwrap().as_str());
+    let (alice_id, device) =
+        (alice.user_id().as_str().to_owned(), alice.device_id.as_deref().unwrap().as_str().to_owned());
+    let answer = upload(
+        &alice,
+        json!({ "device_keys": device_keys(&alice, &key), "one_time_keys": one_time_keys(&alice, &key, &["A", "B"]) }),
+    )
+    .await;
+    assert_eq!(answer["one_time_key_counts"]["signed_curve25519"], 2);
+
+    // The same keys again (a retried request) are accepted and add nothing, also when
+    // signed anew.
+    let answer = upload(&alice, json!({ "one_time_keys": one_time_keys(&alice, &key, &["A", "B"]) })).await;
+    assert_eq!(answer["one_time_key_counts"]["signed_curve25519"], 2);
+    let other_signer = DeviceKey::new("OTHER");
+    let answer = upload(&alice, json!({ "one_time_keys": one_time_keys(&alice, &other_signer, &["A"]) })).await;
+    assert_eq!(answer["one_time_key_counts"]["signed_curve25519"], 2);
+
+    // Another key under id A: refused, and nothing of the request is stored (not the new id
+    // C beside it, nor the fallback key).
+    let body = json!({
+        "one_time_keys": {
+            "signed_curve25519:C": key.sign(&alice_id, json!({ "key": "otk-C" })),
+            "signed_curve25519:A": key.sign(&alice_id, json!({ "key": "not otk-A" })),
+        },
+        "fallback_keys": { "signed_curve25519:F": key.sign(&alice_id, json!({ "key": "fallback", "fallback": true })) },
+    });
+    let (status, answer) = alice.raw("POST", "/_matrix/client/v3/keys/upload", Some(&body.to_string())).await;
+    assert_eq!((status, answer["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{answer}");
+    let state = sync(&alice, None).await;
+    assert_eq!(state["device_one_time_keys_count"]["signed_curve25519"], 2, "{state}");
+    assert_eq!(state["device_unused_fallback_key_types"], json!([]), "{state}");
+    // The same for a plain (unsigned) key.
+    let body = json!({ "one_time_keys": { "curve25519:P": "plain" } });
+    upload(&alice, body.clone()).await;
+    upload(&alice, body).await;
+    let body = json!({ "one_time_keys": { "curve25519:P": "other" } }).to_string();
+    let (status, answer) = alice.raw("POST", "/_matrix/client/v3/keys/upload", Some(&body)).await;
+    assert_eq!((status, answer["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{answer}");
+
+    // Claims hand out the keys first uploaded.
+    let mut handed = Vec::new();
+    for _ in 0..2 {
+        let claimed = claim(&bob, &alice_id, &device).await;
+        handed.extend(claimed.as_object().into_iter().flatten().map(|(_, key)| key["key"].clone()));
+    }
+    handed.sort_by_key(|key| key.to_string());
+    assert_eq!(handed, [json!("otk-A"), json!("otk-B")]);
+}
+
+#[tokio::test]
+async fn a_to_device_request_addresses_at_most_10000_devices() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let (bob_id, bob_device) = (bob.user_id().as_str().to_owned(), bob.device_id.as_deref().unwrap().to_string());
+    let since = sync(&bob, None).await["next_batch"].as_str().unwrap().to_owned();
+
+    // Bob's device and 10,000 more: one message too many.
+    let mut devices = serde_json::Map::new();
+    devices.insert(bob_device.clone(), json!({ "body": "real" }));
+    for i in 0..10_000 {
+        devices.insert(format!("NOSUCHDEVICE{i}"), json!({ "body": "x" }));
+    }
+    let (status, body) = send_to_device(&alice, "many", json!({ &bob_id: devices })).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{body}");
+    // Nothing was delivered, and the transaction id was not used up.
+    assert!(to_device_bodies(&sync(&bob, Some(&since)).await).is_empty());
+    devices.remove("NOSUCHDEVICE9999");
+    let (status, body) = send_to_device(&alice, "many", json!({ &bob_id: devices })).await;
+    assert_eq!(status, 200, "exactly 10,000 is allowed: {body}");
+    assert_eq!(to_device_bodies(&sync(&bob, Some(&since)).await), ["real"]);
+}
+
+#[tokio::test]
+async fn a_remote_device_list_is_fetched_again_when_a_room_is_shared_again() {
+    let cluster = Cluster::start(&["a.test", "b.test"]).await;
+    let (a, b) = (&cluster.servers[0], &cluster.servers[1]);
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = fed_room(&alice).await;
+    join_via(&bob, &room, "a.test").await;
+    let alice_id = alice.user_id().as_str().to_owned();
+    let b_app = b.app();
+    let copy_on_b = || b_app.core.db.remote_device_list(alice.user_id()).expect("storage");
+    let devices_seen = |keys: &Value| keys["device_keys"][&alice_id].as_object().map(|d| d.len());
+
+    // Alice's keys reach b.test, which fetches her device list and answers from its copy.
+    let key = DeviceKey::new(alice.device_id.as_deref().unwrap().as_str());
+    upload(&alice, json!({ "device_keys": device_keys(&alice, &key) })).await;
+    eventually("b.test keeps a copy of alice's device list", || async {
+        copy_on_b().is_some_and(|list| !list.stale && list.devices.len() == 1)
+    })
+    .await;
+    assert_eq!(devices_seen(&query(&bob, &alice_id).await), Some(1));
+
+    // Bob leaves: no room is shared, so a.test no longer tells b.test about alice's devices,
+    // and she adds one meanwhile.
+    let (status, body) = bob.raw("POST", &format!("/_matrix/client/v3/rooms/{room}/leave"), Some("{}")).await;
+    assert_eq!(status, 200, "{body}");
+    eventually("a.test sees bob leave", || async { joined(&alice, &room).await.len() == 1 }).await;
+    let laptop = login_again(a, &alice).await;
+    let laptop_key = DeviceKey::new(laptop.device_id.as_deref().unwrap().as_str());
+    upload(&laptop, json!({ "device_keys": device_keys(&laptop, &laptop_key) })).await;
+
+    // Bob joins again. b.test's copy has not heard of the laptop, so it must not answer:
+    // a.test does, and b.test fetches the list again for the next queries.
+    join_via(&bob, &room, "a.test").await;
+    assert_eq!(copy_on_b().map(|list| list.devices.len()), Some(1), "the old copy is still there");
+    let keys = query(&bob, &alice_id).await;
+    assert_eq!(devices_seen(&keys), Some(2), "{keys}");
+    assert!(keys["device_keys"][&alice_id].get(laptop.device_id.as_deref().unwrap().as_str()).is_some(), "{keys}");
+    eventually("b.test fetches alice's device list again", || async {
+        copy_on_b().is_some_and(|list| !list.stale && list.devices.len() == 2)
+    })
+    .await;
+    assert_eq!(devices_seen(&query(&bob, &alice_id).await), Some(2));
 }

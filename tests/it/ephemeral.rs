@@ -1,5 +1,6 @@
 //! Ephemeral room data: typing notifications (set, stop, expiry, who may set them), read
-//! receipts (public, private, threaded, never backwards) and read markers.
+//! receipts (public, private, threaded, never backwards), read markers, and presence (set
+//! by syncing, seen by room sharers only, last activity kept while idle).
 
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use serde_json::{Value, json};
 
 use crate::{
     harness::{Client, TestServer},
-    sync::{create_public_room, enc, ephemeral_of, events, join, joined, next_batch, room, send_text, sync},
+    sync::{create_public_room, enc, ephemeral_of, events, join, joined, leave, next_batch, room, send_text, sync},
 };
 
 async fn typing(client: &Client, room_id: &OwnedRoomId, on: Option<Duration>) {
@@ -553,4 +554,90 @@ async fn presence_can_be_switched_off() {
     bob.raw("GET", "/_matrix/client/v3/sync?timeout=0", None).await;
     let body = sync(&alice, &[]).await;
     assert!(body["presence"]["events"].as_array().is_none_or(|e| e.is_empty()), "no presence shared: {body}");
+}
+
+/// `GET /presence/{user}/status` as `client` asks it: (status, body).
+async fn get_presence(client: &Client, user: &str) -> (u16, Value) {
+    client.raw("GET", &format!("/_matrix/client/v3/presence/{}/status", enc(user)), None).await
+}
+
+#[tokio::test]
+async fn presence_is_shown_to_room_sharers_only() {
+    let server = TestServer::start().await;
+    let (alice, bob, room_id) = two_members(&server).await;
+    let carol = server.register("carol").await;
+    let bob_id = bob.user_id().as_str().to_owned();
+    let (status, _) = bob
+        .raw(
+            "PUT",
+            &format!("/_matrix/client/v3/presence/{}/status", enc(&bob_id)),
+            Some(r#"{"presence":"online","status_msg":"at my desk"}"#),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    // Bob himself and alice, who shares a room with him, see it.
+    for viewer in [&bob, &alice] {
+        let (status, body) = get_presence(viewer, &bob_id).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!((body["presence"].as_str(), body["status_msg"].as_str()), (Some("online"), Some("at my desk")));
+    }
+    // Carol shares no room with him: refused, the same way as for a user nobody knows.
+    let unknown = format!("@nobody:{}", server.server_name());
+    for user in [&bob_id, &unknown] {
+        let (status, body) = get_presence(&carol, user).await;
+        assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{user}: {body}");
+        assert!(body.get("presence").is_none() && !body.to_string().contains("at my desk"), "{body}");
+    }
+    // In the room she sees it; once she has left, no more.
+    join(&carol, &room_id).await;
+    assert_eq!(get_presence(&carol, &bob_id).await.0, 200);
+    leave(&carol, &room_id).await;
+    assert_eq!(get_presence(&carol, &bob_id).await.0, 403);
+}
+
+#[tokio::test]
+async fn an_idle_users_last_active_ago_keeps_growing() {
+    let server = TestServer::start_with(&[("IEUM_PRESENCE__OFFLINE_AFTER_MS", "1000")]).await;
+    let (alice, bob, _) = two_members(&server).await;
+    let bob_id = bob.user_id().as_str().to_owned();
+    let last_active_ago = |body: &Value| body["last_active_ago"].as_u64().expect("last_active_ago");
+
+    // Bob's client syncs once (his last activity), then stops.
+    let before_sync = Instant::now();
+    bob.raw("GET", "/_matrix/client/v3/sync?timeout=0", None).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let offline = loop {
+        let (_, body) = get_presence(&alice, &bob_id).await;
+        if body["presence"] == "offline" {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "bob never went offline: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Going offline is no activity: the time since his sync, which ended at least
+    // `offline_after_ms` before he was marked offline.
+    let first = last_active_ago(&offline);
+    assert!(first >= 1000, "{offline}");
+    assert!(u128::from(first) <= before_sync.elapsed().as_millis() + 50, "{offline}");
+    // It keeps growing while he stays away, and choosing `unavailable` is no activity either.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (_, later) = get_presence(&alice, &bob_id).await;
+    assert!(last_active_ago(&later) >= first + 600, "{first} then {later}");
+    let (status, _) = bob
+        .raw(
+            "PUT",
+            &format!("/_matrix/client/v3/presence/{}/status", enc(&bob_id)),
+            Some(r#"{"presence":"unavailable"}"#),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, unavailable) = get_presence(&alice, &bob_id).await;
+    assert_eq!(unavailable["presence"], "unavailable");
+    assert!(last_active_ago(&unavailable) >= last_active_ago(&later), "{later} then {unavailable}");
+    // Syncing again is activity (he stays unavailable, as he chose).
+    bob.raw("GET", "/_matrix/client/v3/sync?timeout=0", None).await;
+    let (_, active) = get_presence(&alice, &bob_id).await;
+    assert_eq!((active["presence"].as_str(), active["currently_active"].as_bool()), (Some("unavailable"), Some(true)));
+    assert!(last_active_ago(&active) < 1000, "{active}");
 }

@@ -777,6 +777,21 @@ async fn presence_crosses_servers() {
         events.iter().any(|e| e["sender"] == bob.user_id().as_str() && e["content"]["presence"] == "online"),
         "{events:?}"
     );
+
+    // Going offline is not activity: A learns when bob was last active, not "just now".
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    bob.send(set_presence::v3::Request::new(bob.user_id().to_owned(), ruma::presence::PresenceState::Offline)).await;
+    let started = std::time::Instant::now();
+    let response = loop {
+        let response = alice.send(get_presence::v3::Request::new(bob.user_id().to_owned())).await;
+        if response.presence == ruma::presence::PresenceState::Offline {
+            break response;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "A never learnt bob went offline");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let ago = response.last_active_ago.expect("last_active_ago");
+    assert!(ago >= std::time::Duration::from_millis(1000), "bob was last active {ago:?} ago, says A");
 }
 
 #[tokio::test]

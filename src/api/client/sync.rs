@@ -162,11 +162,8 @@ pub async fn get_presence(
     app: App,
     req: Ruma<ruma::api::client::presence::get_presence::v3::Request>,
 ) -> Result<ruma::api::client::presence::get_presence::v3::Response> {
-    req.user()?;
-    let presence = app
-        .ephemeral
-        .presence_of(&req.body.user_id)
-        .ok_or_else(|| Error::not_found("No presence is known for that user."))?;
+    let session = req.user()?;
+    let presence = app.ephemeral.visible_presence(&session.user_id, &req.body.user_id)?;
     let state = ruma::presence::PresenceState::from(presence.presence.as_str());
     let mut response = ruma::api::client::presence::get_presence::v3::Response::new(state);
     response.status_msg = presence.status_msg.clone();

@@ -4,12 +4,12 @@
 //! list again through `/user/devices` when an update does not follow the copy we have.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
 };
 
 use ruma::{
-    DeviceId, OwnedServerName, OwnedUserId, RoomId, ServerName, UInt, UserId,
+    DeviceId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, ServerName, UInt, UserId,
     api::federation::{
         device::get_devices,
         transactions::edu::{DeviceListUpdateContent, Edu, SigningKeyUpdateContent},
@@ -38,6 +38,10 @@ pub struct DeviceListDelta {
 
 /// How many timeline entries of one room are read to find membership changes.
 const MEMBER_SCAN_LIMIT: usize = 500;
+
+/// For each room looked at (within one request): the position since which some local user
+/// has been joined to it without a break, or None when no local user is joined.
+pub(super) type LocalJoins = HashMap<OwnedRoomId, Option<StreamPos>>;
 
 impl E2ee {
     /// Whose device lists `user_id` must re-query after `since`: users sharing a room with
@@ -185,7 +189,7 @@ impl E2ee {
     }
 
     /// Whether a local user shares a room with `user_id` (so we follow their device list).
-    fn followed(&self, user_id: &UserId) -> Result<bool> {
+    pub(super) fn followed(&self, user_id: &UserId) -> Result<bool> {
         for (room_id, record) in self.core.db.rooms_of_user(user_id)? {
             if record.membership == "join"
                 && self
@@ -201,6 +205,67 @@ impl E2ee {
         Ok(false)
     }
 
+    /// Since when a local user has been joined to `room_id` without a break (None: no local
+    /// user is). A membership record's position is that of the user's latest membership
+    /// event, so a leave and a join again both move it.
+    fn local_joined_since(&self, room_id: &RoomId, memo: &mut LocalJoins) -> Result<Option<StreamPos>> {
+        if let Some(known) = memo.get(room_id) {
+            return Ok(*known);
+        }
+        let db = &self.core.db;
+        let mut earliest: Option<StreamPos> = None;
+        for (member, membership) in db.members(room_id)? {
+            if membership != "join" || member.server_name() != self.core.server_name() {
+                continue;
+            }
+            if let Some(record) = db.membership(room_id, &member)?
+                && record.membership == "join"
+            {
+                earliest = Some(earliest.map_or(record.pos, |pos| pos.min(record.pos)));
+            }
+        }
+        memo.insert(room_id.to_owned(), earliest);
+        Ok(earliest)
+    }
+
+    /// Whether our copy of a remote user's device list still answers for them: it is not
+    /// stale, and some room has been shared by them and a local user without a break since
+    /// it was fetched. Their server tells us about changes only while a room is shared; once
+    /// the last one is left, changes go unheard, and a room shared again later must not
+    /// bring the old copy back (Synapse stops following a user whose last shared room is
+    /// left, `handle_potentially_left_users`). A new membership event of the same kind (a
+    /// profile change) also counts as a break: at worst one fetch too many.
+    pub(super) fn copy_is_current(
+        &self,
+        user_id: &UserId,
+        list: &RemoteDeviceList,
+        memo: &mut LocalJoins,
+    ) -> Result<bool> {
+        if list.stale {
+            return Ok(false);
+        }
+        for (room_id, record) in self.core.db.rooms_of_user(user_id)? {
+            if record.membership == "join"
+                && record.pos <= list.fetched_at
+                && self.local_joined_since(&room_id, memo)?.is_some_and(|pos| pos <= list.fetched_at)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Stops following a remote user no local user shares a room with any more: our copy
+    /// of their list is dropped, as no further change will reach us.
+    async fn stop_following(&self, user_id: &UserId) -> Result<()> {
+        if self.core.db.remote_device_list(user_id)?.is_none() {
+            return Ok(());
+        }
+        let user = user_id.to_owned();
+        self.core.blocking(move |db| Ok(db.put_remote_device_list(&user, None)?)).await?;
+        Ok(())
+    }
+
     /// An `m.device_list_update` EDU from `origin`.
     pub async fn receive_device_list_update(&self, origin: &ServerName, update: DeviceListUpdateContent) {
         if update.user_id.server_name() != origin {
@@ -214,14 +279,18 @@ impl E2ee {
     async fn apply_device_list_update(&self, update: DeviceListUpdateContent) -> Result<()> {
         let user_id = update.user_id.clone();
         if !self.followed(&user_id)? {
-            return Ok(());
+            return self.stop_following(&user_id).await;
         }
         let stream_id = u64::from(update.stream_id);
         let stored = self.core.db.remote_device_list(&user_id)?;
-        let follows = stored.as_ref().is_some_and(|list| {
-            !list.stale
-                && (stream_id <= list.stream_id || update.prev_id.iter().any(|p| u64::from(*p) == list.stream_id))
-        });
+        let current = match &stored {
+            Some(list) => self.copy_is_current(&user_id, list, &mut LocalJoins::new())?,
+            None => false,
+        };
+        let follows = current
+            && stored.as_ref().is_some_and(|list| {
+                stream_id <= list.stream_id || update.prev_id.iter().any(|p| u64::from(*p) == list.stream_id)
+            });
         match stored {
             Some(list) if follows && stream_id <= list.stream_id => Ok(()),
             Some(mut list) if follows => {
@@ -241,8 +310,9 @@ impl E2ee {
                 Ok(())
             }
             stored => {
-                // A gap (or a user we had no copy of): mark it stale so queries go to their
-                // server, tell local users to re-query, and fetch the whole list again.
+                // A gap (or a user we had no current copy of): mark it stale so queries go
+                // to their server, tell local users to re-query, and fetch the whole list
+                // again.
                 let stale = stored.map(|mut list| {
                     list.stale = true;
                     list
@@ -256,17 +326,20 @@ impl E2ee {
     }
 
     /// Fetches a remote user's device list again in the background (once at a time).
-    fn spawn_resync(&self, user_id: OwnedUserId) {
+    pub(super) fn spawn_resync(&self, user_id: OwnedUserId) {
         if !self.resyncing.lock().unwrap_or_else(|e| e.into_inner()).insert(user_id.clone()) {
             return;
         }
         let (core, client, resyncing) = (self.core.clone(), self.federation.client.clone(), self.resyncing.clone());
+        // Taken before asking: a membership change while the answer travels makes the copy
+        // look older than it is, never newer.
+        let fetched_at = core.db.current_pos();
         tokio::spawn(async move {
             let server = user_id.server_name().to_owned();
             let answer = client.send(&server, get_devices::v1::Request::new(user_id.clone())).await;
             match answer {
                 Ok(answer) if answer.user_id == user_id => {
-                    if let Err(error) = store_resync(&core, &user_id, answer).await {
+                    if let Err(error) = store_resync(&core, &user_id, answer, fetched_at).await {
                         tracing::warn!(%user_id, %error, "could not store a fetched device list");
                     }
                 }
@@ -284,7 +357,7 @@ impl E2ee {
         }
         let result: Result<()> = async {
             if !self.followed(&update.user_id)? {
-                return Ok(());
+                return self.stop_following(&update.user_id).await;
             }
             let stored = self.core.db.remote_device_list(&update.user_id)?;
             let list = stored.map(|mut list| {
@@ -329,14 +402,20 @@ impl E2ee {
     }
 }
 
-/// Stores a device list fetched through `/user/devices`.
-async fn store_resync(core: &Arc<Core>, user_id: &UserId, answer: get_devices::v1::Response) -> Result<()> {
+/// Stores a device list fetched through `/user/devices` (asked for at `fetched_at`).
+async fn store_resync(
+    core: &Arc<Core>,
+    user_id: &UserId,
+    answer: get_devices::v1::Response,
+    fetched_at: StreamPos,
+) -> Result<()> {
     let mut list = RemoteDeviceList {
         stream_id: u64::from(answer.stream_id),
         devices: Vec::new(),
         master_key: answer.master_key.map(Raw::into_json),
         self_signing_key: answer.self_signing_key.map(Raw::into_json),
         stale: false,
+        fetched_at,
     };
     for device in answer.devices.into_iter().take(10_000) {
         // Only keys that name this user and device.

@@ -185,8 +185,21 @@ impl E2ee {
         if !one_time_keys.is_empty() {
             let counts = self.core.db.one_time_key_counts(user_id, device_id)?;
             let mut adding: BTreeMap<&str, u64> = BTreeMap::new();
-            for (id, _) in &one_time_keys {
-                *adding.entry(id.split_once(':').map_or("", |(a, _)| a)).or_default() += 1;
+            for (id, key) in &one_time_keys {
+                // Every key is checked before anything is stored. The same key again (a
+                // retried upload) is accepted and changes nothing; another key under an id
+                // still unclaimed is refused, as Synapse does (400 "One time key ... already
+                // exists", M_UNKNOWN there as its error names no code). The spec names no
+                // code either; M_INVALID_PARAM says what is wrong.
+                match self.core.db.one_time_key(user_id, device_id, id)? {
+                    Some(stored) if same_one_time_key(&stored, key) => {}
+                    Some(_) => {
+                        return Err(Error::invalid_param(format!(
+                            "One-time key {id} already exists with a different key."
+                        )));
+                    }
+                    None => *adding.entry(id.split_once(':').map_or("", |(a, _)| a)).or_default() += 1,
+                }
             }
             if adding.iter().any(|(alg, n)| counts.get(*alg).copied().unwrap_or(0) + n > MAX_ONE_TIME_KEYS) {
                 return Err(Error::invalid_param(format!(
@@ -239,6 +252,20 @@ fn check_one_time_key(id: &str, key: &RawValue) -> Result<()> {
         Ok(Value::String(_) | Value::Object(_)) => Ok(()),
         _ => Err(bad_json(format!("One-time key {id:?} must be a string or a signed key object."))),
     }
+}
+
+/// Whether an uploaded one-time key is the one stored under its id: the same key, whatever
+/// its signatures (a client may sign a retried upload anew), as Synapse compares them.
+fn same_one_time_key(stored: &RawValue, uploaded: &RawValue) -> bool {
+    let unsigned = |raw: &RawValue| match serde_json::from_str::<Value>(raw.get()) {
+        Ok(Value::Object(mut object)) => {
+            object.remove("signatures");
+            Some(Value::Object(object))
+        }
+        Ok(other) => Some(other),
+        Err(_) => None,
+    };
+    unsigned(stored).is_some_and(|stored| Some(stored) == unsigned(uploaded))
 }
 
 /// A failure entry of `/keys/signatures/upload`.
@@ -343,12 +370,13 @@ impl E2ee {
         }
         let timeout = timeout.unwrap_or(DEFAULT_REMOTE_TIMEOUT).min(Duration::from_secs(60));
         let mut requests = Vec::new();
+        let mut local_joins = devices::LocalJoins::new();
         for (server, users) in by_server(wanted, self.core.server_name()) {
-            // Users whose device lists we follow are answered from our copy.
+            // Users whose device lists we follow are answered from our copy, if it is current.
             let mut ask = BTreeMap::new();
             for (user_id, devices) in users {
                 match self.core.db.remote_device_list(&user_id)? {
-                    Some(list) if !list.stale => {
+                    Some(list) if self.copy_is_current(&user_id, &list, &mut local_joins)? => {
                         let mut keys = LocalKeys::default();
                         for device in list.devices {
                             if devices.is_empty() || devices.contains(&device.device_id) {
@@ -359,7 +387,13 @@ impl E2ee {
                         keys.self_signing = list.self_signing_key;
                         add_keys(&mut response, &user_id, keys)?;
                     }
-                    _ => {
+                    stored => {
+                        // Their server answers this query. A copy we kept but can no longer
+                        // trust (stale, or a shared room was left and joined again) is
+                        // fetched again for the next queries while we share a room.
+                        if stored.is_some() && self.followed(&user_id)? {
+                            self.spawn_resync(user_id.clone());
+                        }
                         ask.insert(user_id, devices);
                     }
                 }

@@ -144,6 +144,12 @@ impl KeyStore for RocksStorage {
         self.write_change(user_id, |batch| batch.put_cf(self.cf(cf::DEVICE_KEYS), &device, keys.get().as_bytes()))
     }
 
+    fn one_time_key(&self, user_id: &UserId, device_id: &DeviceId, id: &str) -> Result<Option<Box<RawValue>>> {
+        let Some((algorithm, key_id)) = id.split_once(':') else { return Ok(None) };
+        let otk = join(&[user_id.as_bytes(), device_id.as_bytes(), algorithm.as_bytes(), key_id.as_bytes()]);
+        self.get(cf::ONE_TIME_KEYS, &otk)?.map(|v| raw(cf::ONE_TIME_KEYS, &v)).transpose()
+    }
+
     fn one_time_key_counts(&self, user_id: &UserId, device_id: &DeviceId) -> Result<BTreeMap<String, u64>> {
         let device = prefix(&join(&[user_id.as_bytes(), device_id.as_bytes()]));
         let mut counts = BTreeMap::new();
