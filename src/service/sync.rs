@@ -540,6 +540,27 @@ impl Sync {
         filter: &EventFilter,
     ) -> Result<(Vec<Arc<Pdu>>, bool)> {
         let limit = filter.limit.unwrap_or(DEFAULT_TIMELINE_LIMIT).clamp(1, MAX_TIMELINE_LIMIT);
+        let keep = |pdu: &Pdu| -> Result<bool> {
+            Ok(!pdu.stored.rejected && !pdu.stored.soft_failed && filter.matches(pdu) && self.rooms.can_see(user_id, pdu)?)
+        };
+        // An incremental sync mostly finds a few new events: read them forward from `after`
+        // (one cheap step each). Only when more than `limit` entries lie in the window is it
+        // read backward from its end, as below.
+        if after > 0 {
+            let batch = self.core.db.timeline(room_id, after, Direction::Forward, limit + 1)?;
+            let in_window = batch.iter().take_while(|(pos, _, _)| *pos <= up_to).count();
+            if in_window < batch.len() || batch.len() <= limit {
+                let mut collected = Vec::new();
+                for (_, event_id, _) in &batch[..in_window] {
+                    if let Some(pdu) = self.rooms.pdu(event_id)?
+                        && keep(&pdu)?
+                    {
+                        collected.push(pdu);
+                    }
+                }
+                return Ok((collected, false));
+            }
+        }
         let mut collected = Vec::new();
         let mut cursor = up_to + 1;
         let mut limited = false;
@@ -554,11 +575,7 @@ impl Sync {
                 }
                 cursor = *pos;
                 let Some(pdu) = self.rooms.pdu(event_id)? else { continue };
-                if pdu.stored.rejected
-                    || pdu.stored.soft_failed
-                    || !filter.matches(&pdu)
-                    || !self.rooms.can_see(user_id, &pdu)?
-                {
+                if !keep(&pdu)? {
                     continue;
                 }
                 if collected.len() == limit {

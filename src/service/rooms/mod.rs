@@ -30,6 +30,7 @@ use crate::{
     storage::{AppendEvent, RoomHead, RoomRecord, StateGroup, StateGroupId, StoredEvent},
 };
 
+mod cache;
 pub mod create;
 pub mod ingest;
 pub mod membership;
@@ -48,9 +49,9 @@ pub type StateMap = HashMap<(StateEventType, String), OwnedEventId>;
 
 /// Snapshots are written every this many deltas so loading state stays cheap.
 pub(crate) const MAX_STATE_CHAIN: u32 = 32;
-/// Cached events before the cache is cleared (a simple bound on memory).
-const PDU_CACHE_LIMIT: usize = 100_000;
-const STATE_CACHE_LIMIT: usize = 2_000;
+/// Memory for cached events and for cached state maps (estimated heap bytes each).
+const PDU_CACHE_BYTES: usize = 48 << 20;
+const STATE_CACHE_BYTES: usize = 48 << 20;
 /// At most this many prev_events per new event (the spec's limit is 20).
 const MAX_PREV_EVENTS: usize = 20;
 
@@ -98,8 +99,8 @@ impl NewEvent {
 pub struct Rooms {
     pub(crate) core: Arc<Core>,
     pub(crate) federation: Arc<super::federation::Federation>,
-    pdu_cache: Mutex<HashMap<OwnedEventId, Arc<Pdu>>>,
-    state_cache: Mutex<HashMap<StateGroupId, Arc<StateMap>>>,
+    pdu_cache: cache::BoundedCache<OwnedEventId, Arc<Pdu>>,
+    state_cache: cache::BoundedCache<StateGroupId, Arc<StateMap>>,
     locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
     /// Rooms whose backfill failed recently: not asked again before this time (ms), so a
     /// client paging back while the other servers are down is not held up every time.
@@ -115,8 +116,8 @@ impl Rooms {
     pub fn new(core: Arc<Core>, federation: Arc<super::federation::Federation>) -> Self {
         Self {
             federation,
-            pdu_cache: Mutex::default(),
-            state_cache: Mutex::default(),
+            pdu_cache: cache::BoundedCache::new(PDU_CACHE_BYTES, |pdu| pdu.heap_size()),
+            state_cache: cache::BoundedCache::new(STATE_CACHE_BYTES, |state| state_map_heap_size(state)),
             locks: Mutex::default(),
             backfill_retry: Mutex::default(),
             joining: Mutex::default(),
@@ -127,8 +128,8 @@ impl Rooms {
 
     /// An event by id (any room), from the cache or storage.
     pub fn pdu(&self, event_id: &EventId) -> Result<Option<Arc<Pdu>>> {
-        if let Some(pdu) = self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner()).get(event_id) {
-            return Ok(Some(pdu.clone()));
+        if let Some(pdu) = self.pdu_cache.get(event_id) {
+            return Ok(Some(pdu));
         }
         let Some(stored) = self.core.db.event(event_id)? else { return Ok(None) };
         let pdu = Arc::new(Pdu::from_stored(event_id.to_owned(), stored)?);
@@ -137,21 +138,17 @@ impl Rooms {
     }
 
     fn cache_pdu(&self, pdu: Arc<Pdu>) {
-        let mut cache = self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= PDU_CACHE_LIMIT {
-            cache.clear();
-        }
-        cache.insert(pdu.event_id.clone(), pdu);
+        self.pdu_cache.insert(pdu.event_id.clone(), pdu);
     }
 
     fn forget_cached_pdu(&self, event_id: &EventId) {
-        self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner()).remove(event_id);
+        self.pdu_cache.remove(event_id);
     }
 
     /// The full state of a state group.
     pub fn state(&self, group: StateGroupId) -> Result<Arc<StateMap>> {
-        if let Some(state) = self.state_cache.lock().unwrap_or_else(|e| e.into_inner()).get(&group) {
-            return Ok(state.clone());
+        if let Some(state) = self.state_cache.get(&group) {
+            return Ok(state);
         }
         // Walk to the snapshot, then apply deltas oldest first.
         let mut chain = Vec::new();
@@ -174,11 +171,7 @@ impl Rooms {
     }
 
     fn cache_state(&self, group: StateGroupId, state: Arc<StateMap>) {
-        let mut cache = self.state_cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= STATE_CACHE_LIMIT {
-            cache.clear();
-        }
-        cache.insert(group, state);
+        self.state_cache.insert(group, state);
     }
 
     pub fn room_record(&self, room_id: &RoomId) -> Result<Option<RoomRecord>> {
@@ -753,7 +746,11 @@ impl Rooms {
                 }
             }
         }
-        if let Some(Value::Object(stored_unsigned)) = serde_json::from_str::<Value>(pdu.stored.pdu.get())
+        // Only an invite received over federation keeps the room's state in the PDU's
+        // `unsigned`; parsing every PDU to find that out made this the costliest step.
+        if pdu.kind == ruma::events::TimelineEventType::RoomMember
+            && pdu.stored.pdu.get().contains("\"invite_room_state\"")
+            && let Some(Value::Object(stored_unsigned)) = serde_json::from_str::<Value>(pdu.stored.pdu.get())
             .ok()
             .and_then(|mut v| v.get_mut("unsigned").map(Value::take))
             && let Some(state) = stored_unsigned.get("invite_room_state")
@@ -802,4 +799,13 @@ fn int(n: u64) -> Result<ruma::Int> {
 /// Serialises to a boxed raw JSON value.
 pub fn raw<T: serde::Serialize>(value: &T) -> Result<Box<RawValue>> {
     serde_json::value::to_raw_value(value).map_err(|e| Error::internal(e.to_string()))
+}
+
+/// Estimated heap bytes of a state map: per entry the key (event type and state key), the
+/// event id, and the hash table's slot and control byte.
+fn state_map_heap_size(state: &StateMap) -> usize {
+    const SLOT: usize = std::mem::size_of::<((StateEventType, String), OwnedEventId)>() + 1;
+    // An event id and a typical state key (a user id) are about 44 bytes each on the heap.
+    const HEAP_PER_ENTRY: usize = 96;
+    64 + state.capacity() * SLOT + state.len() * HEAP_PER_ENTRY
 }

@@ -72,6 +72,17 @@ pub struct Pdu {
 }
 
 impl Pdu {
+    /// Estimated bytes this event takes in memory (for the event cache's budget).
+    pub fn heap_size(&self) -> usize {
+        const ID: usize = std::mem::size_of::<OwnedEventId>() + 48;
+        std::mem::size_of::<Self>()
+            + self.stored.pdu.get().len()
+            + self.content.get().len()
+            + self.stored.redacted_because.as_ref().map_or(0, |r| r.get().len())
+            + (self.prev_events.len() + self.auth_events.len() + 1) * ID
+            + 3 * 48
+    }
+
     /// Parses a stored event. `event_id` is the key it was stored under.
     pub fn from_stored(event_id: OwnedEventId, stored: StoredEvent) -> Result<Self> {
         let fields: PduFields = serde_json::from_str(stored.pdu.get())

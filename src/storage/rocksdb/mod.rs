@@ -29,7 +29,7 @@ use std::{
 
 use ::rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, Direction as RDirection, IteratorMode, Options,
-    WriteBatch, WriteOptions,
+    ReadOptions, WriteBatch, WriteOptions,
 };
 use ruma::{DeviceId, EventId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId};
 use serde::{Serialize, de::DeserializeOwned};
@@ -130,6 +130,25 @@ where
     T::Error: std::fmt::Display,
 {
     T::try_from(decode_str(table, bytes)?).map_err(|e| StorageError::Corrupt { table, detail: e.to_string() })
+}
+
+/// Read options that keep an iterator inside the keys starting with `prefix`, so RocksDB
+/// stops at the edge of the range instead of stepping over (or seeking through) the
+/// neighbouring keys, which is what makes short reverse scans expensive.
+fn bounded(prefix: &[u8]) -> ReadOptions {
+    let mut opts = ReadOptions::default();
+    opts.set_iterate_lower_bound(prefix.to_vec());
+    // The smallest key above every key starting with the prefix: drop trailing 0xFF bytes
+    // and increment the last one (no bound when the prefix is all 0xFF).
+    let mut upper = prefix.to_vec();
+    while upper.last() == Some(&0xFF) {
+        upper.pop();
+    }
+    if let Some(last) = upper.last_mut() {
+        *last += 1;
+        opts.set_iterate_upper_bound(upper);
+    }
+    opts
 }
 
 impl RocksStorage {
@@ -249,7 +268,9 @@ impl RocksStorage {
     /// Every (key, value) whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, table: &'static str, prefix: &[u8]) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(table), IteratorMode::From(prefix, RDirection::Forward)) {
+        let iter =
+            self.db.iterator_cf_opt(self.cf(table), bounded(prefix), IteratorMode::From(prefix, RDirection::Forward));
+        for item in iter {
             let (key, value) = item.map_err(backend)?;
             if !key.starts_with(prefix) {
                 break;
@@ -525,7 +546,8 @@ impl RoomStore for RocksStorage {
             }
         };
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(cf::TIMELINE), IteratorMode::From(&start, mode)) {
+        let iter = self.db.iterator_cf_opt(self.cf(cf::TIMELINE), bounded(&room_prefix), IteratorMode::From(&start, mode));
+        for item in iter {
             if out.len() >= limit {
                 break;
             }
