@@ -541,7 +541,10 @@ impl Sync {
     ) -> Result<(Vec<Arc<Pdu>>, bool)> {
         let limit = filter.limit.unwrap_or(DEFAULT_TIMELINE_LIMIT).clamp(1, MAX_TIMELINE_LIMIT);
         let keep = |pdu: &Pdu| -> Result<bool> {
-            Ok(!pdu.stored.rejected && !pdu.stored.soft_failed && filter.matches(pdu) && self.rooms.can_see(user_id, pdu)?)
+            Ok(!pdu.stored.rejected
+                && !pdu.stored.soft_failed
+                && filter.matches(pdu)
+                && self.rooms.can_see(user_id, pdu)?)
         };
         // An incremental sync mostly finds a few new events: read them forward from `after`
         // (one cheap step each). Only when more than `limit` entries lie in the window is it

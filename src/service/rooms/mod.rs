@@ -751,8 +751,8 @@ impl Rooms {
         if pdu.kind == ruma::events::TimelineEventType::RoomMember
             && pdu.stored.pdu.get().contains("\"invite_room_state\"")
             && let Some(Value::Object(stored_unsigned)) = serde_json::from_str::<Value>(pdu.stored.pdu.get())
-            .ok()
-            .and_then(|mut v| v.get_mut("unsigned").map(Value::take))
+                .ok()
+                .and_then(|mut v| v.get_mut("unsigned").map(Value::take))
             && let Some(state) = stored_unsigned.get("invite_room_state")
         {
             unsigned.insert("invite_room_state".into(), state.clone());

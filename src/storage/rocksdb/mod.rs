@@ -546,7 +546,8 @@ impl RoomStore for RocksStorage {
             }
         };
         let mut out = Vec::new();
-        let iter = self.db.iterator_cf_opt(self.cf(cf::TIMELINE), bounded(&room_prefix), IteratorMode::From(&start, mode));
+        let iter =
+            self.db.iterator_cf_opt(self.cf(cf::TIMELINE), bounded(&room_prefix), IteratorMode::From(&start, mode));
         for item in iter {
             if out.len() >= limit {
                 break;
