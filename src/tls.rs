@@ -388,7 +388,9 @@ mod tests {
     #[test]
     fn pkcs1_and_sec1_keys_load() {
         // PKCS#8 is what rcgen writes (the tests above); these two come from openssl.
-        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls");
+        let data =
+            Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()))
+                .join("tests/data/tls");
         for name in ["rsa-pkcs1", "ec-sec1"] {
             let cert = data.join(format!("{name}.cert.pem"));
             let key = data.join(format!("{name}.key.pem"));

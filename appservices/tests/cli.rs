@@ -4,9 +4,11 @@
 use std::process::Command;
 
 fn bridge(args: &[&str]) -> (bool, String, String) {
+    // The manifest dir is read at run time: a target dir shared by clones at other paths
+    // may hold a test binary built in another clone, with that clone's path compiled in.
     let out = Command::new(env!("CARGO_BIN_EXE_ieum-bridge"))
         .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()))
         .output()
         .unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())

@@ -9,7 +9,10 @@ use ieum_appservices::import::model::{MessageKind, Tz, civil_to_ms};
 use ieum_appservices::import::{kakaotalk, mbox, slack};
 
 fn fixture(name: &str) -> (String, Vec<u8>) {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/{name}",
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
+    );
     (name.to_owned(), std::fs::read(&path).unwrap())
 }
 

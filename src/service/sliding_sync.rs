@@ -1135,7 +1135,7 @@ impl SlidingSync {
         let mut required_state = Vec::new();
         for event_id in &state_ids {
             if let Some(pdu) = self.rooms.pdu(event_id)? {
-                required_state.push(raw_event(&self.rooms.client_event(&pdu, None, false))?);
+                required_state.push(Raw::from_json(self.rooms.client_raw(&pdu, None, false)?));
             }
         }
 
@@ -1257,7 +1257,7 @@ impl SlidingSync {
     }
 
     fn timeline_event(&self, session: &Session, pdu: &Pdu) -> Result<Raw<ruma::events::AnySyncTimelineEvent>> {
-        raw_event(&self.rooms.client_event(pdu, Some((&session.user_id, Some(&session.session_id))), false))
+        Ok(Raw::from_json(self.rooms.client_raw(pdu, Some((&session.user_id, Some(&session.session_id))), false)?))
     }
 
     /// Up to 5 other members to name a room after (joined and invited first, in the order

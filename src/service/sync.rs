@@ -285,16 +285,28 @@ impl Sync {
         loop {
             positions.borrow_and_update();
             typing.borrow_and_update();
-            let response = self.compute(session, since, &params)?;
-            let done =
-                since.is_none() || params.full_state || !is_empty(&response) || tokio::time::Instant::now() >= deadline;
-            if done {
-                return Ok(response);
+            // A client that is up to date (its token is the current position and serial, and
+            // no to-device backlog is pending) would get an empty response: wait without
+            // computing it. This is every long-poll's first step after its previous answer.
+            let up_to_date = since.is_some_and(|s| {
+                s.to_device.is_none()
+                    && s.pos == self.core.db.current_pos()
+                    && s.typing == self.ephemeral.typing_serial()
+            });
+            if !up_to_date || params.full_state || tokio::time::Instant::now() >= deadline {
+                let response = self.compute(session, since, &params)?;
+                let done = since.is_none()
+                    || params.full_state
+                    || !is_empty(&response)
+                    || tokio::time::Instant::now() >= deadline;
+                if done {
+                    return Ok(response);
+                }
             }
             tokio::select! {
-                changed = positions.changed() => { if changed.is_err() { return Ok(response) } }
-                changed = typing.changed() => { if changed.is_err() { return Ok(response) } }
-                () = tokio::time::sleep_until(deadline) => { return Ok(response) }
+                changed = positions.changed() => { if changed.is_err() { return self.compute(session, since, &params) } }
+                changed = typing.changed() => { if changed.is_err() { return self.compute(session, since, &params) } }
+                () = tokio::time::sleep_until(deadline) => {}
             }
         }
     }
@@ -304,7 +316,8 @@ impl Sync {
         let mut now = SyncToken::new(self.core.db.current_pos(), self.ephemeral.typing_serial());
         let since_or_zero = since.unwrap_or(SyncToken::new(0, 0));
         let mut response = Response::new(now.render());
-        self.add_encryption(session, since, &mut now, &mut response)?;
+        let my_rooms = self.core.db.rooms_of_user(user_id)?;
+        self.add_encryption(session, &my_rooms, since, &mut now, &mut response)?;
         response.next_batch = now.render();
         let filter = &params.filter;
 
@@ -324,9 +337,9 @@ impl Sync {
         if let Some(limit) = filter.account_data.limit {
             response.account_data.events.truncate(limit);
         }
-        self.add_presence(user_id, since_or_zero.typing, &filter.presence, &mut response)?;
+        self.add_presence(user_id, &my_rooms, since_or_zero.typing, &filter.presence, &mut response)?;
 
-        for (room_id, record) in self.core.db.rooms_of_user(user_id)? {
+        for (room_id, record) in my_rooms {
             if record.pos > now.pos || !filter.rooms.matches_room(&room_id) {
                 continue;
             }
@@ -373,6 +386,7 @@ impl Sync {
     fn add_encryption(
         &self,
         session: &Session,
+        my_rooms: &[(OwnedRoomId, crate::storage::MembershipRecord)],
         since: Option<SyncToken>,
         now: &mut SyncToken,
         response: &mut Response,
@@ -385,7 +399,7 @@ impl Sync {
         }
         response.to_device.events = messages.into_iter().map(|(_, event)| Raw::from_json(event)).collect();
         if let Some(since) = since {
-            let delta = self.e2ee.device_list_delta(user_id, since.pos, now.pos)?;
+            let delta = self.e2ee.device_list_delta_in(user_id, my_rooms, since.pos, now.pos)?;
             response.device_lists.changed = delta.changed;
             response.device_lists.left = delta.left;
         }
@@ -452,6 +466,7 @@ impl Sync {
     fn add_presence(
         &self,
         user_id: &ruma::UserId,
+        my_rooms: &[(OwnedRoomId, crate::storage::MembershipRecord)],
         since: u64,
         filter: &EventFilter,
         response: &mut Response,
@@ -465,10 +480,9 @@ impl Sync {
         }
         let mut visible: std::collections::HashSet<ruma::OwnedUserId> = std::collections::HashSet::new();
         visible.insert(user_id.to_owned());
-        for (room_id, record) in self.core.db.rooms_of_user(user_id)? {
+        for (room_id, record) in my_rooms {
             if record.membership == "join" {
-                visible
-                    .extend(self.core.db.members(&room_id)?.into_iter().filter(|(_, m)| m == "join").map(|(u, _)| u));
+                visible.extend(self.core.db.members(room_id)?.into_iter().filter(|(_, m)| m == "join").map(|(u, _)| u));
             }
         }
         for (other, presence) in changed {
@@ -678,7 +692,7 @@ impl Sync {
                 }
                 have_members.insert(member.to_owned());
             }
-            events.push(raw_event(&self.rooms.client_event(&pdu, None, false))?);
+            events.push(Raw::from_json(self.rooms.client_raw(&pdu, None, false)?));
         }
         // Lazy loading: make sure every timeline sender's membership is present.
         if filter.lazy_load_members && !full {
@@ -693,7 +707,7 @@ impl Sync {
                 if let Some(pdu) = self.rooms.state_pdu(&at_start, &StateEventType::RoomMember, sender.as_str())?
                     && !in_timeline.contains(&*pdu.event_id)
                 {
-                    events.push(raw_event(&self.rooms.client_event(&pdu, None, false))?);
+                    events.push(Raw::from_json(self.rooms.client_raw(&pdu, None, false)?));
                 }
             }
         }
@@ -752,11 +766,11 @@ impl Sync {
             None => position_token(now.pos),
         });
         for pdu in &timeline {
-            room.timeline.events.push(raw_event(&self.rooms.client_event(
+            room.timeline.events.push(Raw::from_json(self.rooms.client_raw(
                 pdu,
                 Some((user_id, Some(&session.session_id))),
                 false,
-            ))?);
+            )?));
         }
         room.state = state;
         room.account_data = RoomAccountData::new();
@@ -794,11 +808,11 @@ impl Sync {
         room.timeline.limited = limited;
         room.timeline.prev_batch = timeline.first().and_then(|p| p.stored.pos).map(|pos| position_token(pos - 1));
         for pdu in &timeline {
-            room.timeline.events.push(raw_event(&self.rooms.client_event(
+            room.timeline.events.push(Raw::from_json(self.rooms.client_raw(
                 pdu,
                 Some((user_id, Some(&session.session_id))),
                 false,
-            ))?);
+            )?));
         }
         room.account_data = RoomAccountData::new();
         room.account_data.events = account_data;

@@ -244,6 +244,8 @@ pub trait RoomStore: Send + Sync + StreamStore {
     /// release the room's lock before the fsync, and many appends share one fsync.
     fn append_event_pending(&self, append: AppendEvent<'_>) -> Result<(StreamPos, WriteTicket)>;
     fn event(&self, event_id: &ruma::EventId) -> Result<Option<StoredEvent>>;
+    /// The stream position of an event (None: unknown, or an outlier), without decoding it.
+    fn event_pos(&self, event_id: &ruma::EventId) -> Result<Option<StreamPos>>;
     fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>>;
     fn state_group(&self, id: StateGroupId) -> Result<Option<StateGroup>>;
     /// The current state group, extremities and depth of a room.
@@ -259,6 +261,12 @@ pub trait RoomStore: Send + Sync + StreamStore {
     ) -> Result<Vec<(StreamPos, OwnedEventId, StateGroupId)>>;
     /// The latest timeline entry at or before `pos`.
     fn timeline_at(&self, room_id: &RoomId, pos: StreamPos) -> Result<Option<(StreamPos, OwnedEventId, StateGroupId)>>;
+    /// Whether a receipt of the user in the room, or an event they sent there, may have been
+    /// written after `since` (false: their read position is what it was at `since`).
+    fn read_position_changed_after(&self, user_id: &UserId, room_id: &RoomId, since: StreamPos) -> bool;
+    /// Whether a member event may have entered a room's timeline after `since` (false: a
+    /// scan of the timeline after `since` would find none).
+    fn member_events_after(&self, room_id: &RoomId, since: StreamPos) -> bool;
     /// Every room a user has a membership in, with that membership.
     fn rooms_of_user(&self, user_id: &UserId) -> Result<Vec<(OwnedRoomId, MembershipRecord)>>;
     fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<MembershipRecord>>;

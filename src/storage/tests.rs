@@ -873,3 +873,50 @@ storage_test!(push_deliveries_queue_with_their_event_update_and_delete, |store, 
     assert_eq!(left.len(), 1);
     assert_eq!((left[0].attempts, left[0].next_attempt_ts), (3, 99));
 });
+
+// The stream readers below skip their scans when nothing changed after `since` (the change
+// stamps of the RocksDB backend); these check they never skip a change, before and after a
+// reopen, and that the user-rooms cache follows membership writes.
+storage_test!(change_skips_never_hide_a_change, |store, reopen| {
+    let (alice, bob) = (user_id!("@a:x"), user_id!("@b:x"));
+    let device = ruma::device_id!("D");
+    let room = room_id!("!r:x");
+    let start = store.current_pos();
+    assert!(store.account_data_since(alice, start).unwrap().is_empty());
+    let data = store.put_account_data(alice, None, "m.direct", &raw(r#"{"a":1}"#)).unwrap();
+    assert_eq!(store.account_data_since(alice, start).unwrap().len(), 1);
+    assert!(store.account_data_since(alice, data).unwrap().is_empty());
+    assert!(store.account_data_since(bob, start).unwrap().is_empty());
+
+    let message =
+        store.queue_to_device(None, vec![(bob.to_owned(), device.to_owned(), raw(r#"{"n":1}"#))]).unwrap().unwrap();
+    assert_eq!(store.to_device_messages(bob, device, start, message, 10).unwrap().len(), 1);
+    store.delete_to_device(bob, device, start).unwrap();
+    assert_eq!(store.to_device_messages(bob, device, 0, message, 10).unwrap().len(), 1, "not acknowledged yet");
+    // A token from the future trims only what exists.
+    store.delete_to_device(bob, device, StreamPos::MAX).unwrap();
+    assert!(store.to_device_messages(bob, device, 0, message, 10).unwrap().is_empty());
+    let later =
+        store.queue_to_device(None, vec![(bob.to_owned(), device.to_owned(), raw(r#"{"n":2}"#))]).unwrap().unwrap();
+    assert_eq!(store.to_device_messages(bob, device, message, later, 10).unwrap().len(), 1, "arrived after a trim");
+
+    let change = store.record_device_list_change(bob).unwrap();
+    assert_eq!(store.device_list_changes(start, change.pos).unwrap(), [bob.to_owned()]);
+    assert!(store.device_list_changes(change.pos, change.pos).unwrap().is_empty());
+
+    assert!(store.rooms_of_user(alice).unwrap().is_empty(), "cached empty");
+    let join = append(&*store, room, &event_id!("$join").to_owned(), Some(("@a:x", "join")));
+    assert_eq!(store.rooms_of_user(alice).unwrap().len(), 1, "the join replaced the cached list");
+    assert!(store.member_events_after(room, start));
+    assert!(!store.member_events_after(room, join));
+
+    drop(store);
+    let store = reopen();
+    // After a reopen nothing is remembered: every reader scans what is on disk.
+    assert_eq!(store.account_data_since(alice, start).unwrap().len(), 1);
+    assert_eq!(store.to_device_messages(bob, device, message, later, 10).unwrap().len(), 1);
+    assert_eq!(store.device_list_changes(start, change.pos).unwrap(), [bob.to_owned()]);
+    assert_eq!(store.rooms_of_user(alice).unwrap().len(), 1);
+    assert!(store.member_events_after(room, start));
+    assert!(!store.member_events_after(room, store.current_pos()));
+});

@@ -36,26 +36,48 @@ pub async fn sync(app: App, req: Ruma<sync_events::v3::Request>) -> Result<sync_
 
 /// Fills in what ruma leaves out when empty but clients require: every joined and left
 /// room has `state.events` (or `state_after.events`) and `timeline.limited`, as Synapse
-/// sends them (matrix-nio rejects a sync without them).
+/// sends them (matrix-nio rejects a sync without them). Works on the serialised body one
+/// object level at a time, so events are copied as raw JSON, never parsed.
 pub fn reshape(body: Vec<u8>) -> Vec<u8> {
-    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&body) else { return body };
-    for section in ["join", "leave"] {
-        let Some(rooms) = value.pointer_mut(&format!("/rooms/{section}")).and_then(|r| r.as_object_mut()) else {
-            continue;
-        };
-        for room in rooms.values_mut() {
-            let Some(room) = room.as_object_mut() else { continue };
-            if !room.contains_key("state") && !room.contains_key("state_after") {
-                room.insert("state".into(), serde_json::json!({ "events": [] }));
-            }
-            let timeline = room.entry("timeline").or_insert_with(|| serde_json::json!({ "events": [] }));
-            if let Some(timeline) = timeline.as_object_mut() {
-                timeline.entry("limited").or_insert(serde_json::Value::Bool(false));
-                timeline.entry("events").or_insert_with(|| serde_json::json!([]));
-            }
-        }
+    reshape_rooms(&body).unwrap_or(body)
+}
+
+type RawObject = std::collections::BTreeMap<String, Box<serde_json::value::RawValue>>;
+
+fn reshape_rooms(body: &[u8]) -> Option<Vec<u8>> {
+    use serde_json::value::{RawValue, to_raw_value};
+    fn object(raw: &RawValue) -> Option<RawObject> {
+        serde_json::from_str(raw.get()).ok()
     }
-    serde_json::to_vec(&value).unwrap_or(body)
+    fn literal(json: &str) -> Box<RawValue> {
+        RawValue::from_string(json.to_owned()).expect("a JSON literal")
+    }
+    let mut top: RawObject = serde_json::from_slice(body).ok()?;
+    let mut rooms = object(top.get("rooms")?)?;
+    let mut touched = false;
+    for section in ["join", "leave"] {
+        let Some(raw) = rooms.get(section) else { continue };
+        let mut by_room: std::collections::BTreeMap<String, RawObject> = serde_json::from_str(raw.get()).ok()?;
+        for room in by_room.values_mut() {
+            if !room.contains_key("state") && !room.contains_key("state_after") {
+                room.insert("state".into(), literal(r#"{"events":[]}"#));
+            }
+            let mut timeline = match room.get("timeline") {
+                Some(raw) => object(raw)?,
+                None => RawObject::new(),
+            };
+            timeline.entry("limited".into()).or_insert_with(|| literal("false"));
+            timeline.entry("events".into()).or_insert_with(|| literal("[]"));
+            room.insert("timeline".into(), to_raw_value(&timeline).ok()?);
+        }
+        rooms.insert(section.into(), to_raw_value(&by_room).ok()?);
+        touched = true;
+    }
+    if !touched {
+        return None;
+    }
+    top.insert("rooms".into(), to_raw_value(&rooms).ok()?);
+    serde_json::to_vec(&top).ok()
 }
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/typing/{userId}`
@@ -174,4 +196,47 @@ pub async fn get_presence(
 
 fn ieum_now() -> u64 {
     ruma::MilliSecondsSinceUnixEpoch::now().get().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::reshape;
+
+    #[test]
+    fn reshape_fills_state_and_limited_and_keeps_everything_else() {
+        let body = json!({
+            "next_batch": "s5_0",
+            "rooms": {
+                "join": {
+                    "!a:x": { "timeline": { "events": [{ "type": "m.room.message", "content": { "body": "\u{e9} \"q\"" } }] } },
+                    "!b:x": { "state_after": { "events": [] }, "timeline": { "limited": true, "events": [] } },
+                    "!c:x": {}
+                },
+                "leave": { "!d:x": { "timeline": { "events": [] } } },
+                "invite": { "!e:x": { "invite_state": { "events": [] } } }
+            },
+            "to_device": { "events": [] }
+        });
+        let out: Value = serde_json::from_slice(&reshape(serde_json::to_vec(&body).unwrap())).unwrap();
+        let join = &out["rooms"]["join"];
+        assert_eq!(join["!a:x"]["state"], json!({ "events": [] }));
+        assert_eq!(join["!a:x"]["timeline"]["limited"], json!(false));
+        assert_eq!(join["!a:x"]["timeline"]["events"][0]["content"]["body"], json!("\u{e9} \"q\""));
+        assert!(join["!b:x"].get("state").is_none(), "state_after is kept alone");
+        assert_eq!(join["!b:x"]["timeline"]["limited"], json!(true));
+        assert_eq!(join["!c:x"]["timeline"], json!({ "events": [], "limited": false }));
+        assert_eq!(out["rooms"]["leave"]["!d:x"]["state"], json!({ "events": [] }));
+        assert_eq!(out["rooms"]["invite"], body["rooms"]["invite"]);
+        assert_eq!(out["next_batch"], json!("s5_0"));
+        assert_eq!(out["to_device"], body["to_device"]);
+    }
+
+    #[test]
+    fn reshape_leaves_other_bodies_alone() {
+        for body in [&b"not json"[..], br#"{"next_batch":"s1_0"}"#, br#"{"rooms":5}"#] {
+            assert_eq!(reshape(body.to_vec()), body);
+        }
+    }
 }

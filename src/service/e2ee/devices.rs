@@ -48,8 +48,19 @@ impl E2ee {
     /// them whose lists changed, users who joined a room they share (or everyone in a room
     /// they joined), and those who no longer share any room with them (`left`).
     pub fn device_list_delta(&self, user_id: &UserId, since: StreamPos, upto: StreamPos) -> Result<DeviceListDelta> {
+        let my_rooms = self.core.db.rooms_of_user(user_id)?;
+        self.device_list_delta_in(user_id, &my_rooms, since, upto)
+    }
+
+    /// `device_list_delta` with the user's rooms already read (`rooms_of_user`).
+    pub fn device_list_delta_in(
+        &self,
+        user_id: &UserId,
+        my_rooms: &[(OwnedRoomId, crate::storage::MembershipRecord)],
+        since: StreamPos,
+        upto: StreamPos,
+    ) -> Result<DeviceListDelta> {
         let db = &self.core.db;
-        let my_rooms = db.rooms_of_user(user_id)?;
         let joined: BTreeSet<&RoomId> =
             my_rooms.iter().filter(|(_, m)| m.membership == "join").map(|(r, _)| &**r).collect();
         let shares_room = |other: &UserId| -> Result<bool> {
@@ -62,7 +73,7 @@ impl E2ee {
                 changed.insert(other);
             }
         }
-        for (room_id, record) in &my_rooms {
+        for (room_id, record) in my_rooms {
             if record.pos > since && record.pos <= upto {
                 // Our own membership changed: everyone in the room is new to us, or gone.
                 let members = db.members(room_id)?;
@@ -78,7 +89,7 @@ impl E2ee {
                 }
                 continue;
             }
-            if record.membership != "join" {
+            if record.membership != "join" || !db.member_events_after(room_id, since) {
                 continue;
             }
             let Some(head) = db.room_head(room_id)? else { continue };

@@ -63,7 +63,15 @@ pub struct Push {
     rules_write: tokio::sync::Mutex<()>,
     /// The delivery task's doorbell (the database is the queue).
     pub(crate) doorbell: tokio::sync::Notify,
+    /// Read positions: (user, room, thread) → (position, stream position it was read at);
+    /// valid while `read_position_changed_after` that stream position is false.
+    read_positions: Mutex<HashMap<ReadKey, (StreamPos, StreamPos)>>,
 }
+
+type ReadKey = (OwnedUserId, ruma::OwnedRoomId, Option<String>);
+
+/// Read positions remembered at most.
+const MAX_READ_POSITIONS: usize = 100_000;
 
 impl Push {
     pub fn new(core: Arc<Core>) -> Self {
@@ -72,6 +80,7 @@ impl Push {
             rules: Mutex::default(),
             rules_write: tokio::sync::Mutex::new(()),
             doorbell: tokio::sync::Notify::new(),
+            read_positions: Mutex::default(),
         }
     }
 
@@ -330,18 +339,37 @@ impl Push {
     /// unthreaded receipt, every thread): the newest unthreaded `m.read` / `m.read.private`
     /// receipt, or the user's own latest event.
     fn read_pos(&self, room_id: &RoomId, user_id: &UserId, thread: Option<&str>) -> Result<StreamPos> {
+        let key: ReadKey = (user_id.to_owned(), room_id.to_owned(), thread.map(str::to_owned));
+        let cached = self.read_positions.lock().unwrap_or_else(|e| e.into_inner()).get(&key).copied();
+        if let Some((pos, as_of)) = cached
+            && !self.core.db.read_position_changed_after(user_id, room_id, as_of)
+        {
+            return Ok(pos);
+        }
+        // Every write at or below `as_of` is visible to the reads below.
+        let as_of = self.core.db.current_pos();
         let mut pos = 0;
+        let mut cacheable = true;
         for receipt_type in ["m.read", "m.read.private"] {
-            if let Some(receipt) = self.core.db.receipt(room_id, receipt_type, user_id, thread)?
-                && let Some(event_pos) = self.core.db.event(&receipt.event_id)?.and_then(|e| e.pos)
-            {
-                pos = pos.max(event_pos);
+            if let Some(receipt) = self.core.db.receipt(room_id, receipt_type, user_id, thread)? {
+                match self.core.db.event_pos(&receipt.event_id)? {
+                    Some(event_pos) => pos = pos.max(event_pos),
+                    // A receipt for an event not here yet counts once the event arrives.
+                    None => cacheable = false,
+                }
             }
         }
         if thread.is_none()
             && let Some(sent) = self.core.db.sent_read_pos(user_id, room_id)?
         {
             pos = pos.max(sent);
+        }
+        if cacheable {
+            let mut cache = self.read_positions.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.len() >= MAX_READ_POSITIONS {
+                cache.clear();
+            }
+            cache.insert(key, (pos, as_of));
         }
         Ok(pos)
     }

@@ -611,7 +611,7 @@ impl Rooms {
             }
             self.forget_cached_pdu(&pdu.event_id);
             batch.push((pdu.event_id.clone(), stored.clone()));
-            self.cache_pdu(Arc::new(Pdu { stored, ..pdu }));
+            self.cache_pdu(Arc::new(pdu.with_stored(stored)));
         }
         self.core.blocking(move |db| db.store_outliers(batch, Vec::new()).map_err(Error::from)).await
     }

@@ -724,6 +724,35 @@ impl Rooms {
         with_room_id: bool,
     ) -> Map<String, Value> {
         let mut event = pdu.client_json(with_room_id);
+        event.insert("unsigned".into(), Value::Object(self.unsigned(pdu, viewer)));
+        event
+    }
+
+    /// `client_event` as JSON text, built from the event's cached `client_head` (the hot
+    /// path of /sync: no parsing of the content, no `Value` tree).
+    pub fn client_raw(
+        &self,
+        pdu: &Pdu,
+        viewer: Option<(&UserId, Option<&str>)>,
+        with_room_id: bool,
+    ) -> Result<Box<RawValue>> {
+        let unsigned =
+            serde_json::to_string(&self.unsigned(pdu, viewer)).map_err(|e| Error::internal(e.to_string()))?;
+        let head = pdu.client_head();
+        let mut json = String::with_capacity(head.len() + unsigned.len() + 80);
+        json.push_str(head);
+        if with_room_id {
+            json.push_str(",\"room_id\":");
+            json.push_str(&serde_json::to_string(pdu.room_id.as_str()).map_err(|e| Error::internal(e.to_string()))?);
+        }
+        json.push_str(",\"unsigned\":");
+        json.push_str(&unsigned);
+        json.push('}');
+        RawValue::from_string(json).map_err(|e| Error::internal(format!("client event {}: {e}", pdu.event_id)))
+    }
+
+    /// The `unsigned` of an event in client format, as `viewer` should see it.
+    fn unsigned(&self, pdu: &Pdu, viewer: Option<(&UserId, Option<&str>)>) -> Map<String, Value> {
         let mut unsigned = Map::new();
         unsigned.insert("age".into(), Value::from(now_ms().saturating_sub(pdu.origin_server_ts.get().into())));
         if let (Some((user, Some(session))), Some((txn_session, txn_id))) = (viewer, &pdu.stored.txn)
@@ -757,8 +786,7 @@ impl Rooms {
         {
             unsigned.insert("invite_room_state".into(), state.clone());
         }
-        event.insert("unsigned".into(), Value::Object(unsigned));
-        event
+        unsigned
     }
 }
 

@@ -69,6 +69,8 @@ pub struct Pdu {
     pub depth: u64,
     /// What this server stored with the event.
     pub stored: StoredEvent,
+    /// The client-format fields that never change (see `client_head`), rendered once.
+    client_head: std::sync::OnceLock<Box<str>>,
 }
 
 impl Pdu {
@@ -81,6 +83,9 @@ impl Pdu {
             + self.stored.redacted_because.as_ref().map_or(0, |r| r.get().len())
             + (self.prev_events.len() + self.auth_events.len() + 1) * ID
             + 3 * 48
+            // The client-format head, once rendered: the content and ids again.
+            + self.content.get().len()
+            + 160
     }
 
     /// Parses a stored event. `event_id` is the key it was stored under.
@@ -112,6 +117,7 @@ impl Pdu {
             redacts,
             depth: fields.depth,
             stored,
+            client_head: std::sync::OnceLock::new(),
         })
     }
 
@@ -133,6 +139,11 @@ impl Pdu {
         Self::from_stored(event_id, stored)
     }
 
+    /// The same event with other server verdicts (the PDU itself unchanged).
+    pub fn with_stored(self, stored: StoredEvent) -> Self {
+        Self { stored, ..self }
+    }
+
     pub fn is_state(&self) -> bool {
         self.state_key.is_some()
     }
@@ -150,6 +161,36 @@ impl Pdu {
     /// The membership in an `m.room.member` event.
     pub fn membership(&self) -> Option<String> {
         (self.kind == TimelineEventType::RoomMember).then(|| self.content_str("membership")).flatten()
+    }
+
+    /// The client-format event without `room_id` and `unsigned`, as JSON text lacking its
+    /// closing brace: `{"type":…,"content":…,"sender":…,"event_id":…,"origin_server_ts":…`
+    /// and `state_key` / `redacts` when present. Rendered once per cached event; the
+    /// content is copied as the raw JSON it arrived as.
+    pub fn client_head(&self) -> &str {
+        self.client_head.get_or_init(|| {
+            let string = |s: &str| serde_json::to_string(s).expect("strings serialise");
+            let mut head = String::with_capacity(self.content.get().len() + 160);
+            head.push_str("{\"type\":");
+            head.push_str(&string(&self.kind.to_string()));
+            head.push_str(",\"content\":");
+            head.push_str(self.content.get());
+            head.push_str(",\"sender\":");
+            head.push_str(&string(self.sender.as_str()));
+            head.push_str(",\"event_id\":");
+            head.push_str(&string(self.event_id.as_str()));
+            head.push_str(",\"origin_server_ts\":");
+            head.push_str(&u64::from(self.origin_server_ts.get()).to_string());
+            if let Some(state_key) = &self.state_key {
+                head.push_str(",\"state_key\":");
+                head.push_str(&string(state_key));
+            }
+            if let Some(redacts) = &self.redacts {
+                head.push_str(",\"redacts\":");
+                head.push_str(&string(redacts.as_str()));
+            }
+            head.into_boxed_str()
+        })
     }
 
     /// The event in the client-server format. `room_id` is left out for /sync.

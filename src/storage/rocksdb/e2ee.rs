@@ -15,9 +15,10 @@ use super::{
     KIND_DEVICE_LIST, KIND_TO_DEVICE, RocksStorage, backend, decode, decode_str, encode,
     keys::{SEP, join, prefix, trailing_u64, u64_key, with_u64},
     parse_id, schema as cf,
+    stamps::Stream,
 };
 use crate::storage::{
-    Result, StorageError, StreamPos,
+    Result, StorageError, StreamPos, StreamStore,
     e2ee::{CrossSigningKeys, DeviceListChange, KeyStore, KeyUpload, RemoteDeviceList, ToDeviceMessage},
 };
 
@@ -41,6 +42,7 @@ impl RocksStorage {
 
     /// Adds a device-list change of `user_id` at `pos` to `batch`.
     fn put_change(&self, batch: &mut WriteBatch, user_id: &UserId, pos: StreamPos) {
+        self.stamps.raise(Stream::DeviceLists, b"", pos);
         batch.put_cf(self.cf(cf::DEVICE_LIST_STREAM), u64_key(pos), user_id.as_bytes());
         batch.put_cf(self.cf(cf::DEVICE_LIST_LAST), user_id.as_bytes(), u64_key(pos));
     }
@@ -250,6 +252,9 @@ impl KeyStore for RocksStorage {
     }
 
     fn device_list_changes(&self, after: StreamPos, upto: StreamPos) -> Result<Vec<OwnedUserId>> {
+        if !self.stamps.changed_after(Stream::DeviceLists, b"", after) {
+            return Ok(Vec::new());
+        }
         let mut users = std::collections::BTreeSet::new();
         let start = u64_key(after.saturating_add(1));
         for item in
@@ -285,7 +290,9 @@ impl KeyStore for RocksStorage {
                 batch.put_cf(self.cf(cf::TO_DEVICE_TXNS), key, []);
             }
             for (user_id, device_id, event) in &messages {
-                let key = with_u64(&join(&[user_id.as_bytes(), device_id.as_bytes()]), pos);
+                let device = join(&[user_id.as_bytes(), device_id.as_bytes()]);
+                self.stamps.raise(Stream::Inbox, &device, pos);
+                let key = with_u64(&device, pos);
                 batch.put_cf(self.cf(cf::TO_DEVICE), key, event.get().as_bytes());
             }
             // Recipients by position, for appservices that receive their users' messages.
@@ -308,6 +315,9 @@ impl KeyStore for RocksStorage {
         limit: usize,
     ) -> Result<Vec<ToDeviceMessage>> {
         let device = join(&[user_id.as_bytes(), device_id.as_bytes()]);
+        if !self.stamps.changed_after(Stream::Inbox, &device, after) {
+            return Ok(Vec::new());
+        }
         let run = prefix(&device);
         let start = with_u64(&device, after.saturating_add(1));
         let mut out = Vec::new();
@@ -327,19 +337,30 @@ impl KeyStore for RocksStorage {
 
     fn delete_to_device(&self, user_id: &UserId, device_id: &DeviceId, upto: StreamPos) -> Result<()> {
         let device = join(&[user_id.as_bytes(), device_id.as_bytes()]);
+        // A token from the future acknowledges no more than what exists.
+        let upto = upto.min(self.current_pos());
+        if !self.stamps.inbox_holds_up_to(&device, upto) {
+            return Ok(());
+        }
         let run = prefix(&device);
         let mut batch = WriteBatch::default();
-        for item in self.db.iterator_cf(self.cf(cf::TO_DEVICE), IteratorMode::From(&run, RDirection::Forward)) {
+        let iter = self.db.iterator_cf_opt(
+            self.cf(cf::TO_DEVICE),
+            super::bounded(&run),
+            IteratorMode::From(&run, RDirection::Forward),
+        );
+        for item in iter {
             let (key, _) = item.map_err(backend)?;
             if !key.starts_with(&run) || trailing_u64(&key).is_none_or(|pos| pos > upto) {
                 break;
             }
             batch.delete_cf(self.cf(cf::TO_DEVICE), key);
         }
-        if batch.is_empty() {
-            return Ok(());
+        if !batch.is_empty() {
+            self.write(batch)?;
         }
-        self.write(batch)
+        self.stamps.inbox_trimmed(&device, upto);
+        Ok(())
     }
 
     fn remote_device_list(&self, user_id: &UserId) -> Result<Option<RemoteDeviceList>> {

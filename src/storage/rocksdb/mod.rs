@@ -17,6 +17,8 @@ mod media;
 mod outbox;
 mod push;
 mod schema;
+mod stamps;
+mod user_rooms;
 
 use std::{
     collections::BTreeSet,
@@ -43,6 +45,7 @@ use super::{
 };
 use keys::{join, prefix, trailing_u64, u64_key, with_u64};
 use schema as cf;
+use stamps::{Stamps, Stream};
 
 /// Stream-position bookkeeping: allocation, in-flight set, visible watermark.
 struct Positions {
@@ -98,6 +101,10 @@ pub struct RocksStorage {
     pending_opts: WriteOptions,
     commit: commit::GroupCommit,
     positions: Positions,
+    /// Last change positions that let stream readers skip empty scans (see stamps.rs).
+    stamps: Stamps,
+    /// `rooms_of_user` answers (see user_rooms.rs).
+    user_rooms: user_rooms::UserRooms,
     next_state_group: AtomicU64,
     /// The next federation outbox sequence number (see outbox.rs).
     next_outbox_seq: AtomicU64,
@@ -135,7 +142,7 @@ where
 /// Read options that keep an iterator inside the keys starting with `prefix`, so RocksDB
 /// stops at the edge of the range instead of stepping over (or seeking through) the
 /// neighbouring keys, which is what makes short reverse scans expensive.
-fn bounded(prefix: &[u8]) -> ReadOptions {
+pub(super) fn bounded(prefix: &[u8]) -> ReadOptions {
     let mut opts = ReadOptions::default();
     opts.set_iterate_lower_bound(prefix.to_vec());
     // The smallest key above every key starting with the prefix: drop trailing 0xFF bytes
@@ -187,6 +194,8 @@ impl RocksStorage {
             pending_opts,
             commit: commit::GroupCommit::new(sync_writes),
             positions: Positions::new(last_pos),
+            stamps: Stamps::new(last_pos),
+            user_rooms: user_rooms::UserRooms::default(),
             next_state_group: AtomicU64::new(last_group + 1),
             next_outbox_seq: AtomicU64::new(last_outbox_seq + 1),
             create_lock: Mutex::new(()),
@@ -400,7 +409,8 @@ impl RoomStore for RocksStorage {
     fn append_event_pending(&self, append: AppendEvent<'_>) -> Result<(StreamPos, WriteTicket)> {
         let room_id = append.event.room_id.clone();
         let room = room_id.as_bytes();
-        self.write_pending_at_new_pos(KIND_EVENT, |batch, pos| {
+        let members: Vec<OwnedUserId> = append.memberships.iter().map(|(user_id, _, _)| user_id.clone()).collect();
+        let written = self.write_pending_at_new_pos(KIND_EVENT, |batch, pos| {
             let mut event = append.event;
             event.pos = Some(pos);
             if let Some(record) = &append.new_room {
@@ -425,6 +435,10 @@ impl RoomStore for RocksStorage {
                 last_bump: if append.bumps { Some(pos) } else { append.last_bump },
             };
             batch.put_cf(self.cf(cf::ROOM_HEADS), room, encode(&head));
+            // Conservative: any event whose JSON names the member type counts.
+            if !append.memberships.is_empty() || event.pdu.get().contains(r#""type":"m.room.member""#) {
+                self.stamps.raise(Stream::Members, room, pos);
+            }
             for (user_id, membership, event_id) in &append.memberships {
                 let record = MembershipRecord { membership: membership.clone(), event_id: event_id.clone(), pos };
                 batch.put_cf(self.cf(cf::USER_ROOMS), join(&[user_id.as_bytes(), room]), encode(&record));
@@ -445,7 +459,11 @@ impl RoomStore for RocksStorage {
             }
             batch.put_cf(self.cf(cf::EVENTS), append.event_id.as_bytes(), encode(&event));
             self.write_push(batch, pos, &append.push);
-        })
+        });
+        if !members.is_empty() {
+            self.user_rooms.written(members.iter().map(|u| &**u));
+        }
+        written
     }
 
     fn store_outliers(
@@ -502,18 +520,36 @@ impl RoomStore for RocksStorage {
         event: StoredEvent,
     ) -> Result<StreamPos> {
         let room = event.room_id.clone();
-        self.write_at_new_pos(KIND_EVENT, |batch, pos| {
+        let written = self.write_at_new_pos(KIND_EVENT, |batch, pos| {
             let record = MembershipRecord { membership: membership.to_owned(), event_id: event_id.to_owned(), pos };
             batch.put_cf(self.cf(cf::USER_ROOMS), join(&[user_id.as_bytes(), room.as_bytes()]), encode(&record));
             if membership == "invite" {
                 batch.delete_cf(self.cf(cf::FORGOTTEN), join(&[user_id.as_bytes(), room.as_bytes()]));
             }
             batch.put_cf(self.cf(cf::EVENTS), event_id.as_bytes(), encode(&event));
-        })
+        });
+        self.user_rooms.written([user_id]);
+        written
     }
 
     fn event(&self, event_id: &EventId) -> Result<Option<StoredEvent>> {
         self.get_json(cf::EVENTS, event_id.as_bytes())
+    }
+
+    fn event_pos(&self, event_id: &EventId) -> Result<Option<StreamPos>> {
+        #[derive(serde::Deserialize)]
+        struct PosOnly {
+            pos: Option<StreamPos>,
+        }
+        Ok(self.get_json::<PosOnly>(cf::EVENTS, event_id.as_bytes())?.and_then(|e| e.pos))
+    }
+
+    fn read_position_changed_after(&self, user_id: &UserId, room_id: &RoomId, since: StreamPos) -> bool {
+        self.stamps.changed_after(Stream::ReadPosition, &join(&[user_id.as_bytes(), room_id.as_bytes()]), since)
+    }
+
+    fn member_events_after(&self, room_id: &RoomId, since: StreamPos) -> bool {
+        self.stamps.changed_after(Stream::Members, room_id.as_bytes(), since)
     }
 
     fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>> {
@@ -566,13 +602,20 @@ impl RoomStore for RocksStorage {
     }
 
     fn rooms_of_user(&self, user_id: &UserId) -> Result<Vec<(OwnedRoomId, MembershipRecord)>> {
+        let generation = match self.user_rooms.get(user_id) {
+            Ok(list) => return Ok(list),
+            Err(generation) => generation,
+        };
         let user_prefix = prefix(user_id.as_bytes());
-        self.scan_prefix(cf::USER_ROOMS, &user_prefix)?
+        let list: Vec<_> = self
+            .scan_prefix(cf::USER_ROOMS, &user_prefix)?
             .iter()
             .map(|(key, value)| {
                 Ok((parse_id(cf::USER_ROOMS, &key[user_prefix.len()..])?, decode(cf::USER_ROOMS, value)?))
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        self.user_rooms.store(user_id, generation, &list);
+        Ok(list)
     }
 
     fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<MembershipRecord>> {
@@ -673,6 +716,7 @@ impl MetaStore for RocksStorage {
         let room = room_id.map(|r| r.as_bytes()).unwrap_or(b"");
         let key = join(&[user_id.as_bytes(), room, kind.as_bytes()]);
         self.write_at_new_pos(KIND_ACCOUNT_DATA, |batch, pos| {
+            self.stamps.raise(Stream::AccountData, user_id.as_bytes(), pos);
             let mut value = pos.to_be_bytes().to_vec();
             value.extend_from_slice(content.get().as_bytes());
             batch.put_cf(self.cf(cf::ACCOUNT_DATA), &key, value);
@@ -699,6 +743,9 @@ impl MetaStore for RocksStorage {
         user_id: &UserId,
         since: StreamPos,
     ) -> Result<Vec<(Option<OwnedRoomId>, String, Box<RawValue>)>> {
+        if !self.stamps.changed_after(Stream::AccountData, user_id.as_bytes(), since) {
+            return Ok(Vec::new());
+        }
         let user_prefix = prefix(user_id.as_bytes());
         let start = with_u64(user_id.as_bytes(), since.saturating_add(1));
         let mut changed_keys = BTreeSet::new();
@@ -764,6 +811,8 @@ impl MetaStore for RocksStorage {
         ]);
         let room = receipt.room_id.clone();
         self.write_at_new_pos(KIND_RECEIPT, |batch, pos| {
+            self.stamps.raise(Stream::Receipts, room.as_bytes(), pos);
+            self.stamps.raise(Stream::ReadPosition, &join(&[receipt.user_id.as_bytes(), room.as_bytes()]), pos);
             receipt.pos = pos;
             batch.put_cf(self.cf(cf::RECEIPTS), &key, encode(&receipt));
             batch.put_cf(self.cf(cf::RECEIPTS_STREAM), with_u64(room.as_bytes(), pos), &key);
@@ -772,6 +821,9 @@ impl MetaStore for RocksStorage {
     }
 
     fn receipts_since(&self, room_id: &RoomId, since: StreamPos) -> Result<Vec<ReceiptRecord>> {
+        if !self.stamps.changed_after(Stream::Receipts, room_id.as_bytes(), since) {
+            return Ok(Vec::new());
+        }
         let room_prefix = prefix(room_id.as_bytes());
         let start = with_u64(room_id.as_bytes(), since.saturating_add(1));
         let mut keys_seen = BTreeSet::new();

@@ -68,6 +68,7 @@ impl RocksStorage {
         }
         if let Some((user_id, room_id)) = &push.sender_read {
             let key = keys::join(&[user_id.as_bytes(), room_id.as_bytes()]);
+            self.stamps.raise(super::stamps::Stream::ReadPosition, &key, pos);
             batch.put_cf(self.cf(cf::PUSH_SENT_READ), key, pos.to_be_bytes());
         }
     }
@@ -103,8 +104,12 @@ impl PushStore for RocksStorage {
         let mut start = prefix.clone();
         start.extend_from_slice(&after.saturating_add(1).to_be_bytes());
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(cf::PUSH_ROOM_NOTIFS), IteratorMode::From(&start, RDirection::Forward))
-        {
+        let iter = self.db.iterator_cf_opt(
+            self.cf(cf::PUSH_ROOM_NOTIFS),
+            super::bounded(&prefix),
+            IteratorMode::From(&start, RDirection::Forward),
+        );
+        for item in iter {
             let (key, value) = item.map_err(backend)?;
             if !key.starts_with(&prefix) {
                 break;
