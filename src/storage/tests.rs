@@ -920,3 +920,22 @@ storage_test!(change_skips_never_hide_a_change, |store, reopen| {
     assert!(store.member_events_after(room, start));
     assert!(!store.member_events_after(room, store.current_pos()));
 });
+
+storage_test!(unread_records_read_again_include_what_was_appended_since, |store, _reopen| {
+    let room = room_id!("!r:x");
+    let a = user_id!("@a:x");
+    let e1: OwnedEventId = event_id!("$u1").to_owned();
+    let e2: OwnedEventId = event_id!("$u2").to_owned();
+    let push = |id: &OwnedEventId, user: &str| PushWrites {
+        notifications: vec![notification(user, room, id, false, None)],
+        ..Default::default()
+    };
+    assert!(store.room_notifications(a, room, 0).unwrap().is_empty());
+    let p1 = push_append(&*store, room, &e1, push(&e1, "@a:x"));
+    assert_eq!(store.room_notifications(a, room, 0).unwrap().iter().map(|n| n.pos).collect::<Vec<_>>(), [p1]);
+    let p2 = push_append(&*store, room, &e2, push(&e2, "@a:x"));
+    assert_eq!(store.room_notifications(a, room, 0).unwrap().iter().map(|n| n.pos).collect::<Vec<_>>(), [p1, p2]);
+    assert_eq!(store.room_notifications(a, room, p1).unwrap().iter().map(|n| n.pos).collect::<Vec<_>>(), [p2]);
+    assert!(store.room_notifications(a, room, p2).unwrap().is_empty());
+    assert!(store.room_notifications(user_id!("@b:x"), room, 0).unwrap().is_empty(), "only a's records");
+});

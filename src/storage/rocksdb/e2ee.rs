@@ -88,15 +88,48 @@ impl RocksStorage {
         self.delete_device_material(&mut batch, user_id, device_id)?;
         build(&mut batch);
         let prev = self.previous_change(user_id)?;
-        let pos = self.write_prepared_at_new_pos(KIND_DEVICE_LIST, batch, |batch, pos| {
+        let written = self.write_prepared_at_new_pos(KIND_DEVICE_LIST, batch, |batch, pos| {
             self.put_change(batch, user_id, pos);
-        })?;
-        Ok(DeviceListChange { pos, prev })
+        });
+        self.device_keys.written([&*join(&[user_id.as_bytes(), device_id.as_bytes()])]);
+        Ok(DeviceListChange { pos: written?, prev })
     }
-}
 
-impl KeyStore for RocksStorage {
-    fn upload_keys(
+    fn claim_key_inner(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        algorithm: &str,
+    ) -> Result<Option<(String, Box<RawValue>)>> {
+        let _guard = self.create_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let device = join(&[user_id.as_bytes(), device_id.as_bytes()]);
+        let run = prefix(&join(&[&device, algorithm.as_bytes()]));
+        let first = self
+            .db
+            .iterator_cf(self.cf(cf::ONE_TIME_KEYS), IteratorMode::From(&run, RDirection::Forward))
+            .next()
+            .transpose()
+            .map_err(backend)?
+            .filter(|(key, _)| key.starts_with(&run));
+        if let Some((key, value)) = first {
+            let key_id = decode_str(cf::ONE_TIME_KEYS, &key[run.len()..])?;
+            let mut batch = WriteBatch::default();
+            batch.delete_cf(self.cf(cf::ONE_TIME_KEYS), &key);
+            self.write(batch)?;
+            return Ok(Some((format!("{algorithm}:{key_id}"), raw(cf::ONE_TIME_KEYS, &value)?)));
+        }
+        let fallback = join(&[&device, algorithm.as_bytes()]);
+        let Some(mut record) = self.get_json::<FallbackKey>(cf::FALLBACK_KEYS, &fallback)? else { return Ok(None) };
+        if !record.used {
+            record.used = true;
+            let mut batch = WriteBatch::default();
+            batch.put_cf(self.cf(cf::FALLBACK_KEYS), &fallback, encode(&record));
+            self.write(batch)?;
+        }
+        Ok(Some((record.key_id, record.key)))
+    }
+
+    fn upload_keys_inner(
         &self,
         user_id: &UserId,
         device_id: &DeviceId,
@@ -132,6 +165,46 @@ impl KeyStore for RocksStorage {
         Ok(Some(DeviceListChange { pos, prev }))
     }
 
+    fn key_summary(&self, user_id: &UserId, device_id: &DeviceId) -> Result<KeySummary> {
+        let device = join(&[user_id.as_bytes(), device_id.as_bytes()]);
+        let generation = match self.device_keys.get(&*device) {
+            Ok(summary) => return Ok(summary),
+            Err(generation) => generation,
+        };
+        let run = prefix(&device);
+        let mut counts = BTreeMap::new();
+        for (key, _) in self.scan_prefix(cf::ONE_TIME_KEYS, &run)? {
+            let rest = &key[run.len()..];
+            let algorithm = rest.split(|b| *b == SEP).next().unwrap_or(rest);
+            *counts.entry(decode_str(cf::ONE_TIME_KEYS, algorithm)?).or_insert(0) += 1;
+        }
+        let mut types = Vec::new();
+        for (key, value) in self.scan_prefix(cf::FALLBACK_KEYS, &run)? {
+            let record: FallbackKey = decode(cf::FALLBACK_KEYS, &value)?;
+            if !record.used {
+                types.push(decode_str(cf::FALLBACK_KEYS, &key[run.len()..])?);
+            }
+        }
+        let summary = (counts, types);
+        self.device_keys.store(device, generation, &summary);
+        Ok(summary)
+    }
+}
+
+/// A device's one-time key counts by algorithm and its unused fallback key algorithms.
+pub(super) type KeySummary = (BTreeMap<String, u64>, Vec<String>);
+
+impl KeyStore for RocksStorage {
+    fn upload_keys(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        upload: KeyUpload,
+    ) -> Result<Option<DeviceListChange>> {
+        let uploaded = self.upload_keys_inner(user_id, device_id, upload);
+        self.device_keys.written([&*join(&[user_id.as_bytes(), device_id.as_bytes()])]);
+        uploaded
+    }
     fn device_keys(&self, user_id: &UserId) -> Result<Vec<(OwnedDeviceId, Box<RawValue>)>> {
         let user = prefix(user_id.as_bytes());
         self.scan_prefix(cf::DEVICE_KEYS, &user)?
@@ -153,26 +226,11 @@ impl KeyStore for RocksStorage {
     }
 
     fn one_time_key_counts(&self, user_id: &UserId, device_id: &DeviceId) -> Result<BTreeMap<String, u64>> {
-        let device = prefix(&join(&[user_id.as_bytes(), device_id.as_bytes()]));
-        let mut counts = BTreeMap::new();
-        for (key, _) in self.scan_prefix(cf::ONE_TIME_KEYS, &device)? {
-            let rest = &key[device.len()..];
-            let algorithm = rest.split(|b| *b == SEP).next().unwrap_or(rest);
-            *counts.entry(decode_str(cf::ONE_TIME_KEYS, algorithm)?).or_insert(0) += 1;
-        }
-        Ok(counts)
+        Ok(self.key_summary(user_id, device_id)?.0)
     }
 
     fn unused_fallback_key_types(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Vec<String>> {
-        let device = prefix(&join(&[user_id.as_bytes(), device_id.as_bytes()]));
-        let mut types = Vec::new();
-        for (key, value) in self.scan_prefix(cf::FALLBACK_KEYS, &device)? {
-            let record: FallbackKey = decode(cf::FALLBACK_KEYS, &value)?;
-            if !record.used {
-                types.push(decode_str(cf::FALLBACK_KEYS, &key[device.len()..])?);
-            }
-        }
-        Ok(types)
+        Ok(self.key_summary(user_id, device_id)?.1)
     }
 
     fn claim_key(
@@ -181,34 +239,10 @@ impl KeyStore for RocksStorage {
         device_id: &DeviceId,
         algorithm: &str,
     ) -> Result<Option<(String, Box<RawValue>)>> {
-        let _guard = self.create_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let device = join(&[user_id.as_bytes(), device_id.as_bytes()]);
-        let run = prefix(&join(&[&device, algorithm.as_bytes()]));
-        let first = self
-            .db
-            .iterator_cf(self.cf(cf::ONE_TIME_KEYS), IteratorMode::From(&run, RDirection::Forward))
-            .next()
-            .transpose()
-            .map_err(backend)?
-            .filter(|(key, _)| key.starts_with(&run));
-        if let Some((key, value)) = first {
-            let key_id = decode_str(cf::ONE_TIME_KEYS, &key[run.len()..])?;
-            let mut batch = WriteBatch::default();
-            batch.delete_cf(self.cf(cf::ONE_TIME_KEYS), &key);
-            self.write(batch)?;
-            return Ok(Some((format!("{algorithm}:{key_id}"), raw(cf::ONE_TIME_KEYS, &value)?)));
-        }
-        let fallback = join(&[&device, algorithm.as_bytes()]);
-        let Some(mut record) = self.get_json::<FallbackKey>(cf::FALLBACK_KEYS, &fallback)? else { return Ok(None) };
-        if !record.used {
-            record.used = true;
-            let mut batch = WriteBatch::default();
-            batch.put_cf(self.cf(cf::FALLBACK_KEYS), &fallback, encode(&record));
-            self.write(batch)?;
-        }
-        Ok(Some((record.key_id, record.key)))
+        let claimed = self.claim_key_inner(user_id, device_id, algorithm);
+        self.device_keys.written([&*join(&[user_id.as_bytes(), device_id.as_bytes()])]);
+        claimed
     }
-
     fn cross_signing_keys(&self, user_id: &UserId) -> Result<CrossSigningKeys> {
         Ok(self.get_json(cf::CROSS_SIGNING_KEYS, user_id.as_bytes())?.unwrap_or_default())
     }

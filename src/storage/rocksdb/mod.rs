@@ -16,9 +16,10 @@ mod keys;
 mod media;
 mod outbox;
 mod push;
+mod read_cache;
 mod schema;
 mod stamps;
-mod user_rooms;
+mod unread;
 
 use std::{
     collections::BTreeSet,
@@ -103,8 +104,12 @@ pub struct RocksStorage {
     positions: Positions,
     /// Last change positions that let stream readers skip empty scans (see stamps.rs).
     stamps: Stamps,
-    /// `rooms_of_user` answers (see user_rooms.rs).
-    user_rooms: user_rooms::UserRooms,
+    /// `rooms_of_user` answers (see read_cache.rs), weighed in room records.
+    user_rooms: read_cache::ReadCache<OwnedUserId, Vec<(OwnedRoomId, MembershipRecord)>>,
+    /// A device's one-time key counts and unused fallback key types (key: `user SEP device`).
+    device_keys: read_cache::ReadCache<Vec<u8>, e2ee::KeySummary>,
+    /// Notification records after a user's read position in a room (see unread.rs).
+    unread: unread::Unread,
     next_state_group: AtomicU64,
     /// The next federation outbox sequence number (see outbox.rs).
     next_outbox_seq: AtomicU64,
@@ -195,7 +200,9 @@ impl RocksStorage {
             commit: commit::GroupCommit::new(sync_writes),
             positions: Positions::new(last_pos),
             stamps: Stamps::new(last_pos),
-            user_rooms: user_rooms::UserRooms::default(),
+            user_rooms: read_cache::ReadCache::new(200_000, Vec::len),
+            device_keys: read_cache::ReadCache::new(200_000, |(counts, types)| counts.len() + types.len()),
+            unread: unread::Unread::default(),
             next_state_group: AtomicU64::new(last_group + 1),
             next_outbox_seq: AtomicU64::new(last_outbox_seq + 1),
             create_lock: Mutex::new(()),
@@ -410,7 +417,10 @@ impl RoomStore for RocksStorage {
         let room_id = append.event.room_id.clone();
         let room = room_id.as_bytes();
         let members: Vec<OwnedUserId> = append.memberships.iter().map(|(user_id, _, _)| user_id.clone()).collect();
+        let notified: Vec<_> = append.push.notifications.iter().map(push::unread_record).collect();
+        let mut appended_at = None;
         let written = self.write_pending_at_new_pos(KIND_EVENT, |batch, pos| {
+            appended_at = Some(pos);
             let mut event = append.event;
             event.pos = Some(pos);
             if let Some(record) = &append.new_room {
@@ -462,6 +472,19 @@ impl RoomStore for RocksStorage {
         });
         if !members.is_empty() {
             self.user_rooms.written(members.iter().map(|u| &**u));
+        }
+        if let (Ok(_), Some(pos)) = (&written, appended_at)
+            && !notified.is_empty()
+        {
+            self.unread.written(
+                notified
+                    .into_iter()
+                    .map(|(key, mut record)| {
+                        record.pos = pos;
+                        (key, record)
+                    })
+                    .collect(),
+            );
         }
         written
     }
@@ -614,7 +637,7 @@ impl RoomStore for RocksStorage {
                 Ok((parse_id(cf::USER_ROOMS, &key[user_prefix.len()..])?, decode(cf::USER_ROOMS, value)?))
             })
             .collect::<Result<_>>()?;
-        self.user_rooms.store(user_id, generation, &list);
+        self.user_rooms.store(user_id.to_owned(), generation, &list);
         Ok(list)
     }
 

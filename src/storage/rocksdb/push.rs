@@ -43,6 +43,15 @@ fn pusher_index_key(app_id: &str, pushkey: &str, user_id: &[u8]) -> Vec<u8> {
     keys::join(&[app_id.as_bytes(), pushkey.as_bytes(), user_id])
 }
 
+/// A notification record as the unread cache holds it: (`user SEP room`, entry without its
+/// position, which the append fills in).
+pub(super) fn unread_record(record: &NotificationRecord) -> (Vec<u8>, UnreadEntry) {
+    (
+        keys::join(&[record.user_id.as_bytes(), record.room_id.as_bytes()]),
+        UnreadEntry { pos: 0, notify: record.notify, highlight: record.highlight, thread_id: record.thread_id.clone() },
+    )
+}
+
 impl RocksStorage {
     /// Adds an event's push records to its append batch (called by `append_event`).
     pub(super) fn write_push(&self, batch: &mut WriteBatch, pos: StreamPos, push: &PushWrites) {
@@ -100,6 +109,11 @@ impl RocksStorage {
 
 impl PushStore for RocksStorage {
     fn room_notifications(&self, user_id: &UserId, room_id: &RoomId, after: StreamPos) -> Result<Vec<UnreadEntry>> {
+        let cache_key = keys::join(&[user_id.as_bytes(), room_id.as_bytes()]);
+        let generation = match self.unread.get(&cache_key, after) {
+            Ok(list) => return Ok(list),
+            Err(generation) => generation,
+        };
         let prefix = room_prefix(user_id, room_id);
         let mut start = prefix.clone();
         start.extend_from_slice(&after.saturating_add(1).to_be_bytes());
@@ -128,6 +142,7 @@ impl PushStore for RocksStorage {
                 thread_id,
             });
         }
+        self.unread.store(cache_key, after, generation, &out);
         Ok(out)
     }
 
