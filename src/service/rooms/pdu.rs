@@ -155,7 +155,12 @@ impl Pdu {
 
     /// A string field of the content.
     pub fn content_str(&self, field: &str) -> Option<String> {
-        self.content_value().get(field).and_then(Value::as_str).map(str::to_owned)
+        // The top level only, values left as raw JSON (membership checks run per event and
+        // per user in /sync); keys with escapes cannot borrow, so they take the full parse.
+        match serde_json::from_str::<std::collections::HashMap<&str, &RawValue>>(self.content.get()) {
+            Ok(fields) => fields.get(field).and_then(|raw| serde_json::from_str::<String>(raw.get()).ok()),
+            Err(_) => self.content_value().get(field).and_then(Value::as_str).map(str::to_owned),
+        }
     }
 
     /// The membership in an `m.room.member` event.
@@ -278,4 +283,45 @@ pub fn redacts_in_content(version: &RoomVersionId) -> bool {
             | RoomVersionId::V9
             | RoomVersionId::V10
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pdu(content: &str) -> Pdu {
+        let json = format!(
+            r#"{{"type":"m.room.member","state_key":"@a:x","sender":"@a:x","room_id":"!r:x","origin_server_ts":1,"content":{content}}}"#
+        );
+        let stored = StoredEvent {
+            pdu: RawValue::from_string(json).unwrap(),
+            room_id: ruma::owned_room_id!("!r:x"),
+            pos: None,
+            rejected: false,
+            soft_failed: false,
+            state_before: None,
+            replaces_state: None,
+            txn: None,
+            redacted_because: None,
+        };
+        Pdu::from_stored(ruma::owned_event_id!("$e"), stored).unwrap()
+    }
+
+    #[test]
+    fn content_fields_are_read_from_any_content() {
+        assert_eq!(pdu(r#"{"membership":"join","displayname":"A"}"#).membership().as_deref(), Some("join"));
+        assert_eq!(pdu(r#"{"membership":"le\u0061ve"}"#).membership().as_deref(), Some("leave"), "escaped value");
+        assert_eq!(pdu(r#"{"memb\u0065rship":"ban"}"#).membership().as_deref(), Some("ban"), "escaped key");
+        assert_eq!(pdu(r#"{"membership":5}"#).membership(), None);
+        assert_eq!(pdu(r#"[1,2]"#).membership(), None);
+        assert_eq!(pdu(r#"{"nested":{"membership":"join"}}"#).membership(), None, "top level only");
+    }
+
+    #[test]
+    fn the_client_head_is_the_fixed_part_of_the_client_event() {
+        let event = pdu(r#"{"membership":"join"}"#);
+        let json: Value = serde_json::from_str(&format!("{}}}", event.client_head())).unwrap();
+        let expected: Value = Value::Object(event.client_json(false));
+        assert_eq!(json, expected);
+    }
 }
