@@ -88,11 +88,13 @@ impl RocksStorage {
         self.delete_device_material(&mut batch, user_id, device_id)?;
         build(&mut batch);
         let prev = self.previous_change(user_id)?;
-        let written = self.write_prepared_at_new_pos(KIND_DEVICE_LIST, batch, |batch, pos| {
-            self.put_change(batch, user_id, pos);
-        });
-        self.device_keys.written([&*join(&[user_id.as_bytes(), device_id.as_bytes()])]);
-        Ok(DeviceListChange { pos: written?, prev })
+        let pos = self.write_prepared_at_new_pos(
+            KIND_DEVICE_LIST,
+            batch,
+            |batch, pos| self.put_change(batch, user_id, pos),
+            |_| self.device_keys.written([&*join(&[user_id.as_bytes(), device_id.as_bytes()])]),
+        )?;
+        Ok(DeviceListChange { pos, prev })
     }
 
     fn claim_key_inner(
@@ -161,7 +163,8 @@ impl RocksStorage {
         let keys = upload.device_keys.expect("changed implies present");
         batch.put_cf(self.cf(cf::DEVICE_KEYS), &device, keys.get().as_bytes());
         let prev = self.previous_change(user_id)?;
-        let pos = self.write_prepared_at_new_pos(KIND_DEVICE_LIST, batch, |b, pos| self.put_change(b, user_id, pos))?;
+        let pos =
+            self.write_prepared_at_new_pos(KIND_DEVICE_LIST, batch, |b, pos| self.put_change(b, user_id, pos), |_| {})?;
         Ok(Some(DeviceListChange { pos, prev }))
     }
 

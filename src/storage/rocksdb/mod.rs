@@ -243,37 +243,49 @@ impl RocksStorage {
     /// Writes a batch that occupies a fresh stream position; the position becomes
     /// visible once it (and every earlier one) is durable.
     fn write_at_new_pos(&self, kind: u8, build: impl FnOnce(&mut WriteBatch, StreamPos)) -> Result<StreamPos> {
-        self.write_prepared_at_new_pos(kind, WriteBatch::default(), build)
+        self.write_prepared_at_new_pos(kind, WriteBatch::default(), build, |_| {})
     }
 
     /// `write_at_new_pos` for a batch that already holds the writes that need no position.
+    /// `written` runs once the batch is in RocksDB and before the position can become
+    /// visible: the place to update in-memory caches a stream reader trusts.
     fn write_prepared_at_new_pos(
         &self,
         kind: u8,
         mut batch: WriteBatch,
         build: impl FnOnce(&mut WriteBatch, StreamPos),
+        written: impl FnOnce(StreamPos),
     ) -> Result<StreamPos> {
         let pos = self.positions.allocate();
         batch.put_cf(self.cf(cf::STREAM), u64_key(pos), [kind]);
         build(&mut batch, pos);
         let result = self.write(batch);
+        if result.is_ok() {
+            written(pos);
+        }
         self.positions.finish(pos);
         result.map(|()| pos)
     }
 
     /// Writes a batch at a fresh stream position without syncing the WAL: readable at
-    /// once, visible to stream readers once a `wait_durable` covers its ticket.
+    /// once, visible to stream readers once a `wait_durable` covers its ticket. `written`
+    /// runs once the batch is in RocksDB and before the position is handed to the group
+    /// commit (after which another thread's sync can make it visible).
     fn write_pending_at_new_pos(
         &self,
         kind: u8,
         build: impl FnOnce(&mut WriteBatch, StreamPos),
+        written: impl FnOnce(StreamPos),
     ) -> Result<(StreamPos, WriteTicket)> {
         let pos = self.positions.allocate();
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(cf::STREAM), u64_key(pos), [kind]);
         build(&mut batch, pos);
         match self.db.write_opt(batch, &self.pending_opts) {
-            Ok(()) => Ok((pos, self.commit.written(&self.positions, Some(pos)))),
+            Ok(()) => {
+                written(pos);
+                Ok((pos, self.commit.written(&self.positions, Some(pos))))
+            }
             Err(e) => {
                 self.positions.finish(pos);
                 Err(backend(e))
@@ -418,75 +430,77 @@ impl RoomStore for RocksStorage {
         let room = room_id.as_bytes();
         let members: Vec<OwnedUserId> = append.memberships.iter().map(|(user_id, _, _)| user_id.clone()).collect();
         let notified: Vec<_> = append.push.notifications.iter().map(push::unread_record).collect();
-        let mut appended_at = None;
-        let written = self.write_pending_at_new_pos(KIND_EVENT, |batch, pos| {
-            appended_at = Some(pos);
-            let mut event = append.event;
-            event.pos = Some(pos);
-            if let Some(record) = &append.new_room {
-                batch.put_cf(self.cf(cf::ROOMS), room, encode(record));
+        // The caches are brought up to date before the position can become visible.
+        let update_caches = |pos: StreamPos| {
+            if !members.is_empty() {
+                self.user_rooms.written(members.iter().map(|u| &**u));
             }
-            for (id, group) in &append.new_state_groups {
-                batch.put_cf(self.cf(cf::STATE_GROUPS), u64_key(*id), encode(group));
-            }
-            let mut entry = append.state_after.to_be_bytes().to_vec();
-            entry.extend_from_slice(append.event_id.as_bytes());
-            batch.put_cf(self.cf(cf::TIMELINE), with_u64(room, pos), entry);
-            batch.put_cf(
-                self.cf(cf::STREAM_EVENTS),
-                u64_key(pos),
-                appservice::stream_event_value(room, append.event_id.as_bytes()),
-            );
-            let head = RoomHead {
-                state_group: append.state_after,
-                extremities: append.extremities,
-                depth: append.depth,
-                last_pos: pos,
-                last_bump: if append.bumps { Some(pos) } else { append.last_bump },
-            };
-            batch.put_cf(self.cf(cf::ROOM_HEADS), room, encode(&head));
-            // Conservative: any event whose JSON names the member type counts.
-            if !append.memberships.is_empty() || event.pdu.get().contains(r#""type":"m.room.member""#) {
-                self.stamps.raise(Stream::Members, room, pos);
-            }
-            for (user_id, membership, event_id) in &append.memberships {
-                let record = MembershipRecord { membership: membership.clone(), event_id: event_id.clone(), pos };
-                batch.put_cf(self.cf(cf::USER_ROOMS), join(&[user_id.as_bytes(), room]), encode(&record));
-                batch.put_cf(self.cf(cf::ROOM_MEMBERS), join(&[room, user_id.as_bytes()]), membership.as_bytes());
-                if membership == "join" || membership == "invite" || membership == "knock" {
-                    batch.delete_cf(self.cf(cf::FORGOTTEN), join(&[user_id.as_bytes(), room]));
-                }
-            }
-            if let Some((user_id, session_id, txn_key)) = &append.txn_key {
-                batch.put_cf(
-                    self.cf(cf::TXNS),
-                    join(&[user_id.as_bytes(), session_id.as_bytes(), txn_key.as_bytes()]),
-                    append.event_id.as_bytes(),
+            if !notified.is_empty() {
+                self.unread.written(
+                    notified
+                        .into_iter()
+                        .map(|(key, mut record)| {
+                            record.pos = pos;
+                            (key, record)
+                        })
+                        .collect(),
                 );
             }
-            if let Some((redacted_id, redacted)) = &append.redact {
-                batch.put_cf(self.cf(cf::EVENTS), redacted_id.as_bytes(), encode(redacted));
-            }
-            batch.put_cf(self.cf(cf::EVENTS), append.event_id.as_bytes(), encode(&event));
-            self.write_push(batch, pos, &append.push);
-        });
-        if !members.is_empty() {
-            self.user_rooms.written(members.iter().map(|u| &**u));
-        }
-        if let (Ok(_), Some(pos)) = (&written, appended_at)
-            && !notified.is_empty()
-        {
-            self.unread.written(
-                notified
-                    .into_iter()
-                    .map(|(key, mut record)| {
-                        record.pos = pos;
-                        (key, record)
-                    })
-                    .collect(),
-            );
-        }
-        written
+        };
+        self.write_pending_at_new_pos(
+            KIND_EVENT,
+            |batch, pos| {
+                let mut event = append.event;
+                event.pos = Some(pos);
+                if let Some(record) = &append.new_room {
+                    batch.put_cf(self.cf(cf::ROOMS), room, encode(record));
+                }
+                for (id, group) in &append.new_state_groups {
+                    batch.put_cf(self.cf(cf::STATE_GROUPS), u64_key(*id), encode(group));
+                }
+                let mut entry = append.state_after.to_be_bytes().to_vec();
+                entry.extend_from_slice(append.event_id.as_bytes());
+                batch.put_cf(self.cf(cf::TIMELINE), with_u64(room, pos), entry);
+                batch.put_cf(
+                    self.cf(cf::STREAM_EVENTS),
+                    u64_key(pos),
+                    appservice::stream_event_value(room, append.event_id.as_bytes()),
+                );
+                let head = RoomHead {
+                    state_group: append.state_after,
+                    extremities: append.extremities,
+                    depth: append.depth,
+                    last_pos: pos,
+                    last_bump: if append.bumps { Some(pos) } else { append.last_bump },
+                };
+                batch.put_cf(self.cf(cf::ROOM_HEADS), room, encode(&head));
+                // Conservative: any event whose JSON names the member type counts.
+                if !append.memberships.is_empty() || event.pdu.get().contains(r#""type":"m.room.member""#) {
+                    self.stamps.raise(Stream::Members, room, pos);
+                }
+                for (user_id, membership, event_id) in &append.memberships {
+                    let record = MembershipRecord { membership: membership.clone(), event_id: event_id.clone(), pos };
+                    batch.put_cf(self.cf(cf::USER_ROOMS), join(&[user_id.as_bytes(), room]), encode(&record));
+                    batch.put_cf(self.cf(cf::ROOM_MEMBERS), join(&[room, user_id.as_bytes()]), membership.as_bytes());
+                    if membership == "join" || membership == "invite" || membership == "knock" {
+                        batch.delete_cf(self.cf(cf::FORGOTTEN), join(&[user_id.as_bytes(), room]));
+                    }
+                }
+                if let Some((user_id, session_id, txn_key)) = &append.txn_key {
+                    batch.put_cf(
+                        self.cf(cf::TXNS),
+                        join(&[user_id.as_bytes(), session_id.as_bytes(), txn_key.as_bytes()]),
+                        append.event_id.as_bytes(),
+                    );
+                }
+                if let Some((redacted_id, redacted)) = &append.redact {
+                    batch.put_cf(self.cf(cf::EVENTS), redacted_id.as_bytes(), encode(redacted));
+                }
+                batch.put_cf(self.cf(cf::EVENTS), append.event_id.as_bytes(), encode(&event));
+                self.write_push(batch, pos, &append.push);
+            },
+            update_caches,
+        )
     }
 
     fn store_outliers(
@@ -543,16 +557,16 @@ impl RoomStore for RocksStorage {
         event: StoredEvent,
     ) -> Result<StreamPos> {
         let room = event.room_id.clone();
-        let written = self.write_at_new_pos(KIND_EVENT, |batch, pos| {
+        let build = |batch: &mut WriteBatch, pos| {
             let record = MembershipRecord { membership: membership.to_owned(), event_id: event_id.to_owned(), pos };
             batch.put_cf(self.cf(cf::USER_ROOMS), join(&[user_id.as_bytes(), room.as_bytes()]), encode(&record));
             if membership == "invite" {
                 batch.delete_cf(self.cf(cf::FORGOTTEN), join(&[user_id.as_bytes(), room.as_bytes()]));
             }
             batch.put_cf(self.cf(cf::EVENTS), event_id.as_bytes(), encode(&event));
-        });
-        self.user_rooms.written([user_id]);
-        written
+        };
+        // The cached room list is dropped before the position can become visible.
+        self.write_prepared_at_new_pos(KIND_EVENT, WriteBatch::default(), build, |_| self.user_rooms.written([user_id]))
     }
 
     fn event(&self, event_id: &EventId) -> Result<Option<StoredEvent>> {

@@ -3,7 +3,8 @@
 //!
 //! An entry answers only for the read position it was read at (a new receipt or an own
 //! event moves the position, and the next read misses). New records are added to existing
-//! entries after their batch is written, in position order, never twice; a reader stores
+//! entries after their batch is written and before their position can become visible, in
+//! position order, never twice; a reader stores
 //! what it read only if no record was added since it noted the generation, so a list read
 //! before a write is never cached after it. Bounded by the records held.
 
