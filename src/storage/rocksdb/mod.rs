@@ -474,8 +474,9 @@ impl RoomStore for RocksStorage {
                     last_bump: if append.bumps { Some(pos) } else { append.last_bump },
                 };
                 batch.put_cf(self.cf(cf::ROOM_HEADS), room, encode(&head));
-                // Conservative: any event whose JSON names the member type counts.
-                if !append.memberships.is_empty() || event.pdu.get().contains(r#""type":"m.room.member""#) {
+                // Conservative: any event whose JSON mentions the member type counts (a PDU
+                // from another server is kept as it came, spacing included).
+                if !append.memberships.is_empty() || event.pdu.get().contains("m.room.member") {
                     self.stamps.raise(Stream::Members, room, pos);
                 }
                 for (user_id, membership, event_id) in &append.memberships {
