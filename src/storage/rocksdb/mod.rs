@@ -19,7 +19,6 @@ mod push;
 mod read_cache;
 mod schema;
 mod stamps;
-mod unread;
 
 use std::{
     collections::BTreeSet,
@@ -41,8 +40,8 @@ use tokio::sync::watch;
 
 use super::{
     AppendEvent, DeviceRecord, Direction, MembershipRecord, MetaStore, ReceiptRecord, Result, RoomHead, RoomRecord,
-    RoomStore, StateGroup, StateGroupId, StorageError, StoredEvent, StreamPos, StreamStore, TokenRecord, UserRecord,
-    UserStore, WriteTicket, e2ee::DeviceListChange,
+    RoomStore, StateGroup, StateGroupId, StorageError, StoredEvent, StreamPos, StreamStore, TokenRecord, UnreadEntry,
+    UserRecord, UserStore, WriteTicket, e2ee::DeviceListChange,
 };
 use keys::{join, prefix, trailing_u64, u64_key, with_u64};
 use schema as cf;
@@ -108,8 +107,8 @@ pub struct RocksStorage {
     user_rooms: read_cache::ReadCache<OwnedUserId, Vec<(OwnedRoomId, MembershipRecord)>>,
     /// A device's one-time key counts and unused fallback key types (key: `user SEP device`).
     device_keys: read_cache::ReadCache<Vec<u8>, e2ee::KeySummary>,
-    /// Notification records after a user's read position in a room (see unread.rs).
-    unread: unread::Unread,
+    /// Notification records after a user's read position in a room (key: `user SEP room`).
+    unread: read_cache::ReadCache<Vec<u8>, read_cache::Unread>,
     next_state_group: AtomicU64,
     /// The next federation outbox sequence number (see outbox.rs).
     next_outbox_seq: AtomicU64,
@@ -202,7 +201,7 @@ impl RocksStorage {
             stamps: Stamps::new(last_pos),
             user_rooms: read_cache::ReadCache::new(200_000, Vec::len),
             device_keys: read_cache::ReadCache::new(200_000, |(counts, types)| counts.len() + types.len()),
-            unread: unread::Unread::default(),
+            unread: read_cache::ReadCache::new(200_000, |(_, records)| records.len()),
             next_state_group: AtomicU64::new(last_group + 1),
             next_outbox_seq: AtomicU64::new(last_outbox_seq + 1),
             create_lock: Mutex::new(()),
@@ -436,15 +435,8 @@ impl RoomStore for RocksStorage {
                 self.user_rooms.written(members.iter().map(|u| &**u));
             }
             if !notified.is_empty() {
-                self.unread.written(
-                    notified
-                        .into_iter()
-                        .map(|(key, mut record)| {
-                            record.pos = pos;
-                            (key, record)
-                        })
-                        .collect(),
-                );
+                let changes = notified.iter().map(|(key, record)| (&**key, UnreadEntry { pos, ..record.clone() }));
+                self.unread.written_with(changes, read_cache::add_unread);
             }
         };
         self.write_pending_at_new_pos(

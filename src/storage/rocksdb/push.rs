@@ -110,8 +110,8 @@ impl RocksStorage {
 impl PushStore for RocksStorage {
     fn room_notifications(&self, user_id: &UserId, room_id: &RoomId, after: StreamPos) -> Result<Vec<UnreadEntry>> {
         let cache_key = keys::join(&[user_id.as_bytes(), room_id.as_bytes()]);
-        let generation = match self.unread.get(&cache_key, after) {
-            Ok(list) => return Ok(list),
+        let generation = match self.unread.get_if(&*cache_key, |(read, _)| *read == after) {
+            Ok((_, list)) => return Ok(list),
             Err(generation) => generation,
         };
         let prefix = room_prefix(user_id, room_id);
@@ -142,8 +142,9 @@ impl PushStore for RocksStorage {
                 thread_id,
             });
         }
-        self.unread.store(cache_key, after, generation, &out);
-        Ok(out)
+        let answer = (after, out);
+        self.unread.store(cache_key, generation, &answer);
+        Ok(answer.1)
     }
 
     fn user_notifications(&self, user_id: &UserId, before: StreamPos, limit: usize) -> Result<Vec<NotificationRecord>> {

@@ -1,6 +1,9 @@
 //! Caches of small per-key answers that every sync asks for: a user's room list
-//! (`rooms_of_user`: a prefix scan plus a JSON decode per room) and a device's one-time key
-//! counts and unused fallback key types (two prefix scans over up to a hundred keys).
+//! (`rooms_of_user`: a prefix scan plus a JSON decode per room), a device's one-time key
+//! counts and unused fallback key types (two prefix scans over up to a hundred keys), and the
+//! notification records of a user in a room after their read position (`room_notifications`,
+//! counted for every room a sync response carries; an entry answers only for the read position
+//! it was read at, and new records are added to it by the append that writes them).
 //!
 //! Invalidation: a writer drops the key's entry and bumps `generation` after its batch is
 //! written (for a write at a stream position: before the position can become visible, see
@@ -36,8 +39,16 @@ impl<K: Hash + Eq, V: Clone> ReadCache<K, V> {
     where
         K: Borrow<Q>,
     {
+        self.get_if(key, |_| true)
+    }
+
+    /// `get`, where an entry answers only when `usable` holds for it.
+    pub fn get_if<Q: Hash + Eq + ?Sized>(&self, key: &Q, usable: impl Fn(&V) -> bool) -> Result<V, u64>
+    where
+        K: Borrow<Q>,
+    {
         let inner = self.lock();
-        inner.entries.get(key).cloned().ok_or(inner.generation)
+        inner.entries.get(key).filter(|v| usable(v)).cloned().ok_or(inner.generation)
     }
 
     /// Caches an answer read from RocksDB when no write finished since `generation`.
@@ -69,6 +80,40 @@ impl<K: Hash + Eq, V: Clone> ReadCache<K, V> {
                 inner.weight -= (self.weigh)(&old) + 1;
             }
         }
+    }
+
+    /// `written` for changes the cache can follow: `apply` brings each cached answer up to
+    /// date with its change instead of dropping it.
+    pub fn written_with<'a, Q: Hash + Eq + ?Sized + 'a, C>(
+        &self,
+        changes: impl IntoIterator<Item = (&'a Q, C)>,
+        apply: impl Fn(&mut V, C),
+    ) where
+        K: Borrow<Q>,
+    {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        for (key, change) in changes {
+            let Some(value) = inner.entries.get_mut(key) else { continue };
+            let before = (self.weigh)(value);
+            apply(value, change);
+            let after = (self.weigh)(value);
+            inner.weight = inner.weight + after - before;
+        }
+    }
+}
+
+/// A cached `room_notifications` answer: the read position and the records after it.
+pub(super) type Unread = (crate::storage::StreamPos, Vec<crate::storage::UnreadEntry>);
+
+/// Adds a record just written to a cached answer: once, in position order, if after its read
+/// position.
+pub(super) fn add_unread((read, list): &mut Unread, record: crate::storage::UnreadEntry) {
+    if record.pos <= *read {
+        return;
+    }
+    if let Err(at) = list.binary_search_by_key(&record.pos, |r| r.pos) {
+        list.insert(at, record);
     }
 }
 
@@ -102,5 +147,36 @@ mod tests {
         }
         assert!(cache.get(&0).is_err(), "the third entry (weight 4 + 8) emptied the cache");
         assert!(cache.get(&2).is_ok());
+    }
+
+    fn entry(pos: crate::storage::StreamPos) -> crate::storage::UnreadEntry {
+        crate::storage::UnreadEntry { pos, notify: true, highlight: false, thread_id: None }
+    }
+
+    fn unread_cache() -> ReadCache<Vec<u8>, Unread> {
+        ReadCache::new(200_000, |(_, list)| list.len())
+    }
+
+    #[test]
+    fn new_records_join_cached_lists_once_and_in_order() {
+        let cache = unread_cache();
+        let key = b"@a:x\xff!r:x".to_vec();
+        let at_5 = |(read, _): &Unread| *read == 5;
+        let generation = cache.get_if(&*key, at_5).unwrap_err();
+        cache.store(key.clone(), generation, &(5, vec![entry(7)]));
+        assert_eq!(cache.get_if(&*key, at_5).unwrap().1, [entry(7)]);
+        assert!(cache.get_if(&*key, |(read, _)| *read == 7).is_err(), "another read position misses");
+        cache.written_with([(&*key, entry(9)), (&*key, entry(7)), (&*key, entry(8))], add_unread);
+        assert_eq!(cache.get_if(&*key, at_5).unwrap().1, [entry(7), entry(8), entry(9)]);
+    }
+
+    #[test]
+    fn a_list_read_before_a_record_is_written_is_not_cached_after_it() {
+        let cache = unread_cache();
+        let key = b"@a:x\xff!r:x".to_vec();
+        let generation = cache.get(&*key).unwrap_err();
+        cache.written_with([(&*key, entry(3))], add_unread);
+        cache.store(key.clone(), generation, &(0, Vec::new()));
+        assert!(cache.get(&*key).is_err());
     }
 }
