@@ -33,6 +33,8 @@ fn spawn_server(dir: &std::path::Path, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_ieum"))
         .arg("serve")
         .current_dir(dir)
+        // The test harness's own switch is not a server setting (unknown IEUM_* keys are refused).
+        .env_remove("IEUM_TEST_LOG")
         .env("IEUM_SERVER_NAME", "ieum.test")
         .env("IEUM_HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .env("IEUM_STORAGE__PATH", format!("\"{}\"", dir.join("db").display()))

@@ -93,6 +93,24 @@ where
     panic!("timed out waiting for: {what}");
 }
 
+/// Polls `check` every 100 ms until it holds (true) or `limit` has passed (false).
+pub async fn within<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub async fn create_public_room(client: &Client) -> OwnedRoomId {
     let mut request = create_room::v3::Request::new();
     request.preset = Some(create_room::v3::RoomPreset::PublicChat);
@@ -430,61 +448,91 @@ async fn forged_and_malformed_federation_traffic_is_refused() {
     assert!(matches!(error, ieum_federation::client::FederationError::Remote { status: 413, .. }), "{error:?}");
 }
 
-#[tokio::test]
-async fn concurrent_state_changes_resolve_to_the_same_state_everywhere() {
-    let cluster = Cluster::start(&["a.test", "b.test"]).await;
+/// A public room of alice on A that bob on B has joined, where any member may set the name.
+async fn room_either_may_name(cluster: &Cluster) -> (Client, Client, OwnedRoomId) {
     let (a, b) = (&cluster.servers[0], &cluster.servers[1]);
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     let mut request = create_room::v3::Request::new();
     request.preset = Some(create_room::v3::RoomPreset::PublicChat);
-    // Bob may change the name too.
     request.power_level_content_override =
         Some(Raw::new(&serde_json::json!({ "events": { "m.room.name": 0 } })).unwrap().cast_unchecked());
     let room = alice.send(request).await.room_id;
     join_via(&bob, &room, "a.test").await;
     eventually("A sees bob", || async { joined(&alice, &room).await.len() == 2 }).await;
+    (alice, bob, room)
+}
 
-    use ruma::api::client::state::{get_state_event_for_key, send_state_event};
-    use ruma::events::room::name::RoomNameEventContent;
-    let name_a = send_state_event::v3::Request::new(
-        room.clone(),
+fn set_name(room: &RoomId, name: &str) -> ruma::api::client::state::send_state_event::v3::Request {
+    ruma::api::client::state::send_state_event::v3::Request::new(
+        room.to_owned(),
         &ruma::events::EmptyStateKey,
-        &RoomNameEventContent::new("from A".into()),
+        &ruma::events::room::name::RoomNameEventContent::new(name.into()),
     )
-    .unwrap();
-    let name_b = send_state_event::v3::Request::new(
-        room.clone(),
-        &ruma::events::EmptyStateKey,
-        &RoomNameEventContent::new("from B".into()),
-    )
-    .unwrap();
-    let (ra, rb) = tokio::join!(alice.send(name_a), bob.send(name_b));
-    let _ = (ra, rb);
-    let name_of = |client: Client| {
-        let room = room.clone();
+    .unwrap()
+}
+
+/// What a server answers for the room's name: the name, or the error.
+async fn name_of(client: Client, room: OwnedRoomId) -> Result<String, String> {
+    use ruma::api::client::state::get_state_event_for_key;
+    let request =
+        get_state_event_for_key::v3::Request::new(room, ruma::events::StateEventType::RoomName, String::new());
+    match client.try_send(request).await {
+        Ok(r) => serde_json::from_str::<serde_json::Value>(r.event_or_content.get())
+            .ok()
+            .and_then(|c| c["name"].as_str().map(str::to_owned))
+            .ok_or_else(|| format!("no name in {}", r.event_or_content.get())),
+        Err(error) => Err(format!("{error:?}")),
+    }
+}
+
+/// Waits (60 s at most) until both servers answer the same name; returns it, or fails with
+/// what each last answered.
+async fn agreed_name(alice: &Client, bob: &Client, room: &RoomId) -> String {
+    let last = std::sync::Arc::new(std::sync::Mutex::new((Err(String::new()), Err(String::new()))));
+    let agreed = within(Duration::from_secs(60), || {
+        let (alice, bob, last, room) = (alice.clone(), bob.clone(), last.clone(), room.to_owned());
         async move {
-            let request =
-                get_state_event_for_key::v3::Request::new(room, ruma::events::StateEventType::RoomName, String::new());
-            client
-                .try_send(request)
-                .await
-                .ok()
-                .and_then(|r| serde_json::from_str::<serde_json::Value>(r.event_or_content.get()).ok())
-                .and_then(|c| c["name"].as_str().map(str::to_owned))
-        }
-    };
-    // Both servers see both events, then agree on one name.
-    say(&alice, &room, "after A").await;
-    say(&bob, &room, "after B").await;
-    eventually("both servers agree on the name", || {
-        let (alice, bob) = (alice.clone(), bob.clone());
-        async move {
-            let (na, nb) = (name_of(alice).await, name_of(bob).await);
-            na.is_some() && na == nb
+            let (na, nb) = (name_of(alice, room.clone()).await, name_of(bob, room).await);
+            let same = na.is_ok() && na == nb;
+            *last.lock().unwrap() = (na, nb);
+            same
         }
     })
     .await;
+    let last = last.lock().unwrap().clone();
+    assert!(agreed, "the servers do not agree on the name: (A, B) = {last:?}");
+    last.0.unwrap()
+}
+
+#[tokio::test]
+async fn concurrent_state_changes_resolve_to_the_same_state_everywhere() {
+    let cluster = Cluster::start(&["a.test", "b.test"]).await;
+    let (alice, bob, room) = room_either_may_name(&cluster).await;
+    let (ra, rb) = tokio::join!(alice.send(set_name(&room, "from A")), bob.send(set_name(&room, "from B")));
+    let _ = (ra, rb);
+    agreed_name(&alice, &bob, &room).await;
+    // Both servers see both events, then still agree on one name.
+    say(&alice, &room, "after A").await;
+    say(&bob, &room, "after B").await;
+    agreed_name(&alice, &bob, &room).await;
+}
+
+/// Each server changes the name while the other is down, so each receives the other's
+/// change on top of its own: both must weigh the incoming event in state resolution (it
+/// was once left out because it was not stored yet, and each server kept its own name).
+/// Resolution orders the two name events by timestamp: the later one, B's, wins.
+#[tokio::test]
+async fn state_changes_made_apart_resolve_the_same_on_both_servers() {
+    let mut cluster = Cluster::start(&["a.test", "b.test"]).await;
+    let (alice, bob, room) = room_either_may_name(&cluster).await;
+    cluster.servers[1].stop().await;
+    alice.send(set_name(&room, "from A")).await;
+    cluster.servers[0].stop().await;
+    cluster.servers[1].start_again().await;
+    bob.send(set_name(&room, "from B")).await;
+    cluster.servers[0].start_again().await;
+    assert_eq!(agreed_name(&alice, &bob, &room).await, "from B");
 }
 
 /// Figures for the federation note (not a pass/fail timing test; run it by hand):

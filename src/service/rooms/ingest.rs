@@ -215,7 +215,9 @@ impl Rooms {
         let (new_current, current_id) = if descends_from_all {
             (state_after, after_id)
         } else {
-            let resolved = self.resolve_states(rules, &[current, &state_after])?;
+            // A fork is rare: a copy of the event for resolution to see costs little.
+            let incoming = Arc::new(Pdu::from_stored(event_id.clone(), pdu.stored.clone())?);
+            let resolved = self.resolve_states(rules, &[current, &state_after], Some(&incoming))?;
             if &resolved == current {
                 (resolved, head.state_group)
             } else if resolved == state_after {
@@ -501,7 +503,7 @@ impl Rooms {
             1 => Ok(states.pop().unwrap_or_default()),
             _ => {
                 let refs: Vec<&StateMap> = states.iter().collect();
-                self.resolve_states(&rules, &refs)
+                self.resolve_states(&rules, &refs, None)
             }
         }
     }
@@ -617,7 +619,17 @@ impl Rooms {
     }
 
     /// State resolution (v2, or v2.1 for room v12) of several state maps.
-    pub(crate) fn resolve_states(&self, rules: &RoomVersionRules, states: &[&StateMap]) -> Result<StateMap> {
+    /// Resolves `states` with the room version's algorithm. `incoming` is an event that
+    /// one of the states contains but that is not stored yet (the event being accepted):
+    /// without it, resolution would see an unknown event and leave it out of the
+    /// conflicted set — the incoming side would lose without being weighed, and two
+    /// servers receiving each other's concurrent state events would each keep their own.
+    pub(crate) fn resolve_states(
+        &self,
+        rules: &RoomVersionRules,
+        states: &[&StateMap],
+        incoming: Option<&Arc<Pdu>>,
+    ) -> Result<StateMap> {
         // Forks that agree on the state (the common case: messages on both sides) need no
         // resolution, and the auth chains of a large room are not cheap.
         if let Some((first, rest)) = states.split_first()
@@ -625,25 +637,33 @@ impl Rooms {
         {
             return Ok((*first).clone());
         }
+        let fetch_event = |id: &EventId| self.pdu_or_incoming(id, incoming);
         let Some(v2_rules) = rules.state_res.v2_rules() else {
             // Room version 1.
-            return Ok(super::state_res_v1::resolve(&rules.authorization, states, |id| self.pdu(id).ok().flatten()));
+            return Ok(super::state_res_v1::resolve(&rules.authorization, states, fetch_event));
         };
         let mut chains = Vec::new();
         let mut memo: HashMap<OwnedEventId, Arc<BTreeSet<OwnedEventId>>> = HashMap::new();
         for state in states {
             let mut chain = BTreeSet::new();
             for id in state.values() {
-                chain.extend(self.auth_chain(id, &mut memo).iter().cloned());
+                chain.extend(self.auth_chain_with(id, &mut memo, incoming).iter().cloned());
             }
             chains.push(chain.into_iter().collect());
         }
-        let fetch_event = |id: &EventId| self.pdu(id).ok().flatten();
         let subgraph = |conflicted: &state_res::StateMap<Vec<OwnedEventId>>| {
-            Some(self.conflicted_subgraph(conflicted.values().flatten()).into_iter().collect())
+            Some(self.conflicted_subgraph(conflicted.values().flatten(), incoming).into_iter().collect())
         };
         state_res::resolve(&rules.authorization, v2_rules, states.iter().copied(), chains, fetch_event, subgraph)
             .map_err(|e| Error::internal(format!("state resolution failed: {e}")))
+    }
+
+    /// A stored event, or `incoming` when that is the one asked for.
+    fn pdu_or_incoming(&self, id: &EventId, incoming: Option<&Arc<Pdu>>) -> Option<Arc<Pdu>> {
+        match incoming {
+            Some(pdu) if pdu.event_id == id => Some(pdu.clone()),
+            _ => self.pdu(id).ok().flatten(),
+        }
     }
 
     /// Every event reachable from `event_id` through auth events (not the event itself).
@@ -652,14 +672,24 @@ impl Rooms {
         event_id: &EventId,
         memo: &mut HashMap<OwnedEventId, Arc<BTreeSet<OwnedEventId>>>,
     ) -> Arc<BTreeSet<OwnedEventId>> {
+        self.auth_chain_with(event_id, memo, None)
+    }
+
+    /// `auth_chain`, seeing `incoming` as if it were stored.
+    fn auth_chain_with(
+        &self,
+        event_id: &EventId,
+        memo: &mut HashMap<OwnedEventId, Arc<BTreeSet<OwnedEventId>>>,
+        incoming: Option<&Arc<Pdu>>,
+    ) -> Arc<BTreeSet<OwnedEventId>> {
         if let Some(chain) = memo.get(event_id) {
             return chain.clone();
         }
         // Iterative walk: auth chains are shallow but wide.
         let mut chain = BTreeSet::new();
-        let mut stack: Vec<OwnedEventId> = match self.pdu(event_id) {
-            Ok(Some(pdu)) => pdu.auth_events.clone(),
-            _ => Vec::new(),
+        let mut stack: Vec<OwnedEventId> = match self.pdu_or_incoming(event_id, incoming) {
+            Some(pdu) => pdu.auth_events.clone(),
+            None => Vec::new(),
         };
         while let Some(id) = stack.pop() {
             if !chain.insert(id.clone()) {
@@ -680,7 +710,11 @@ impl Rooms {
 
     /// The conflicted state subgraph (state resolution v2.1): events on an auth-event path
     /// from one conflicted event to another, the conflicted events included.
-    fn conflicted_subgraph<'a>(&self, conflicted: impl Iterator<Item = &'a OwnedEventId>) -> HashSet<OwnedEventId> {
+    fn conflicted_subgraph<'a>(
+        &self,
+        conflicted: impl Iterator<Item = &'a OwnedEventId>,
+        incoming: Option<&Arc<Pdu>>,
+    ) -> HashSet<OwnedEventId> {
         let conflicted: HashSet<OwnedEventId> = conflicted.cloned().collect();
         // Every ancestor of a conflicted event, with its auth edges.
         let mut parents: HashMap<OwnedEventId, Vec<OwnedEventId>> = HashMap::new();
@@ -689,7 +723,7 @@ impl Rooms {
             if parents.contains_key(&id) {
                 continue;
             }
-            let auth = self.pdu(&id).ok().flatten().map(|p| p.auth_events.clone()).unwrap_or_default();
+            let auth = self.pdu_or_incoming(&id, incoming).map(|p| p.auth_events.clone()).unwrap_or_default();
             stack.extend(auth.iter().cloned());
             parents.insert(id, auth);
         }
