@@ -119,6 +119,11 @@ impl Appservices {
         Ok(())
     }
 
+    /// Whether some appservice owns `user_id` exclusively (a ghost of a bridge).
+    pub fn owns_exclusively(&self, user_id: &UserId) -> bool {
+        !self.services.is_empty() && self.services.iter().any(|s| s.is_exclusive_user(user_id.as_str()))
+    }
+
     /// Refuses a user id that an appservice other than `acting_appservice` owns exclusively.
     pub fn check_user_not_exclusive(&self, user_id: &UserId, acting_appservice: Option<&str>) -> Result<()> {
         match self.services.iter().find(|s| s.is_exclusive_user(user_id.as_str())) {

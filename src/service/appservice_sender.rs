@@ -158,7 +158,10 @@ impl AppserviceSender {
         let serial_seen = self.serials.get(&id).copied().unwrap_or(self.start_serial);
         if state.cursor >= now && !(wants_ephemeral && serial_now > serial_seen) {
             if self.unsaved.remove(&id) {
-                self.core.db.put_appservice_state(&id, &state)?;
+                // Not waited for: losing it in a crash only resends the accepted
+                // transaction under its own id (see `unsaved`); the background sweep
+                // syncs it shortly.
+                let _unwaited = self.core.db.put_appservice_state_pending(&id, &state)?;
             }
             self.states.insert(id, state);
             return Ok(false);
@@ -194,7 +197,11 @@ impl AppserviceSender {
         };
         state.next_txn_id += 1;
         state.in_flight = Some(txn.clone());
-        self.core.db.put_appservice_state(&id, &state)?;
+        // Durable before it is sent (a transaction id never names two bodies); the WAL
+        // sync is shared with the sends being answered at the same moment, and runs off
+        // the async workers.
+        let ticket = self.core.db.put_appservice_state_pending(&id, &state)?;
+        self.core.blocking(move |db| db.wait_durable(ticket).map_err(Into::into)).await?;
         self.unsaved.remove(&id);
         self.states.insert(id.clone(), state.clone());
         self.put(service, &txn).await?;

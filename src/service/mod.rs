@@ -82,7 +82,7 @@ impl Services {
         let core = Arc::new(Core { config, db, signing_key: Arc::new(signing_key) });
         let appservices = Arc::new(appservice::Appservices::load(core.clone())?);
         let federation = Arc::new(federation::Federation::new(core.clone())?);
-        let rooms = Arc::new(rooms::Rooms::new(core.clone(), federation.clone()));
+        let rooms = Arc::new(rooms::Rooms::new(core.clone(), federation.clone(), appservices.clone()));
         let ephemeral = Arc::new(ephemeral::Ephemeral::new(core.clone()));
         let e2ee = Arc::new(e2ee::E2ee::new(core.clone(), rooms.clone(), federation.clone()));
         let sync = Arc::new(sync::Sync::new(core.clone(), rooms.clone(), ephemeral.clone(), e2ee.clone()));

@@ -51,4 +51,7 @@ pub trait AppserviceStore: Send + Sync {
     fn stream_ephemeral(&self, after: StreamPos, upto: StreamPos) -> Result<Vec<StreamEphemeral>>;
     fn appservice_state(&self, id: &str) -> Result<Option<AppserviceState>>;
     fn put_appservice_state(&self, id: &str, state: &AppserviceState) -> Result<()>;
+    /// `put_appservice_state` without a WAL sync of its own: durable once `wait_durable`
+    /// covers the ticket, so the sync is shared with the event appends of the same moment.
+    fn put_appservice_state_pending(&self, id: &str, state: &AppserviceState) -> Result<super::WriteTicket>;
 }

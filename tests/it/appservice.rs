@@ -172,6 +172,43 @@ async fn appservices_set_timestamps_and_users_cannot() {
     assert!(event["origin_server_ts"].as_u64().unwrap() > 1_000_000_000_000, "{event}");
 }
 
+/// Ghosts (users an appservice owns exclusively) have no clients: like Synapse, the server
+/// computes no notifications for them, while ordinary members get theirs.
+#[tokio::test]
+async fn ghosts_get_no_notifications_ordinary_members_do() {
+    let (server, appservice) = server_with_appservice().await;
+    let name = server.server_name().to_owned();
+    register_ghost(&appservice, "kakao_kim").await;
+    let ghost = format!("@kakao_kim:{name}");
+    let as_ghost = |path: &str, sep: char| format!("{path}{sep}user_id={}", crate::sync::enc(&ghost));
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let (_, room) = alice.raw("POST", "/_matrix/client/v3/createRoom", Some(r#"{"preset":"public_chat"}"#)).await;
+    let room_id = room["room_id"].as_str().unwrap().to_owned();
+    let join = format!("/_matrix/client/v3/join/{}", crate::sync::enc(&room_id));
+    let (status, body) = appservice.raw("POST", &as_ghost(&join, '?'), Some("{}")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = bob.raw("POST", &join, Some("{}")).await;
+    assert_eq!(status, 200, "{body}");
+    // A message that mentions both by name: a highlight for anyone who is evaluated.
+    let body = format!("kakao_kim and {}, look", bob.user_id().localpart());
+    let content = json!({ "msgtype": "m.text", "body": body });
+    let send = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/n1");
+    let (status, body) = alice.raw("PUT", &send, Some(&content.to_string())).await;
+    assert_eq!(status, 200, "{body}");
+
+    let unread = |body: &Value| body["rooms"]["join"][room_id.as_str()]["unread_notifications"].clone();
+    let (status, body) = bob.raw("GET", "/_matrix/client/v3/sync", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(unread(&body), json!({ "notification_count": 1, "highlight_count": 1 }), "{body}");
+    let (status, body) = appservice.raw("GET", &as_ghost("/_matrix/client/v3/sync", '?'), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["rooms"]["join"][room_id.as_str()]["timeline"].to_string().contains("look"), "{body}");
+    let counts = unread(&body);
+    assert_eq!(counts["notification_count"].as_u64().unwrap_or(0), 0, "{body}");
+    assert_eq!(counts["highlight_count"].as_u64().unwrap_or(0), 0, "{body}");
+}
+
 #[tokio::test]
 async fn invalid_registrations_stop_start_up_naming_the_file_and_field() {
     let dir = tempfile::tempdir().unwrap();

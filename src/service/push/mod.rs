@@ -57,6 +57,10 @@ pub struct RoomCounts {
 
 pub struct Push {
     core: Arc<Core>,
+    /// Users an appservice owns exclusively get no notifications (they have no clients of
+    /// their own; Synapse leaves them out the same way). A bridge's import into a room of
+    /// ghosts would otherwise evaluate every ghost's rules for every message.
+    appservices: Arc<super::appservice::Appservices>,
     /// Each user's rules, and whether they are the server defaults (no rules stored).
     rules: Mutex<HashMap<OwnedUserId, (Arc<Ruleset>, bool)>>,
     /// Serialises read-modify-write of rulesets (rare: a user editing rules).
@@ -74,9 +78,10 @@ type ReadKey = (OwnedUserId, ruma::OwnedRoomId, Option<String>);
 const MAX_READ_POSITIONS: usize = 100_000;
 
 impl Push {
-    pub fn new(core: Arc<Core>) -> Self {
+    pub fn new(core: Arc<Core>, appservices: Arc<super::appservice::Appservices>) -> Self {
         Self {
             core,
+            appservices,
             rules: Mutex::default(),
             rules_write: tokio::sync::Mutex::new(()),
             doorbell: tokio::sync::Notify::new(),
@@ -211,7 +216,10 @@ impl Push {
         let mut targets: Vec<OwnedUserId> = members
             .iter()
             .filter(|(user, membership)| {
-                membership == "join" && user.server_name() == server_name && *user != pdu.sender
+                membership == "join"
+                    && user.server_name() == server_name
+                    && *user != pdu.sender
+                    && !self.appservices.owns_exclusively(user)
             })
             .map(|(user, _)| user.clone())
             .collect();
@@ -221,6 +229,7 @@ impl Push {
             && let Some(invitee) = pdu.state_key.as_deref().and_then(|key| UserId::parse(key).ok())
             && invitee.server_name() == server_name
             && invitee != pdu.sender
+            && !self.appservices.owns_exclusively(&invitee)
             && !targets.contains(&invitee)
         {
             targets.push(invitee);

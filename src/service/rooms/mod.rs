@@ -113,7 +113,11 @@ pub struct Rooms {
 }
 
 impl Rooms {
-    pub fn new(core: Arc<Core>, federation: Arc<super::federation::Federation>) -> Self {
+    pub fn new(
+        core: Arc<Core>,
+        federation: Arc<super::federation::Federation>,
+        appservices: Arc<super::appservice::Appservices>,
+    ) -> Self {
         Self {
             federation,
             pdu_cache: cache::BoundedCache::new(PDU_CACHE_BYTES, |pdu| pdu.heap_size()),
@@ -121,7 +125,7 @@ impl Rooms {
             locks: Mutex::default(),
             backfill_retry: Mutex::default(),
             joining: Mutex::default(),
-            push: Arc::new(super::push::Push::new(core.clone())),
+            push: Arc::new(super::push::Push::new(core.clone(), appservices)),
             core,
         }
     }

@@ -105,4 +105,10 @@ impl AppserviceStore for RocksStorage {
         batch.put_cf(self.cf(cf::APPSERVICE_STATE), id.as_bytes(), encode(state));
         self.write(batch)
     }
+
+    fn put_appservice_state_pending(&self, id: &str, state: &AppserviceState) -> Result<crate::storage::WriteTicket> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(cf::APPSERVICE_STATE), id.as_bytes(), encode(state));
+        self.write_pending(batch)
+    }
 }

@@ -292,6 +292,13 @@ impl RocksStorage {
         }
     }
 
+    /// Writes a batch without syncing the WAL and without a stream position: durable once a
+    /// `wait_durable` covers its ticket.
+    fn write_pending(&self, batch: WriteBatch) -> Result<WriteTicket> {
+        self.db.write_opt(batch, &self.pending_opts).map_err(backend)?;
+        Ok(self.commit.written(&self.positions, None))
+    }
+
     /// Every (key, value) whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, table: &'static str, prefix: &[u8]) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>> {
         let mut out = Vec::new();
