@@ -64,7 +64,7 @@ impl Server {
         for addr in listen {
             let (listener, local) = bind(addr, "http.listen").await?;
             addrs.push(local);
-            tasks.spawn(serve(listener, api::router(app.clone()), shutdown.subscribe()));
+            tasks.spawn(serve(NoDelay(listener), api::router(app.clone()), shutdown.subscribe()));
             tracing::info!(address = %local, "listening (HTTP)");
         }
         let mut tls_addrs = Vec::new();
@@ -171,6 +171,35 @@ async fn bind(addr: SocketAddr, setting: &'static str) -> Result<(TcpListener, S
     Ok((listener, local))
 }
 
+/// A TCP listener whose connections send without Nagle's delay. A response written in
+/// more than one piece (HTTP/2 frames, a TLS record after the headers) would otherwise wait
+/// for the peer's delayed ACK, up to 40 ms on Linux.
+pub struct NoDelay(pub TcpListener);
+
+impl Listener for NoDelay {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        // axum's accept for a TcpListener already retries (and pauses on) accept errors.
+        let (io, addr) = Listener::accept(&mut self.0).await;
+        if let Err(error) = io.set_nodelay(true) {
+            tracing::debug!(%addr, %error, "cannot set TCP_NODELAY");
+        }
+        (io, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Listener::local_addr(&self.0)
+    }
+}
+
+impl Connected<IncomingStream<'_, NoDelay>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, NoDelay>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
 /// Serves `router` on `listener` (plain TCP or TLS alike) until `stop` turns true.
 async fn serve<L>(listener: L, router: Router, mut stop: watch::Receiver<bool>)
 where
@@ -183,5 +212,22 @@ where
     });
     if let Err(error) = serve.await {
         tracing::error!(%error, "listener failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_send_without_nagle_delay() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut listener = NoDelay(listener);
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, peer) = Listener::accept(&mut listener).await;
+        assert_eq!(peer, client.local_addr().unwrap());
+        assert!(accepted.nodelay().unwrap());
+        assert_eq!(Listener::local_addr(&listener).unwrap(), addr);
     }
 }

@@ -227,6 +227,11 @@ impl TlsListener {
     }
 
     fn start_handshake(&mut self, tcp: TcpStream, peer: SocketAddr) {
+        // No Nagle delay: TLS records and HTTP/2 frames go out in several writes (see
+        // `server::NoDelay`).
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+        }
         let handshake = self.acceptor.accept(tcp);
         self.handshakes.spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {

@@ -11,7 +11,7 @@ use std::{net::SocketAddr, time::Instant};
 
 use axum::{
     Router,
-    extract::{Request, connect_info::Connected},
+    extract::Request,
     http::{HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -28,12 +28,7 @@ use crate::{app::App, error::Error};
 #[derive(Clone, Copy, Debug)]
 pub struct PeerAddr(pub SocketAddr);
 
-impl Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for PeerAddr {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        Self(*stream.remote_addr())
-    }
-}
-// The TLS listener's impl is beside it, in `crate::tls`.
+// The listeners' impls are beside them: `server::NoDelay` (plain TCP) and `tls::TlsListener`.
 
 /// The whole router: client API, CORS, unknown-endpoint answers.
 pub fn router(app: App) -> Router {

@@ -115,18 +115,25 @@ impl Services {
                     continue;
                 }
             };
-            let event_id = self.rooms.event_id_of(&room_id, raw);
-            let outcome = match self.rooms.room_version(&room_id) {
+            let (event_id, outcome) = match self.rooms.room_version(&room_id) {
                 Ok(Some(_)) => {
                     // Servers outside a room's ACL may not send into it.
                     match self.rooms.check_server_acl(origin, &room_id) {
-                        Ok(()) => self.rooms.receive_pdu(origin, &room_id, raw).await.map(|_| ()),
-                        Err(error) => Err(error),
+                        Ok(()) => {
+                            let (event_id, outcome) = self.rooms.receive_pdu_named(origin, &room_id, raw).await;
+                            (event_id, outcome.map(|_| ()))
+                        }
+                        Err(error) => (self.rooms.event_id_of(&room_id, raw), Err(error)),
                     }
                 }
-                Ok(None) if self.rooms.queue_while_joining(origin, &room_id, raw) => Ok(()),
-                Ok(None) => Err(Error::not_found(format!("This server is not in room {room_id}."))),
-                Err(error) => Err(error),
+                Ok(None) if self.rooms.queue_while_joining(origin, &room_id, raw) => {
+                    (self.rooms.event_id_of(&room_id, raw), Ok(()))
+                }
+                Ok(None) => (
+                    self.rooms.event_id_of(&room_id, raw),
+                    Err(Error::not_found(format!("This server is not in room {room_id}."))),
+                ),
+                Err(error) => (self.rooms.event_id_of(&room_id, raw), Err(error)),
             };
             if let Err(error) = &outcome {
                 tracing::info!(%origin, %room_id, event_id = ?event_id, %error, "PDU not accepted");

@@ -242,7 +242,8 @@ impl Push {
         let event: Raw<ruma::events::AnySyncTimelineEvent> = Raw::from_json(pdu.stored.pdu.clone());
         // Flattened once for every member (ruma's `get_actions` would flatten it per call).
         let flattened = FlattenedJson::from_raw(&event);
-        let intentional_mentions = pdu.content_value().contains_key("m.mentions");
+        let content = pdu.content_value();
+        let intentional_mentions = content.contains_key("m.mentions");
         let thread_id = thread_of(pdu);
         let member_count = UInt::try_from(joined as u64).unwrap_or_default();
         let now = now_ms();
@@ -250,7 +251,6 @@ impl Push {
         // neither their localpart nor their display name in the body, not a member event)
         // all get the same actions: evaluated once per event (a 1,000-member room would
         // otherwise evaluate the same rules 1,000 times).
-        let content = pdu.content_value();
         let body_lower = content.get("body").and_then(Value::as_str).map(str::to_lowercase).unwrap_or_default();
         let mentioned: Vec<&str> = content
             .get("m.mentions")

@@ -105,12 +105,31 @@ impl Rooms {
     /// Receives a PDU (from /send, /send_join, backfill of the newest edge): checks it,
     /// fetches what it refers to from `origin`, authorises it and appends it.
     pub async fn receive_pdu(&self, origin: &ServerName, room_id: &RoomId, raw: &RawValue) -> Result<Outcome> {
-        let version =
-            self.room_version(room_id)?.ok_or_else(|| Error::not_found(format!("Unknown room {room_id}.")))?;
-        let (event_id, object) = self.check_incoming(room_id, &version, raw).await?;
+        self.receive_pdu_named(origin, room_id, raw).await.1
+    }
+
+    /// `receive_pdu`, also answering the event's id when it could be computed (a
+    /// transaction's answer is keyed by it; computing it again would hash the event twice).
+    pub async fn receive_pdu_named(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        raw: &RawValue,
+    ) -> (Option<OwnedEventId>, Result<Outcome>) {
+        let version = match self.room_version(room_id) {
+            Ok(Some(version)) => version,
+            Ok(None) => return (None, Err(Error::not_found(format!("Unknown room {room_id}.")))),
+            Err(error) => return (None, Err(error)),
+        };
+        let (event_id, object) = match self.check_incoming(room_id, &version, raw).await {
+            Ok(checked) => checked,
+            // The id of a PDU that fails its checks, as far as it can be computed.
+            Err(error) => return (self.event_id_of(room_id, raw), Err(error)),
+        };
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().await;
-        self.receive_checked(origin, room_id, &version, event_id, object, true).await
+        let outcome = self.receive_checked(origin, room_id, &version, event_id.clone(), object, true).await;
+        (Some(event_id), outcome)
     }
 
     /// The body of `receive_pdu` once the event is checked; the room lock is held.

@@ -105,6 +105,9 @@ pub struct RocksStorage {
     stamps: Stamps,
     /// `rooms_of_user` answers (see read_cache.rs), weighed in room records.
     user_rooms: read_cache::ReadCache<OwnedUserId, Vec<(OwnedRoomId, MembershipRecord)>>,
+    /// A room's members with their membership (`members`): read for every event by the
+    /// push evaluation; `room_members` is written only by an append carrying memberships.
+    room_members: read_cache::ReadCache<OwnedRoomId, Vec<(OwnedUserId, String)>>,
     /// A device's one-time key counts and unused fallback key types (key: `user SEP device`).
     device_keys: read_cache::ReadCache<Vec<u8>, e2ee::KeySummary>,
     /// Notification records after a user's read position in a room (key: `user SEP room`).
@@ -200,6 +203,7 @@ impl RocksStorage {
             positions: Positions::new(last_pos),
             stamps: Stamps::new(last_pos),
             user_rooms: read_cache::ReadCache::new(200_000, Vec::len),
+            room_members: read_cache::ReadCache::new(500_000, Vec::len),
             device_keys: read_cache::ReadCache::new(200_000, |(counts, types)| counts.len() + types.len()),
             unread: read_cache::ReadCache::new(200_000, |(_, records)| records.len()),
             next_state_group: AtomicU64::new(last_group + 1),
@@ -440,6 +444,7 @@ impl RoomStore for RocksStorage {
         let update_caches = |pos: StreamPos| {
             if !members.is_empty() {
                 self.user_rooms.written(members.iter().map(|u| &**u));
+                self.room_members.written([&*room_id]);
             }
             if !notified.is_empty() {
                 let changes = notified.iter().map(|(key, record)| (&**key, UnreadEntry { pos, ..record.clone() }));
@@ -660,13 +665,20 @@ impl RoomStore for RocksStorage {
     }
 
     fn members(&self, room_id: &RoomId) -> Result<Vec<(OwnedUserId, String)>> {
+        let generation = match self.room_members.get(room_id) {
+            Ok(list) => return Ok(list),
+            Err(generation) => generation,
+        };
         let room_prefix = prefix(room_id.as_bytes());
-        self.scan_prefix(cf::ROOM_MEMBERS, &room_prefix)?
+        let list: Vec<_> = self
+            .scan_prefix(cf::ROOM_MEMBERS, &room_prefix)?
             .iter()
             .map(|(key, value)| {
                 Ok((parse_id(cf::ROOM_MEMBERS, &key[room_prefix.len()..])?, decode_str(cf::ROOM_MEMBERS, value)?))
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        self.room_members.store(room_id.to_owned(), generation, &list);
+        Ok(list)
     }
 
     fn forget_room(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
