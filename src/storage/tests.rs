@@ -241,6 +241,15 @@ storage_test!(memberships_are_indexed_both_ways, |store, _reopen| {
     assert_eq!(members, vec![(owned_user_id!("@alice:x"), "join".into()), (owned_user_id!("@bob:x"), "invite".into())]);
     append(&*store, &room, &event_id!("$leave").to_owned(), Some(("@alice:x", "leave")));
     assert_eq!(store.membership(&room, user_id!("@alice:x")).unwrap().unwrap().membership, "leave");
+    // The member list read (and cached) before the leave is not served after it, nor one
+    // read before a pending append.
+    let mut members = store.members(&room).unwrap();
+    members.sort();
+    assert_eq!(members[0], (owned_user_id!("@alice:x"), "leave".into()));
+    let join = event_id!("$bob-joins").to_owned();
+    let (_, ticket) = store.append_event_pending(append_record(&room, &join, Some(("@bob:x", "join")))).unwrap();
+    assert!(store.members(&room).unwrap().contains(&(owned_user_id!("@bob:x"), "join".into())));
+    store.wait_durable(ticket).unwrap();
     store.forget_room(user_id!("@alice:x"), &room).unwrap();
     assert!(store.is_forgotten(user_id!("@alice:x"), &room).unwrap());
     // Joining again un-forgets.
