@@ -164,7 +164,23 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
+/// glibc gives each thread that allocates under contention an arena of its own, up to 8 per
+/// core, and keeps what is freed in them: the server's memory under load is then about twice
+/// what it holds (measured: 253 MB PSS after the reduced W1-W3 and W9 load, 132 MB with two
+/// arenas, and no throughput lost on two cores). Two arenas unless `MALLOC_ARENA_MAX` says
+/// otherwise; before any thread starts.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; nothing else runs yet.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,

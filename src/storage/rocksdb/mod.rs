@@ -175,6 +175,9 @@ impl RocksStorage {
         opts.increase_parallelism(2);
         opts.set_max_background_jobs(2);
         opts.set_keep_log_file_num(4);
+        // One budget for the memtables of every column family: without it each of the ~25
+        // families may grow its own up to the default 64 MB before a flush.
+        opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
         let cache = Cache::new_lru_cache(64 * 1024 * 1024);
         let descriptors = schema::ALL.iter().map(|name| {
             let mut cf_opts = Options::default();
@@ -328,6 +331,9 @@ impl RocksStorage {
         Ok((pos, event_id, group))
     }
 }
+
+/// Bytes of memtable all column families share (RocksDB flushes the largest past it).
+const MEMTABLE_BUDGET: usize = 32 * 1024 * 1024;
 
 /// The first stream position of a new database.
 const FIRST_STREAM_POS: StreamPos = 1 << 32;
