@@ -121,7 +121,7 @@ impl Appservices {
 
     /// Whether some appservice owns `user_id` exclusively (a ghost of a bridge).
     pub fn owns_exclusively(&self, user_id: &UserId) -> bool {
-        !self.services.is_empty() && self.services.iter().any(|s| s.is_exclusive_user(user_id.as_str()))
+        self.services.iter().any(|s| s.is_exclusive_user(user_id.as_str()))
     }
 
     /// Refuses a user id that an appservice other than `acting_appservice` owns exclusively.

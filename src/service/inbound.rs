@@ -123,18 +123,15 @@ impl Services {
                             let (event_id, outcome) = self.rooms.receive_pdu_named(origin, &room_id, raw).await;
                             (event_id, outcome.map(|_| ()))
                         }
-                        Err(error) => (self.rooms.event_id_of(&room_id, raw), Err(error)),
+                        Err(error) => (None, Err(error)),
                     }
                 }
-                Ok(None) if self.rooms.queue_while_joining(origin, &room_id, raw) => {
-                    (self.rooms.event_id_of(&room_id, raw), Ok(()))
-                }
-                Ok(None) => (
-                    self.rooms.event_id_of(&room_id, raw),
-                    Err(Error::not_found(format!("This server is not in room {room_id}."))),
-                ),
-                Err(error) => (self.rooms.event_id_of(&room_id, raw), Err(error)),
+                Ok(None) if self.rooms.queue_while_joining(origin, &room_id, raw) => (None, Ok(())),
+                Ok(None) => (None, Err(Error::not_found(format!("This server is not in room {room_id}.")))),
+                Err(error) => (None, Err(error)),
             };
+            // Computed here only when the checks did not get that far.
+            let event_id = event_id.or_else(|| self.rooms.event_id_of(&room_id, raw));
             if let Err(error) = &outcome {
                 tracing::info!(%origin, %room_id, event_id = ?event_id, %error, "PDU not accepted");
             }

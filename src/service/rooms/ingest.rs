@@ -108,8 +108,9 @@ impl Rooms {
         self.receive_pdu_named(origin, room_id, raw).await.1
     }
 
-    /// `receive_pdu`, also answering the event's id when it could be computed (a
+    /// `receive_pdu`, also answering the event's id once its checks computed it (a
     /// transaction's answer is keyed by it; computing it again would hash the event twice).
+    /// None when the PDU failed before that: the caller computes it if it can.
     pub async fn receive_pdu_named(
         &self,
         origin: &ServerName,
@@ -123,8 +124,7 @@ impl Rooms {
         };
         let (event_id, object) = match self.check_incoming(room_id, &version, raw).await {
             Ok(checked) => checked,
-            // The id of a PDU that fails its checks, as far as it can be computed.
-            Err(error) => return (self.event_id_of(room_id, raw), Err(error)),
+            Err(error) => return (None, Err(error)),
         };
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().await;
@@ -637,8 +637,8 @@ impl Rooms {
         self.core.blocking(move |db| db.store_outliers(batch, Vec::new()).map_err(Error::from)).await
     }
 
-    /// State resolution (v2, or v2.1 for room v12) of several state maps.
-    /// Resolves `states` with the room version's algorithm. `incoming` is an event that
+    /// State resolution of several state maps (v2, v2.1 for room v12, v1 for room version
+    /// 1). `incoming` is an event that
     /// one of the states contains but that is not stored yet (the event being accepted):
     /// without it, resolution would see an unknown event and leave it out of the
     /// conflicted set — the incoming side would lose without being weighed, and two

@@ -101,14 +101,18 @@ impl AppserviceStore for RocksStorage {
     }
 
     fn put_appservice_state(&self, id: &str, state: &AppserviceState) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(cf::APPSERVICE_STATE), id.as_bytes(), encode(state));
-        self.write(batch)
+        self.write(self.appservice_state_batch(id, state))
     }
 
     fn put_appservice_state_pending(&self, id: &str, state: &AppserviceState) -> Result<crate::storage::WriteTicket> {
+        self.write_pending(self.appservice_state_batch(id, state))
+    }
+}
+
+impl RocksStorage {
+    fn appservice_state_batch(&self, id: &str, state: &AppserviceState) -> WriteBatch {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(cf::APPSERVICE_STATE), id.as_bytes(), encode(state));
-        self.write_pending(batch)
+        batch
     }
 }
