@@ -1022,7 +1022,7 @@ impl SlidingSync {
                 .is_none_or(|(pos, _, _)| *pos > end),
             None => false,
         };
-        let counts = if membership == "join" { self.rooms.push.counts(room_id, user_id)?.all } else { (0, 0) };
+        let counts = if membership == "join" { self.rooms.push.counts(room_id, user_id, end)?.all } else { (0, 0) };
 
         if let Some(previous) = previous
             && nothing_new
@@ -1030,19 +1030,16 @@ impl SlidingSync {
             && previous.required_state == config.required_state
         {
             // Only the figures that change without events: unread counts (receipts), DM status.
+            // The counts go with every room sent: matrix-sdk takes an absent count as 0.
             let mut room = response::Room::new();
-            let mut sent = previous.clone();
-            let mut any = false;
-            if previous.counts != counts {
-                room.unread_notifications = count_of(counts);
-                sent.counts = counts;
-                any = true;
-            }
+            room.unread_notifications = count_of(counts);
+            let any = previous.counts != counts || previous.is_dm != is_dm;
             if previous.is_dm != is_dm {
                 room.is_dm = Some(is_dm);
-                sent.is_dm = is_dm;
-                any = true;
             }
+            let mut sent = previous.clone();
+            sent.counts = counts;
+            sent.is_dm = is_dm;
             sent.timeline_limit = limit;
             return Ok(BuiltRoom { room: any.then_some(room), sent: Some(sent), ..BuiltRoom::default() });
         }
@@ -1225,6 +1222,9 @@ impl SlidingSync {
             || room.bump_stamp.is_some()
             || room.is_dm.is_some();
         if has_news {
+            // Every room sent carries its counts, changed or not: matrix-sdk sets a room's
+            // counts from each response that mentions it, an absent count as 0.
+            room.unread_notifications = count_of(counts);
             room.prev_batch = Some(match timeline.first().and_then(|p| p.stored.pos) {
                 Some(pos) => position_token(pos - 1),
                 None => position_token(end),

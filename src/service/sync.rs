@@ -783,7 +783,7 @@ impl Sync {
             room.summary = summary;
         }
         let (unread, unread_threads) =
-            self.unread(room_id, user_id, params.filter.timeline.unread_thread_notifications)?;
+            self.unread(room_id, user_id, now.pos, params.filter.timeline.unread_thread_notifications)?;
         room.unread_notifications = unread;
         room.unread_thread_notifications = unread_threads;
         Ok(Some(room))
@@ -857,10 +857,11 @@ impl Sync {
         &self,
         room_id: &RoomId,
         user_id: &UserId,
+        upto: StreamPos,
         by_thread: bool,
     ) -> Result<(UnreadNotificationsCount, std::collections::BTreeMap<ruma::OwnedEventId, UnreadNotificationsCount>)>
     {
-        let counts = self.rooms.push.counts(room_id, user_id)?;
+        let counts = self.rooms.push.counts(room_id, user_id, upto)?;
         let count = |(notifications, highlights): (u64, u64)| {
             let mut count = UnreadNotificationsCount::new();
             count.notification_count = Some(UInt::try_from(notifications).unwrap_or_default());

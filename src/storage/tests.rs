@@ -821,6 +821,30 @@ storage_test!(notifications_are_written_with_their_event_and_read_back_by_positi
     assert_eq!(store.sent_read_pos(a, room).unwrap(), None);
 });
 
+storage_test!(pending_notifications_are_readable_beyond_the_visible_position, |store, _reopen| {
+    // Readers that must agree with a stream position (a sync response's counts) bound what
+    // they read by it: a pending append's records are there before its position is visible.
+    let room = room_id!("!r:x");
+    let a = user_id!("@a:x");
+    let first: OwnedEventId = event_id!("$p1").to_owned();
+    let visible = push_append(
+        &*store,
+        room,
+        &first,
+        PushWrites { notifications: vec![notification("@a:x", room, &first, false, None)], ..Default::default() },
+    );
+    let second: OwnedEventId = event_id!("$p2").to_owned();
+    let mut record = append_record(room, &second, None);
+    record.push =
+        PushWrites { notifications: vec![notification("@a:x", room, &second, false, None)], ..Default::default() };
+    let (pending, ticket) = store.append_event_pending(record).unwrap();
+    assert_eq!(store.current_pos(), visible);
+    let read = store.room_notifications(a, room, 0).unwrap();
+    assert_eq!(read.iter().map(|n| n.pos).collect::<Vec<_>>(), [visible, pending], "oldest first, pending included");
+    store.wait_durable(ticket).unwrap();
+    assert_eq!(store.current_pos(), pending);
+});
+
 fn pusher(user: &str, device: &str, pushkey: &str) -> PusherRecord {
     PusherRecord {
         user_id: UserId::parse(user).unwrap(),

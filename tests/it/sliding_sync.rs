@@ -531,6 +531,39 @@ async fn unread_counts_rise_with_messages_and_clear_on_a_receipt() {
     assert!(entry.get("timeline").is_none(), "only the counts changed: {entry}");
 }
 
+/// matrix-sdk sets a room's counts from every response that mentions the room, an absent
+/// count as 0: a room sent for any other reason must carry its unchanged counts too.
+#[tokio::test]
+async fn every_room_sent_carries_its_counts() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room_id = create_named_room(&alice, "counted", true).await;
+    join(&bob, &room_id).await;
+    send_text(&bob, &room_id, "unread").await;
+    let request = list((0, 9), 5, json!([]));
+    let first = ss(&alice, None, &request).await;
+    assert_eq!(room(&first, &room_id)["notification_count"], 1, "{first}");
+    // An event that notifies nobody (a member renaming themselves): the room is sent again,
+    // its counts unchanged.
+    let bob_id = bob.user_id().to_string();
+    put_state(&bob, &room_id, "m.room.member", &bob_id, json!({ "membership": "join", "displayname": "Bob B." })).await;
+    let next = ss(&alice, Some(&pos(&first)), &request).await;
+    let entry = room(&next, &room_id);
+    assert_eq!(entry["timeline"][0]["content"]["displayname"], "Bob B.", "{entry}");
+    assert_eq!(
+        (entry["notification_count"].as_u64(), entry["highlight_count"].as_u64()),
+        (Some(1), Some(0)),
+        "{entry}"
+    );
+    // A DM flag change alone (no event in the room) also carries them.
+    put_global(&alice, "m.direct", json!({ bob.user_id().as_str(): [room_id.as_str()] })).await;
+    let dm = ss(&alice, Some(&pos(&next)), &request).await;
+    let entry = room(&dm, &room_id);
+    assert_eq!(entry["is_dm"], true, "{entry}");
+    assert_eq!(entry["notification_count"], 1, "{entry}");
+}
+
 #[tokio::test]
 async fn invites_come_with_stripped_state_and_turn_into_joined_rooms() {
     let server = TestServer::start().await;

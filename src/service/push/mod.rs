@@ -385,12 +385,16 @@ impl Push {
 
     /// Unread notification and highlight counts of a user in a room: notified events after the
     /// unthreaded read position, less those a threaded receipt (`main` or the thread's root) covers.
-    pub fn counts(&self, room_id: &RoomId, user_id: &UserId) -> Result<RoomCounts> {
+    ///
+    /// Only events at or before `upto` count: a sync response passes the position it covers, so
+    /// its counts never include an event its timeline does not have yet. (An append's records are
+    /// readable as soon as its batch is written, before its position is published.)
+    pub fn counts(&self, room_id: &RoomId, user_id: &UserId, upto: StreamPos) -> Result<RoomCounts> {
         let unthreaded = self.read_pos(room_id, user_id, None)?;
         let records = self.core.db.room_notifications(user_id, room_id, unthreaded)?;
         let mut counts = RoomCounts::default();
         let mut thread_read: HashMap<String, StreamPos> = HashMap::new();
-        for record in records {
+        for record in records.into_iter().take_while(|r| r.pos <= upto) {
             let key = record.thread_id.clone().unwrap_or_else(|| "main".to_owned());
             let read = match thread_read.get(&key) {
                 Some(pos) => *pos,
@@ -426,7 +430,7 @@ impl Push {
         let mut total = 0;
         for (room_id, membership) in self.core.db.rooms_of_user(user_id)? {
             if membership.membership == "join" {
-                total += self.counts(&room_id, user_id)?.all.0;
+                total += self.counts(&room_id, user_id, self.core.db.current_pos())?.all.0;
             }
         }
         Ok(total)
