@@ -21,6 +21,7 @@ pub mod ephemeral;
 pub mod federation;
 pub mod inbound;
 pub mod key_backup;
+pub mod lazy_members;
 pub mod media;
 pub mod push;
 pub mod ratelimit;

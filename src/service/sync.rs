@@ -32,6 +32,7 @@ use super::{
     Core,
     e2ee::E2ee,
     ephemeral::Ephemeral as EphemeralService,
+    lazy_members::{LazyMembers, Lineage},
     rooms::{Pdu, Rooms, StateMap, raw, timeline::position_token},
     users::Session,
 };
@@ -59,6 +60,8 @@ pub struct EventFilter {
     pub limit: Option<usize>,
     pub contains_url: Option<bool>,
     pub lazy_load_members: bool,
+    /// `include_redundant_members`: send members again even when the device has them.
+    pub include_redundant_members: bool,
     /// `unread_thread_notifications` (timeline filter): per-thread unread counts.
     pub unread_thread_notifications: bool,
 }
@@ -87,6 +90,10 @@ impl EventFilter {
             limit: filter.limit.map(|l| usize::try_from(u64::from(l)).unwrap_or(usize::MAX)),
             contains_url: filter.url_filter.map(|f| f == ruma::api::client::filter::UrlFilter::EventsWithUrl),
             lazy_load_members: !filter.lazy_load_options.is_disabled(),
+            include_redundant_members: matches!(
+                filter.lazy_load_options,
+                ruma::api::client::filter::LazyLoadOptions::Enabled { include_redundant_members: true }
+            ),
             unread_thread_notifications: filter.unread_thread_notifications,
         }
     }
@@ -219,6 +226,8 @@ pub struct Sync {
     rooms: Arc<Rooms>,
     ephemeral: Arc<EphemeralService>,
     e2ee: Arc<E2ee>,
+    /// The lazy-loaded member events each device already has.
+    lazy_members: LazyMembers,
 }
 
 pub(crate) fn raw_event<T>(event: &Map<String, Value>) -> Result<Raw<T>> {
@@ -247,7 +256,7 @@ const STRIPPED_TYPES: &[StateEventType] = &[
 
 impl Sync {
     pub fn new(core: Arc<Core>, rooms: Arc<Rooms>, ephemeral: Arc<EphemeralService>, e2ee: Arc<E2ee>) -> Self {
-        Self { core, rooms, ephemeral, e2ee }
+        Self { core, rooms, ephemeral, e2ee, lazy_members: LazyMembers::default() }
     }
 
     /// Resolves `filter` (inline JSON or stored id) into a `SyncFilter`.
@@ -320,6 +329,7 @@ impl Sync {
         self.add_encryption(session, &my_rooms, since, &mut now, &mut response)?;
         response.next_batch = now.render();
         let filter = &params.filter;
+        let lineage = self.lazy_members.begin(user_id, &session.device_id, since.map(|s| s.pos));
 
         let mut room_account_data: HashMap<OwnedRoomId, Vec<Raw<ruma::events::AnyRoomAccountDataEvent>>> =
             HashMap::new();
@@ -348,7 +358,7 @@ impl Sync {
                 "join" => {
                     let account_data = room_account_data.remove(&room_id).unwrap_or_default();
                     if let Some(room) =
-                        self.joined_room(session, &room_id, since, now, record.pos, params, account_data)?
+                        self.joined_room(session, &room_id, since, now, record.pos, params, &lineage, account_data)?
                     {
                         response.rooms.join.insert(room_id, room);
                     }
@@ -371,7 +381,8 @@ impl Sync {
                     };
                     if include && !self.core.db.is_forgotten(user_id, &room_id)? {
                         let account_data = room_account_data.remove(&room_id).unwrap_or_default();
-                        let room = self.left_room(session, &room_id, since, record.pos, params, account_data)?;
+                        let room =
+                            self.left_room(session, &room_id, since, record.pos, params, &lineage, account_data)?;
                         response.rooms.leave.insert(room_id, room);
                     }
                 }
@@ -638,6 +649,7 @@ impl Sync {
         timeline: &[Arc<Pdu>],
         end_pos: StreamPos,
         params: &SyncParams,
+        lineage: &Lineage,
         heroes: &[OwnedUserId],
     ) -> Result<State> {
         let filter = &params.filter.state;
@@ -675,6 +687,11 @@ impl Sync {
             .chain(std::iter::once(user_id))
             .chain(heroes.iter().map(|h| &**h))
             .collect();
+        // Members this device already has are not sent again (unless asked, or for full state).
+        let skip_held = filter.lazy_load_members && !filter.include_redundant_members && !full;
+        let held =
+            |member: &str, pdu: &Pdu| skip_held && self.lazy_members.has(lineage, room_id, member, &pdu.event_id);
+        let mut sent_members: Vec<Arc<Pdu>> = Vec::new();
         let mut events = Vec::new();
         let mut have_members = HashSet::new();
         for event_id in ids {
@@ -691,6 +708,10 @@ impl Sync {
                     continue;
                 }
                 have_members.insert(member.to_owned());
+                if held(member, &pdu) {
+                    continue;
+                }
+                sent_members.push(pdu.clone());
             }
             events.push(Raw::from_json(self.rooms.client_raw(&pdu, None, false)?));
         }
@@ -706,10 +727,20 @@ impl Sync {
                 }
                 if let Some(pdu) = self.rooms.state_pdu(&at_start, &StateEventType::RoomMember, sender.as_str())?
                     && !in_timeline.contains(&*pdu.event_id)
+                    && !held(sender.as_str(), &pdu)
                 {
                     events.push(Raw::from_json(self.rooms.client_raw(&pdu, None, false)?));
+                    sent_members.push(pdu);
                 }
             }
+        }
+        if filter.lazy_load_members && !filter.include_redundant_members {
+            let in_timeline = timeline.iter().filter(|p| p.kind == TimelineEventType::RoomMember);
+            let members = sent_members
+                .iter()
+                .chain(in_timeline)
+                .filter_map(|pdu| Some((pdu.state_key.as_deref()?, &*pdu.event_id)));
+            self.lazy_members.record(lineage, room_id, members, end_pos);
         }
         let mut state_events = StateEvents::new();
         state_events.events = events;
@@ -726,6 +757,7 @@ impl Sync {
         now: SyncToken,
         joined_at: StreamPos,
         params: &SyncParams,
+        lineage: &Lineage,
         account_data: Vec<Raw<ruma::events::AnyRoomAccountDataEvent>>,
     ) -> Result<Option<JoinedRoom>> {
         let user_id = &session.user_id;
@@ -757,7 +789,8 @@ impl Sync {
         let members_changed = timeline.iter().any(|p| p.kind == TimelineEventType::RoomMember);
         let summary = if full || members_changed { Some(self.summary(room_id, user_id)?) } else { None };
         let heroes = summary.as_ref().map(|s| s.heroes.clone()).unwrap_or_default();
-        let state = self.state_section(user_id, room_id, since, full, limited, &timeline, now.pos, params, &heroes)?;
+        let state =
+            self.state_section(user_id, room_id, since, full, limited, &timeline, now.pos, params, lineage, &heroes)?;
         let mut room = JoinedRoom::new();
         room.timeline = Timeline::new();
         room.timeline.limited = limited;
@@ -796,6 +829,7 @@ impl Sync {
         since: Option<SyncToken>,
         left_at: StreamPos,
         params: &SyncParams,
+        lineage: &Lineage,
         account_data: Vec<Raw<ruma::events::AnyRoomAccountDataEvent>>,
     ) -> Result<LeftRoom> {
         let user_id = &session.user_id;
@@ -803,7 +837,8 @@ impl Sync {
         let (timeline, limited) = self.timeline_window(user_id, room_id, after, left_at, &params.filter.timeline)?;
         let full = since.is_none() || params.full_state;
         let mut room = LeftRoom::new();
-        room.state = self.state_section(user_id, room_id, since, full, limited, &timeline, left_at, params, &[])?;
+        room.state =
+            self.state_section(user_id, room_id, since, full, limited, &timeline, left_at, params, lineage, &[])?;
         room.timeline = Timeline::new();
         room.timeline.limited = limited;
         room.timeline.prev_batch = timeline.first().and_then(|p| p.stored.pos).map(|pos| position_token(pos - 1));

@@ -807,6 +807,61 @@ async fn lazy_load_members_only_includes_timeline_senders() {
     assert!(find_state(&state, "m.room.member", carol.user_id().as_str()).is_some(), "non-lazy sync lacks carol");
 }
 
+/// Member state of a sync response's room (state section only), by state key.
+fn member_state(body: &Value, room_id: &RoomId) -> Vec<String> {
+    let mut members: Vec<String> = events(&joined(body, room_id)["state"])
+        .iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .map(|e| e["state_key"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    members.sort();
+    members
+}
+
+#[tokio::test]
+async fn lazy_loading_does_not_resend_members_the_device_has_unless_asked() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room_id = create_named_room(&alice, "Lazy again", true).await;
+    join(&bob, &room_id).await;
+    send_text(&bob, &room_id, "one").await;
+    let lazy = filter(json!({"room": {"state": {"lazy_load_members": true}, "timeline": {"limit": 1}}}));
+    let redundant = filter(
+        json!({"room": {"state": {"lazy_load_members": true, "include_redundant_members": true}, "timeline": {"limit": 1}}}),
+    );
+    let first = sync(&alice, &[("filter", &lazy)]).await;
+    let mut expected = vec![alice.user_id().to_string(), bob.user_id().to_string()];
+    expected.sort();
+    assert_eq!(member_state(&first, &room_id), expected, "{first}");
+
+    // bob speaks again: his membership (and alice's) went out in the initial sync.
+    send_text(&bob, &room_id, "two").await;
+    let second = sync(&alice, &[("filter", &lazy), ("since", &next_batch(&first))]).await;
+    assert_eq!(bodies(&events(&joined(&second, &room_id)["timeline"])), vec!["two"]);
+    assert!(member_state(&second, &room_id).is_empty(), "redundant members: {second}");
+    // Asked for, they are sent.
+    let asked = sync(&alice, &[("filter", &redundant), ("since", &next_batch(&first))]).await;
+    assert!(member_state(&asked, &room_id).contains(&bob.user_id().to_string()), "{asked}");
+
+    // carol joins and speaks; with a timeline of one, her membership comes in the state.
+    join(&carol, &room_id).await;
+    send_text(&carol, &room_id, "from carol").await;
+    let third = sync(&alice, &[("filter", &lazy), ("since", &next_batch(&second))]).await;
+    assert_eq!(member_state(&third, &room_id), vec![carol.user_id().to_string()], "{third}");
+    // The client never got that answer and asks again from the same token: carol again.
+    let retried = sync(&alice, &[("filter", &lazy), ("since", &next_batch(&second))]).await;
+    assert_eq!(member_state(&retried, &room_id), vec![carol.user_id().to_string()], "{retried}");
+    // Once past it, she is not sent again.
+    send_text(&carol, &room_id, "again").await;
+    let fourth = sync(&alice, &[("filter", &lazy), ("since", &next_batch(&retried))]).await;
+    assert!(member_state(&fourth, &room_id).is_empty(), "{fourth}");
+    // A new initial sync starts over: the client may have forgotten everything.
+    let fresh = sync(&alice, &[("filter", &lazy)]).await;
+    assert!(member_state(&fresh, &room_id).contains(&carol.user_id().to_string()), "{fresh}");
+}
+
 #[tokio::test]
 async fn lazy_load_members_includes_heroes_memberships() {
     let server = TestServer::start().await;

@@ -236,7 +236,8 @@ impl PushSender {
             map.remove("url");
         }
         let event_id_only = pusher_json.pointer("/data/format").and_then(Value::as_str) == Some("event_id_only");
-        let unread = self.push.total_unread(&delivery.user_id)?;
+        // The badge counts what is visible, and this event (durable: its delivery was queued with it).
+        let unread = self.push.total_unread(&delivery.user_id, delivery.seq.0)?;
         let device = json!({
             "app_id": pusher.app_id,
             "pushkey": pusher.pushkey,
