@@ -104,10 +104,18 @@ impl PushSender {
 
     /// Starts every due delivery; returns when the earliest one not yet due is due.
     async fn start_due(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Result<Option<u64>> {
+        // A delivery is queued in its event's batch, readable before that batch is durable:
+        // only events at visible (durable) positions are pushed; a later one is looked at again
+        // shortly (its append rings the doorbell too).
+        let visible = self.core.db.current_pos();
         let queued = self.core.blocking(|db| Ok(db.queued_deliveries(BATCH)?)).await?;
         let now = now_ms();
         let mut next_due: Option<u64> = None;
         for delivery in queued {
+            if delivery.seq.0 > visible {
+                next_due = Some(next_due.map_or(now + 20, |d| d.min(now + 20)));
+                continue;
+            }
             if delivery.next_attempt_ts > now {
                 next_due = Some(next_due.map_or(delivery.next_attempt_ts, |d| d.min(delivery.next_attempt_ts)));
                 continue;
@@ -236,7 +244,7 @@ impl PushSender {
             map.remove("url");
         }
         let event_id_only = pusher_json.pointer("/data/format").and_then(Value::as_str) == Some("event_id_only");
-        // The badge counts what is visible, and this event (durable: its delivery was queued with it).
+        // The badge counts what is visible, this event included.
         let unread = self.push.total_unread(&delivery.user_id, delivery.seq.0)?;
         let device = json!({
             "app_id": pusher.app_id,
