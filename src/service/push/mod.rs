@@ -425,10 +425,10 @@ impl Push {
         Ok(counts)
     }
 
-    /// Total unread notifications over the user's joined rooms (the badge a push carries): events
-    /// up to the visible position, or up to `at_least` (a durable event being pushed) if later.
-    pub fn total_unread(&self, user_id: &UserId, at_least: StreamPos) -> Result<u64> {
-        let upto = self.core.db.current_pos().max(at_least);
+    /// Total unread notifications over the user's joined rooms (the badge a push carries), up to
+    /// the visible position (the sender pushes only events at visible positions).
+    pub fn total_unread(&self, user_id: &UserId) -> Result<u64> {
+        let upto = self.core.db.current_pos();
         let mut total = 0;
         for (room_id, membership) in self.core.db.rooms_of_user(user_id)? {
             if membership.membership == "join" {

@@ -244,8 +244,7 @@ impl PushSender {
             map.remove("url");
         }
         let event_id_only = pusher_json.pointer("/data/format").and_then(Value::as_str) == Some("event_id_only");
-        // The badge counts what is visible, this event included.
-        let unread = self.push.total_unread(&delivery.user_id, delivery.seq.0)?;
+        let unread = self.push.total_unread(&delivery.user_id)?;
         let device = json!({
             "app_id": pusher.app_id,
             "pushkey": pusher.pushkey,
