@@ -119,13 +119,9 @@ async fn run(cli: Cli) -> Result<(), String> {
                 Some(password) => password,
                 None => read_password()?,
             };
-            let db = storage::open(&storage::StorageConfig { path: config.storage.path.clone(), sync_writes: true })
-                .map_err(|e| {
-                    format!(
-                        "cannot open the database at {}: {e}. Stop the server first.",
-                        config.storage.path.display()
-                    )
-                })?;
+            let db = storage::open(&storage::StorageConfig::at(&config.storage.path)).map_err(|e| {
+                format!("cannot open the database at {}: {e}. Stop the server first.", config.storage.path.display())
+            })?;
             let services = Services::new(config, db).map_err(|e| e.to_string())?;
             let user_id = services
                 .users
@@ -137,13 +133,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::RotateSigningKey { config } => {
             let config = load(config.as_ref())?;
-            let db = storage::open(&storage::StorageConfig { path: config.storage.path.clone(), sync_writes: true })
-                .map_err(|e| {
-                    format!(
-                        "cannot open the database at {}: {e}. Stop the server first.",
-                        config.storage.path.display()
-                    )
-                })?;
+            let db = storage::open(&storage::StorageConfig::at(&config.storage.path)).map_err(|e| {
+                format!("cannot open the database at {}: {e}. Stop the server first.", config.storage.path.display())
+            })?;
             let (old, new) = ieum::service::rotate_signing_key(&*db, &config.server_name)
                 .map_err(|e| format!("cannot rotate the signing key: {e}"))?;
             println!("retired {old} (still published as an old verify key); now signing with {new}");
@@ -159,6 +151,11 @@ async fn run(cli: Cli) -> Result<(), String> {
             println!("registration tokens {}", config.registration.tokens.len());
             println!("rate limits      {}", if config.rate_limits.enabled { "on" } else { "off" });
             println!("room version     {}", config.rooms.default_version);
+            let memory = &config.memory;
+            println!(
+                "cache memory     events {} MiB, state {} MiB, blocks {} MiB, write buffers {} MiB",
+                memory.event_cache_mb, memory.state_cache_mb, memory.block_cache_mb, memory.write_buffer_mb
+            );
             Ok(())
         }
     }

@@ -422,14 +422,31 @@ pub struct StorageConfig {
     pub path: std::path::PathBuf,
     /// Sync the write-ahead log before acknowledging writes (true in production).
     pub sync_writes: bool,
+    /// Bytes for the backend's cache of blocks read from disk.
+    pub block_cache_bytes: usize,
+    /// Bytes for the backend's write buffers, all tables together.
+    pub write_buffer_bytes: usize,
+}
+
+impl StorageConfig {
+    /// Durable writes and the default memory budgets (`[memory]` in the config).
+    pub fn at(path: &Path) -> Self {
+        let memory = crate::config::MemoryConfig::default();
+        Self {
+            path: path.to_owned(),
+            sync_writes: true,
+            block_cache_bytes: memory.block_cache_mb << 20,
+            write_buffer_bytes: memory.write_buffer_mb << 20,
+        }
+    }
 }
 
 /// Opens the configured backend. Only this function (called from `server.rs`) picks one.
 pub fn open(config: &StorageConfig) -> Result<Arc<dyn Storage>> {
-    Ok(Arc::new(embedded::RocksStorage::open(&config.path, config.sync_writes)?))
+    Ok(Arc::new(embedded::RocksStorage::open(config)?))
 }
 
 /// Convenience for tests: a RocksDB store in a directory.
 pub fn open_at(path: &Path) -> Result<Arc<dyn Storage>> {
-    open(&StorageConfig { path: path.to_owned(), sync_writes: true })
+    open(&StorageConfig::at(path))
 }

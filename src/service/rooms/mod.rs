@@ -49,9 +49,6 @@ pub type StateMap = HashMap<(StateEventType, String), OwnedEventId>;
 
 /// Snapshots are written every this many deltas so loading state stays cheap.
 pub(crate) const MAX_STATE_CHAIN: u32 = 32;
-/// Memory for cached events and for cached state maps (estimated heap bytes each).
-const PDU_CACHE_BYTES: usize = 48 << 20;
-const STATE_CACHE_BYTES: usize = 48 << 20;
 /// At most this many prev_events per new event (the spec's limit is 20).
 const MAX_PREV_EVENTS: usize = 20;
 
@@ -118,10 +115,12 @@ impl Rooms {
         federation: Arc<super::federation::Federation>,
         appservices: Arc<super::appservice::Appservices>,
     ) -> Self {
+        // Memory for cached events and for cached state maps (estimated heap bytes each).
+        let memory = &core.config.memory;
         Self {
             federation,
-            pdu_cache: cache::BoundedCache::new(PDU_CACHE_BYTES, |pdu| pdu.heap_size()),
-            state_cache: cache::BoundedCache::new(STATE_CACHE_BYTES, |state| state_map_heap_size(state)),
+            pdu_cache: cache::BoundedCache::new(memory.event_cache_mb << 20, |pdu| pdu.heap_size()),
+            state_cache: cache::BoundedCache::new(memory.state_cache_mb << 20, |state| state_map_heap_size(state)),
             locks: Mutex::default(),
             backfill_retry: Mutex::default(),
             joining: Mutex::default(),
