@@ -119,9 +119,14 @@ async fn run(cli: Cli) -> Result<(), String> {
                 Some(password) => password,
                 None => read_password()?,
             };
-            let db = storage::open(&storage::StorageConfig::at(&config.storage.path)).map_err(|e| {
-                format!("cannot open the database at {}: {e}. Stop the server first.", config.storage.path.display())
-            })?;
+            let db = storage::open(&storage::StorageConfig::new(&config.storage.path, true, &config.memory)).map_err(
+                |e| {
+                    format!(
+                        "cannot open the database at {}: {e}. Stop the server first.",
+                        config.storage.path.display()
+                    )
+                },
+            )?;
             let services = Services::new(config, db).map_err(|e| e.to_string())?;
             let user_id = services
                 .users
@@ -133,9 +138,14 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::RotateSigningKey { config } => {
             let config = load(config.as_ref())?;
-            let db = storage::open(&storage::StorageConfig::at(&config.storage.path)).map_err(|e| {
-                format!("cannot open the database at {}: {e}. Stop the server first.", config.storage.path.display())
-            })?;
+            let db = storage::open(&storage::StorageConfig::new(&config.storage.path, true, &config.memory)).map_err(
+                |e| {
+                    format!(
+                        "cannot open the database at {}: {e}. Stop the server first.",
+                        config.storage.path.display()
+                    )
+                },
+            )?;
             let (old, new) = ieum::service::rotate_signing_key(&*db, &config.server_name)
                 .map_err(|e| format!("cannot rotate the signing key: {e}"))?;
             println!("retired {old} (still published as an old verify key); now signing with {new}");

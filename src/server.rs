@@ -46,12 +46,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 impl Server {
     /// Opens storage, binds every listener and starts serving.
     pub async fn start(config: Config) -> Result<Self, ServerError> {
-        let storage_config = StorageConfig {
-            path: config.storage.path.clone(),
-            sync_writes: config.storage.sync_writes,
-            block_cache_bytes: config.memory.block_cache_mb << 20,
-            write_buffer_bytes: config.memory.write_buffer_mb << 20,
-        };
+        let storage_config = StorageConfig::new(&config.storage.path, config.storage.sync_writes, &config.memory);
         let db = storage::open(&storage_config)
             .map_err(|source| ServerError::Storage { path: config.storage.path.display().to_string(), source })?;
         let listen = config.http.listen.clone();

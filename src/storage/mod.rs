@@ -429,15 +429,19 @@ pub struct StorageConfig {
 }
 
 impl StorageConfig {
-    /// Durable writes and the default memory budgets (`[memory]` in the config).
-    pub fn at(path: &Path) -> Self {
-        let memory = crate::config::MemoryConfig::default();
+    /// A store at `path` with the memory budgets of `[memory]` in the config.
+    pub fn new(path: &Path, sync_writes: bool, memory: &crate::config::MemoryConfig) -> Self {
         Self {
             path: path.to_owned(),
-            sync_writes: true,
+            sync_writes,
             block_cache_bytes: memory.block_cache_mb << 20,
             write_buffer_bytes: memory.write_buffer_mb << 20,
         }
+    }
+
+    /// Durable writes and the default memory budgets.
+    pub fn at(path: &Path) -> Self {
+        Self::new(path, true, &crate::config::MemoryConfig::default())
     }
 }
 
