@@ -119,14 +119,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 Some(password) => password,
                 None => read_password()?,
             };
-            let db = storage::open(&storage::StorageConfig::new(&config.storage.path, true, &config.memory)).map_err(
-                |e| {
-                    format!(
-                        "cannot open the database at {}: {e}. Stop the server first.",
-                        config.storage.path.display()
-                    )
-                },
-            )?;
+            let db = open_database(&config)?;
             let services = Services::new(config, db).map_err(|e| e.to_string())?;
             let user_id = services
                 .users
@@ -138,14 +131,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::RotateSigningKey { config } => {
             let config = load(config.as_ref())?;
-            let db = storage::open(&storage::StorageConfig::new(&config.storage.path, true, &config.memory)).map_err(
-                |e| {
-                    format!(
-                        "cannot open the database at {}: {e}. Stop the server first.",
-                        config.storage.path.display()
-                    )
-                },
-            )?;
+            let db = open_database(&config)?;
             let (old, new) = ieum::service::rotate_signing_key(&*db, &config.server_name)
                 .map_err(|e| format!("cannot rotate the signing key: {e}"))?;
             println!("retired {old} (still published as an old verify key); now signing with {new}");
@@ -169,6 +155,13 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// Opens the database for a command run beside (not inside) the server.
+fn open_database(config: &Config) -> Result<std::sync::Arc<dyn storage::Storage>, String> {
+    storage::open(&storage::StorageConfig::new(&config.storage.path, true, &config.memory)).map_err(|e| {
+        format!("cannot open the database at {}: {e}. Stop the server first.", config.storage.path.display())
+    })
 }
 
 /// glibc's defaults keep much of what the server frees. Two settings, each unless its
