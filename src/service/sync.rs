@@ -688,7 +688,8 @@ impl Sync {
             .chain(heroes.iter().map(|h| &**h))
             .collect();
         // Members this device already has are not sent again (unless asked, or for full state).
-        let skip_held = filter.lazy_load_members && !filter.include_redundant_members && !full;
+        let dedup = filter.lazy_load_members && !filter.include_redundant_members;
+        let skip_held = dedup && !full;
         let held =
             |member: &str, pdu: &Pdu| skip_held && self.lazy_members.has(lineage, room_id, member, &pdu.event_id);
         let mut sent_members: Vec<Arc<Pdu>> = Vec::new();
@@ -734,7 +735,7 @@ impl Sync {
                 }
             }
         }
-        if filter.lazy_load_members && !filter.include_redundant_members {
+        if dedup {
             let in_timeline = timeline.iter().filter(|p| p.kind == TimelineEventType::RoomMember);
             let members = sent_members
                 .iter()
