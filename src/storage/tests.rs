@@ -138,7 +138,11 @@ storage_test!(deleting_a_device_revokes_its_tokens, |store, _reopen| {
         kind,
     };
     store.put_device_with_tokens(owner, &device, &token(TokenKind::Access), Some(&token(TokenKind::Refresh))).unwrap();
+    // Each read below is also cached: the writes after it must drop it.
     assert!(store.token(&[1; 32]).unwrap().is_some());
+    assert!(store.token(&[2; 32]).unwrap().is_some());
+    store.put_pusher(&pusher("@alice:x", "DEV", "k"), false).unwrap();
+    assert_eq!(store.pushers(owner).unwrap().len(), 1);
     // A new login on the same device id replaces the old tokens.
     let renewed = DeviceRecord { token_hash: [3; 32], refresh_hash: None, ..device.clone() };
     store.put_device_with_tokens(owner, &renewed, &token(TokenKind::Access), None).unwrap();
@@ -149,6 +153,8 @@ storage_test!(deleting_a_device_revokes_its_tokens, |store, _reopen| {
     store.delete_device(owner, "DEV".into()).unwrap();
     assert!(store.token(&[3; 32]).unwrap().is_none());
     assert!(store.devices(owner).unwrap().is_empty());
+    // The device's pusher went with it.
+    assert!(store.pushers(owner).unwrap().is_empty());
 });
 
 storage_test!(timeline_pages_both_ways_and_survives_reopen, |store, reopen| {
@@ -864,13 +870,18 @@ storage_test!(pushers_replace_delete_and_go_with_their_device, |store, reopen| {
     store.put_pusher(&pusher("@b:x", "D9", "k1"), false).unwrap();
     assert_eq!(store.pushers(a).unwrap().len(), 2);
     store.put_pusher(&pusher("@b:x", "D9", "k1"), true).unwrap();
+    // a's cached answer (read above) does not outlive the replacement.
+    let keys_of =
+        |store: &dyn Storage, user| store.pushers(user).unwrap().iter().map(|p| p.pushkey.clone()).collect::<Vec<_>>();
+    assert_eq!(keys_of(&*store, a), ["k2"]);
     drop(store);
     let store = reopen();
-    assert_eq!(store.pushers(a).unwrap().iter().map(|p| p.pushkey.as_str()).collect::<Vec<_>>(), ["k2"]);
+    assert_eq!(keys_of(&*store, a), ["k2"]);
     assert_eq!(store.pushers(b).unwrap().len(), 1);
     assert_eq!(store.delete_device_pushers(a, "D2".into()).unwrap(), 1);
     assert!(store.pushers(a).unwrap().is_empty());
     assert!(store.delete_pusher(b, "app", "k1").unwrap());
+    assert!(store.pushers(b).unwrap().is_empty());
     assert!(!store.delete_pusher(b, "app", "k1").unwrap());
 });
 

@@ -616,9 +616,14 @@ async fn refresh_tokens_rotate_access_tokens() {
     let response = server.client().send(request).await;
     let refresh = response.refresh_token.expect("a refresh token when the client supports them");
     assert!(response.expires_in.is_some());
+    let old_client = with_token(&alice, &response.access_token);
+    assert!(whoami_status(&old_client).await.is_ok());
     let refreshed = server.client().send(refresh_token::v3::Request::new(refresh.clone())).await;
     assert_ne!(refreshed.access_token, response.access_token);
     assert_eq!(whoami_status(&with_token(&alice, &refreshed.access_token)).await.unwrap(), alice.user_id());
+    // The old access token was replaced (also when a request had just used it).
+    let error = whoami_status(&old_client).await.unwrap_err();
+    assert_eq!((error.status, error.errcode()), (401, "M_UNKNOWN_TOKEN"), "{}", error.body);
     // The refresh token is rotated along with the access token.
     let new_refresh = refreshed.refresh_token.expect("rotated refresh token");
     assert_ne!(new_refresh, refresh);

@@ -92,7 +92,10 @@ impl RocksStorage {
             KIND_DEVICE_LIST,
             batch,
             |batch, pos| self.put_change(batch, user_id, pos),
-            |_| self.device_keys.written([&*join(&[user_id.as_bytes(), device_id.as_bytes()])]),
+            |_| {
+                self.device_keys.written([&*join(&[user_id.as_bytes(), device_id.as_bytes()])]);
+                self.pushers.written([user_id.as_bytes()]);
+            },
         )?;
         Ok(DeviceListChange { pos, prev })
     }

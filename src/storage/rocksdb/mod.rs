@@ -40,7 +40,7 @@ use tokio::sync::watch;
 use super::{
     AppendEvent, DeviceRecord, Direction, MembershipRecord, MetaStore, ReceiptRecord, Result, RoomHead, RoomRecord,
     RoomStore, StateGroup, StateGroupId, StorageError, StoredEvent, StreamPos, StreamStore, TokenRecord, UnreadEntry,
-    UserRecord, UserStore, WriteTicket, e2ee::DeviceListChange,
+    UserRecord, UserStore, WriteTicket, e2ee::DeviceListChange, push::PusherRecord,
 };
 use keys::{join, prefix, trailing_u64, u64_key, with_u64};
 use schema as cf;
@@ -111,6 +111,13 @@ pub struct RocksStorage {
     device_keys: read_cache::ReadCache<Vec<u8>, e2ee::KeySummary>,
     /// Notification records after a user's read position in a room (key: `user SEP room`).
     unread: read_cache::ReadCache<Vec<u8>, read_cache::Unread>,
+    /// Access and refresh tokens by hash (`token`): read by every authenticated request.
+    /// Only tokens that exist are cached (an unknown token costs a read, not an entry), and
+    /// every write that replaces or deletes a token drops its entry.
+    tokens: read_cache::ReadCache<[u8; 32], TokenRecord>,
+    /// A user's pushers (key: the user id's bytes): read for every member a message
+    /// notifies; dropped by every write of the user's pushers.
+    pushers: read_cache::ReadCache<Vec<u8>, Vec<PusherRecord>>,
     next_state_group: AtomicU64,
     /// The next federation outbox sequence number (see outbox.rs).
     next_outbox_seq: AtomicU64,
@@ -214,6 +221,8 @@ impl RocksStorage {
             room_members: read_cache::ReadCache::new(500_000, Vec::len),
             device_keys: read_cache::ReadCache::new(200_000, |(counts, types)| counts.len() + types.len()),
             unread: read_cache::ReadCache::new(200_000, |(_, records)| records.len()),
+            tokens: read_cache::ReadCache::new(100_000, |_| 0),
+            pushers: read_cache::ReadCache::new(100_000, Vec::len),
             next_state_group: AtomicU64::new(last_group + 1),
             next_outbox_seq: AtomicU64::new(last_outbox_seq + 1),
             create_lock: Mutex::new(()),
@@ -379,7 +388,15 @@ impl UserStore for RocksStorage {
     }
 
     fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>> {
-        self.get_json(cf::TOKENS, hash)
+        let generation = match self.tokens.get(hash) {
+            Ok(record) => return Ok(Some(record)),
+            Err(generation) => generation,
+        };
+        let record = self.get_json::<TokenRecord>(cf::TOKENS, hash)?;
+        if let Some(record) = &record {
+            self.tokens.store(*hash, generation, record);
+        }
+        Ok(record)
     }
 
     fn put_device_with_tokens(
@@ -391,18 +408,24 @@ impl UserStore for RocksStorage {
     ) -> Result<()> {
         let key = join(&[user_id.as_bytes(), device.device_id.as_bytes()]);
         let mut batch = WriteBatch::default();
+        let mut hashes = vec![device.token_hash];
         if let Some(old) = self.get_json::<DeviceRecord>(cf::DEVICES, &key)? {
             batch.delete_cf(self.cf(cf::TOKENS), old.token_hash);
+            hashes.push(old.token_hash);
             if let Some(hash) = old.refresh_hash {
                 batch.delete_cf(self.cf(cf::TOKENS), hash);
+                hashes.push(hash);
             }
         }
         batch.put_cf(self.cf(cf::DEVICES), &key, encode(device));
         batch.put_cf(self.cf(cf::TOKENS), device.token_hash, encode(access));
         if let (Some(hash), Some(record)) = (device.refresh_hash, refresh) {
             batch.put_cf(self.cf(cf::TOKENS), hash, encode(record));
+            hashes.push(hash);
         }
-        self.write(batch)
+        self.write(batch)?;
+        self.tokens.written(&hashes);
+        Ok(())
     }
 
     fn update_device(&self, user_id: &UserId, device: &DeviceRecord) -> Result<()> {
@@ -430,14 +453,15 @@ impl UserStore for RocksStorage {
         };
         // The device, its tokens, its keys and its inbox go in one batch with the change
         // that tells everyone sharing a room to stop encrypting to it.
-        self.delete_device_with_change(user_id, device_id, |batch| {
+        let change = self.delete_device_with_change(user_id, device_id, |batch| {
             batch.delete_cf(self.cf(cf::DEVICES), &key);
             batch.delete_cf(self.cf(cf::TOKENS), device.token_hash);
             if let Some(hash) = device.refresh_hash {
                 batch.delete_cf(self.cf(cf::TOKENS), hash);
             }
-        })
-        .map(Some)
+        })?;
+        self.tokens.written([device.token_hash].iter().chain(device.refresh_hash.as_ref()));
+        Ok(Some(change))
     }
 }
 

@@ -173,16 +173,24 @@ impl PushStore for RocksStorage {
     }
 
     fn pushers(&self, user_id: &UserId) -> Result<Vec<PusherRecord>> {
-        self.scan_prefix(cf::PUSHERS, &keys::prefix(user_id.as_bytes()))?
+        let generation = match self.pushers.get(user_id.as_bytes()) {
+            Ok(list) => return Ok(list),
+            Err(generation) => generation,
+        };
+        let list = self
+            .scan_prefix(cf::PUSHERS, &keys::prefix(user_id.as_bytes()))?
             .into_iter()
             .map(|(_, value)| decode(cf::PUSHERS, &value))
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        self.pushers.store(user_id.as_bytes().to_vec(), generation, &list);
+        Ok(list)
     }
 
     fn put_pusher(&self, pusher: &PusherRecord, replace_others: bool) -> Result<()> {
         let _guard = self.create_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut batch = WriteBatch::default();
         let user = pusher.user_id.as_bytes();
+        let mut users = vec![user.to_vec()];
         if replace_others {
             let index_prefix = keys::prefix(&keys::join(&[pusher.app_id.as_bytes(), pusher.pushkey.as_bytes()]));
             for (key, _) in self.scan_prefix(cf::PUSHER_KEYS, &index_prefix)? {
@@ -190,12 +198,15 @@ impl PushStore for RocksStorage {
                 if other != user {
                     batch.delete_cf(self.cf(cf::PUSHER_KEYS), &key);
                     batch.delete_cf(self.cf(cf::PUSHERS), pusher_key(other, &pusher.app_id, &pusher.pushkey));
+                    users.push(other.to_vec());
                 }
             }
         }
         batch.put_cf(self.cf(cf::PUSHERS), pusher_key(user, &pusher.app_id, &pusher.pushkey), encode(pusher));
         batch.put_cf(self.cf(cf::PUSHER_KEYS), pusher_index_key(&pusher.app_id, &pusher.pushkey, user), b"");
-        self.write(batch)
+        self.write(batch)?;
+        self.pushers.written(users.iter().map(Vec::as_slice));
+        Ok(())
     }
 
     fn delete_pusher(&self, user_id: &UserId, app_id: &str, pushkey: &str) -> Result<bool> {
@@ -208,6 +219,7 @@ impl PushStore for RocksStorage {
         batch.delete_cf(self.cf(cf::PUSHERS), key);
         batch.delete_cf(self.cf(cf::PUSHER_KEYS), pusher_index_key(app_id, pushkey, user_id.as_bytes()));
         self.write(batch)?;
+        self.pushers.written([user_id.as_bytes()]);
         Ok(true)
     }
 
@@ -217,6 +229,7 @@ impl PushStore for RocksStorage {
         let count = self.delete_device_pushers_into(&mut batch, user_id, device_id)?;
         if count > 0 {
             self.write(batch)?;
+            self.pushers.written([user_id.as_bytes()]);
         }
         Ok(count)
     }
