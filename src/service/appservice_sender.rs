@@ -201,7 +201,7 @@ impl AppserviceSender {
         // sync is shared with the sends being answered at the same moment, and runs off
         // the async workers.
         let ticket = self.core.db.put_appservice_state_pending(&id, &state)?;
-        self.core.blocking(move |db| db.wait_durable(ticket).map_err(Into::into)).await?;
+        self.core.durable.wait(&self.core.db, ticket).await?;
         self.unsaved.remove(&id);
         self.states.insert(id.clone(), state.clone());
         self.put(service, &txn).await?;
