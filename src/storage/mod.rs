@@ -28,6 +28,7 @@ pub use backup::{
 
 pub mod push;
 pub mod rocksdb;
+pub use self::rocksdb::StalledAppend;
 pub use push::{DeliveryRecord, NotificationRecord, PushStore, PushWrites, PusherRecord, UnreadEntry};
 // The one place a backend is chosen (see `open`).
 use self::rocksdb as embedded;
@@ -242,7 +243,24 @@ pub trait RoomStore: Send + Sync + StreamStore {
     /// event of the room can be built on it), but neither durable nor visible to stream
     /// readers until `wait_durable` with its ticket, or a later one, returns. Lets a caller
     /// release the room's lock before the fsync, and many appends share one fsync.
-    fn append_event_pending(&self, append: AppendEvent<'_>) -> Result<(StreamPos, WriteTicket)>;
+    fn append_event_pending(&self, append: AppendEvent<'_>) -> Result<(StreamPos, WriteTicket)> {
+        match self.try_append_event_pending(append)? {
+            Ok(written) => Ok(written),
+            Err(stalled) => self.finish_stalled_append(stalled),
+        }
+    }
+    /// `append_event_pending` that never waits inside the store, so an async worker may
+    /// call it: when RocksDB holds writes back (memtables or level-0 files waiting for a
+    /// flush or a compaction), nothing is written and the built append comes back, for
+    /// `finish_stalled_append` on a blocking thread. No write in the store asks for a
+    /// synced write, so a write never waits behind another's fsync either.
+    fn try_append_event_pending(
+        &self,
+        append: AppendEvent<'_>,
+    ) -> Result<std::result::Result<(StreamPos, WriteTicket), StalledAppend>>;
+    /// Writes an append `try_append_event_pending` gave back, waiting as long as RocksDB
+    /// needs (a blocking call).
+    fn finish_stalled_append(&self, stalled: StalledAppend) -> Result<(StreamPos, WriteTicket)>;
     fn event(&self, event_id: &ruma::EventId) -> Result<Option<StoredEvent>>;
     /// The stream position of an event (None: unknown, or an outlier), without decoding it.
     fn event_pos(&self, event_id: &ruma::EventId) -> Result<Option<StreamPos>>;

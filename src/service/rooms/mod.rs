@@ -536,28 +536,31 @@ impl Rooms {
 
     async fn write(&self, append: AppendEventOwned) -> Result<()> {
         let deliveries = !append.push.deliveries.is_empty();
-        let ticket = self
-            .core
-            .blocking(move |db| {
-                db.append_event_pending(AppendEvent {
-                    event_id: &append.event_id,
-                    event: append.event,
-                    new_room: append.new_room,
-                    new_state_groups: append.new_state_groups,
-                    state_after: append.state_after,
-                    extremities: append.extremities,
-                    depth: append.depth,
-                    memberships: append.memberships,
-                    txn_key: append.txn_key,
-                    redact: append.redact,
-                    push: append.push,
-                    bumps: append.bumps,
-                    last_bump: append.last_bump,
-                })
-                .map(|(_, ticket)| ticket)
-                .map_err(Error::from)
-            })
-            .await?;
+        // Written here on the async worker: a pending write is a memtable insert and a WAL
+        // append to the page cache, cheaper than a hand-off to a blocking thread and back.
+        // When RocksDB would hold it back, the built write goes to a blocking thread.
+        let written = self.core.db.try_append_event_pending(AppendEvent {
+            event_id: &append.event_id,
+            event: append.event,
+            new_room: append.new_room,
+            new_state_groups: append.new_state_groups,
+            state_after: append.state_after,
+            extremities: append.extremities,
+            depth: append.depth,
+            memberships: append.memberships,
+            txn_key: append.txn_key,
+            redact: append.redact,
+            push: append.push,
+            bumps: append.bumps,
+            last_bump: append.last_bump,
+        })?;
+        let ticket = match written {
+            Ok((_, ticket)) => ticket,
+            Err(stalled) => {
+                tracing::debug!("storage is holding writes back; appending on a blocking thread");
+                self.core.blocking(move |db| Ok(db.finish_stalled_append(stalled)?.1)).await?
+            }
+        };
         // Durable before the caller goes on, or (inside `durability::deferred`) before the
         // scope answers anyone.
         crate::service::durability::settle(&self.core, ticket).await?;

@@ -1,8 +1,10 @@
 //! The RocksDB backend: the only code that names `rocksdb`.
 //!
 //! Durability: every write is one WriteBatch written with the WAL on and, when
-//! `sync_writes`, fsynced before returning. RocksDB groups concurrent writers into one
-//! WAL write and one fsync (group commit), so callers write from a blocking pool.
+//! `sync_writes`, made durable by a WAL sync before it is acknowledged. No write asks
+//! RocksDB for a synced write: the sync is the group commit's `flush_wal` (commit.rs),
+//! which runs beside writers instead of inside RocksDB's write group, so a write never
+//! waits behind another write's fsync. Concurrent writers share one sync.
 //!
 //! Stream positions are handed out from a counter, and a position becomes visible to
 //! readers only when every smaller position is durable (see `Positions`), so a sync
@@ -23,7 +25,7 @@ mod stamps;
 use std::{
     collections::BTreeSet,
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -95,11 +97,14 @@ impl Positions {
 
 pub struct RocksStorage {
     db: DB,
-    write_opts: WriteOptions,
-    /// WAL without sync, for pending writes (made durable by `commit`).
+    /// WAL without sync (made durable by `commit`): every write uses it.
     pending_opts: WriteOptions,
+    /// `pending_opts` that fail at once (`Incomplete`) instead of waiting when RocksDB
+    /// holds writes back (too many memtables or level-0 files waiting for a flush or a
+    /// compaction): for a write made on an async worker (see `try_append_event_pending`).
+    no_stall_opts: WriteOptions,
     commit: commit::GroupCommit,
-    positions: Positions,
+    positions: Arc<Positions>,
     /// Last change positions that let stream readers skip empty scans (see stamps.rs).
     stamps: Stamps,
     /// `rooms_of_user` answers (see read_cache.rs), weighed in room records.
@@ -210,9 +215,9 @@ impl RocksStorage {
             ColumnFamilyDescriptor::new(*name, cf_opts)
         });
         let db = DB::open_cf_descriptors(&opts, path, descriptors).map_err(backend)?;
-        let mut write_opts = WriteOptions::default();
-        write_opts.set_sync(sync_writes);
         let pending_opts = WriteOptions::default();
+        let mut no_stall_opts = WriteOptions::default();
+        no_stall_opts.set_no_slowdown(true);
 
         // A new database starts its stream high, so history fetched later from other servers
         // can take timeline keys below a room's first event (see `insert_backfilled`).
@@ -221,10 +226,10 @@ impl RocksStorage {
         let last_outbox_seq = outbox::last_outbox_seq(&db)?;
         Ok(Self {
             db,
-            write_opts,
             pending_opts,
+            no_stall_opts,
             commit: commit::GroupCommit::new(sync_writes),
-            positions: Positions::new(last_pos),
+            positions: Arc::new(Positions::new(last_pos)),
             stamps: Stamps::new(last_pos),
             user_rooms: read_cache::ReadCache::new(200_000, Vec::len),
             room_members: read_cache::ReadCache::new(500_000, Vec::len),
@@ -265,8 +270,10 @@ impl RocksStorage {
         }
     }
 
+    /// Writes a batch, durable when it returns (a pending write and a wait for its sync).
     fn write(&self, batch: WriteBatch) -> Result<()> {
-        self.db.write_opt(batch, &self.write_opts).map_err(backend)
+        let ticket = self.write_pending(batch)?;
+        self.wait_durable(ticket)
     }
 
     /// Writes a batch that occupies a fresh stream position; the position becomes
@@ -296,30 +303,11 @@ impl RocksStorage {
         result.map(|()| pos)
     }
 
-    /// Writes a batch at a fresh stream position without syncing the WAL: readable at
-    /// once, visible to stream readers once a `wait_durable` covers its ticket. `written`
-    /// runs once the batch is in RocksDB and before the position is handed to the group
-    /// commit (after which another thread's sync can make it visible).
-    fn write_pending_at_new_pos(
-        &self,
-        kind: u8,
-        build: impl FnOnce(&mut WriteBatch, StreamPos),
-        written: impl FnOnce(StreamPos),
-    ) -> Result<(StreamPos, WriteTicket)> {
-        let pos = self.positions.allocate();
-        let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(cf::STREAM), u64_key(pos), [kind]);
-        build(&mut batch, pos);
-        match self.db.write_opt(batch, &self.pending_opts) {
-            Ok(()) => {
-                written(pos);
-                Ok((pos, self.commit.written(&self.positions, Some(pos))))
-            }
-            Err(e) => {
-                self.positions.finish(pos);
-                Err(backend(e))
-            }
-        }
+    /// An append written (pending): its caches are brought up to date before the position
+    /// is handed to the group commit, after which another thread's sync can make it visible.
+    fn appended(&self, pos: StreamPos, caches: &AppendCaches) -> (StreamPos, WriteTicket) {
+        caches.apply(self, pos);
+        (pos, self.commit.written(&self.positions, Some(pos)))
     }
 
     /// Writes a batch without syncing the WAL and without a stream position: durable once a
@@ -474,82 +462,136 @@ impl UserStore for RocksStorage {
     }
 }
 
+/// What an append changes in the in-memory caches, applied once it is written.
+struct AppendCaches {
+    room_id: OwnedRoomId,
+    /// Users whose membership the event sets.
+    members: Vec<OwnedUserId>,
+    /// Unread entries (key `user SEP room`) for the members it notifies; `pos` is set here.
+    notified: Vec<(Vec<u8>, UnreadEntry)>,
+}
+
+impl AppendCaches {
+    fn apply(&self, store: &RocksStorage, pos: StreamPos) {
+        if !self.members.is_empty() {
+            store.user_rooms.written(self.members.iter().map(|u| &**u));
+            store.room_members.written([&*self.room_id]);
+        }
+        if !self.notified.is_empty() {
+            let changes = self.notified.iter().map(|(key, record)| (&**key, UnreadEntry { pos, ..record.clone() }));
+            store.unread.written_with(changes, read_cache::add_unread);
+        }
+    }
+}
+
+/// An append RocksDB refused to take without waiting (see
+/// `RoomStore::try_append_event_pending`): its batch, built at its stream position, not
+/// written. `RoomStore::finish_stalled_append` writes it; dropped unwritten, it gives its
+/// position up (a gap in the stream, like a failed write), so later writes become visible.
+#[must_use = "a stalled append holds a stream position until it is written or dropped"]
+pub struct StalledAppend {
+    pos: StreamPos,
+    batch: Vec<u8>,
+    caches: AppendCaches,
+    positions: Arc<Positions>,
+    written: bool,
+}
+
+impl Drop for StalledAppend {
+    fn drop(&mut self) {
+        if !self.written {
+            self.positions.finish(self.pos);
+        }
+    }
+}
+
 impl RoomStore for RocksStorage {
     fn next_state_group_id(&self) -> StateGroupId {
         self.next_state_group.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn append_event_pending(&self, append: AppendEvent<'_>) -> Result<(StreamPos, WriteTicket)> {
+    fn try_append_event_pending(
+        &self,
+        append: AppendEvent<'_>,
+    ) -> Result<std::result::Result<(StreamPos, WriteTicket), StalledAppend>> {
         let room_id = append.event.room_id.clone();
         let room = room_id.as_bytes();
-        let members: Vec<OwnedUserId> = append.memberships.iter().map(|(user_id, _, _)| user_id.clone()).collect();
-        let notified: Vec<_> = append.push.notifications.iter().map(push::unread_record).collect();
-        // The caches are brought up to date before the position can become visible.
-        let update_caches = |pos: StreamPos| {
-            if !members.is_empty() {
-                self.user_rooms.written(members.iter().map(|u| &**u));
-                self.room_members.written([&*room_id]);
-            }
-            if !notified.is_empty() {
-                let changes = notified.iter().map(|(key, record)| (&**key, UnreadEntry { pos, ..record.clone() }));
-                self.unread.written_with(changes, read_cache::add_unread);
-            }
+        let pos = self.positions.allocate();
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(cf::STREAM), u64_key(pos), [KIND_EVENT]);
+        let mut event = append.event;
+        event.pos = Some(pos);
+        if let Some(record) = &append.new_room {
+            batch.put_cf(self.cf(cf::ROOMS), room, encode(record));
+        }
+        for (id, group) in &append.new_state_groups {
+            batch.put_cf(self.cf(cf::STATE_GROUPS), u64_key(*id), encode(group));
+        }
+        let mut entry = append.state_after.to_be_bytes().to_vec();
+        entry.extend_from_slice(append.event_id.as_bytes());
+        batch.put_cf(self.cf(cf::TIMELINE), with_u64(room, pos), entry);
+        batch.put_cf(
+            self.cf(cf::STREAM_EVENTS),
+            u64_key(pos),
+            appservice::stream_event_value(room, append.event_id.as_bytes()),
+        );
+        let head = RoomHead {
+            state_group: append.state_after,
+            extremities: append.extremities,
+            depth: append.depth,
+            last_pos: pos,
+            last_bump: if append.bumps { Some(pos) } else { append.last_bump },
         };
-        self.write_pending_at_new_pos(
-            KIND_EVENT,
-            |batch, pos| {
-                let mut event = append.event;
-                event.pos = Some(pos);
-                if let Some(record) = &append.new_room {
-                    batch.put_cf(self.cf(cf::ROOMS), room, encode(record));
-                }
-                for (id, group) in &append.new_state_groups {
-                    batch.put_cf(self.cf(cf::STATE_GROUPS), u64_key(*id), encode(group));
-                }
-                let mut entry = append.state_after.to_be_bytes().to_vec();
-                entry.extend_from_slice(append.event_id.as_bytes());
-                batch.put_cf(self.cf(cf::TIMELINE), with_u64(room, pos), entry);
-                batch.put_cf(
-                    self.cf(cf::STREAM_EVENTS),
-                    u64_key(pos),
-                    appservice::stream_event_value(room, append.event_id.as_bytes()),
-                );
-                let head = RoomHead {
-                    state_group: append.state_after,
-                    extremities: append.extremities,
-                    depth: append.depth,
-                    last_pos: pos,
-                    last_bump: if append.bumps { Some(pos) } else { append.last_bump },
-                };
-                batch.put_cf(self.cf(cf::ROOM_HEADS), room, encode(&head));
-                // Conservative: any event whose JSON mentions the member type counts (a PDU
-                // from another server is kept as it came, spacing included).
-                if !append.memberships.is_empty() || event.pdu.get().contains("m.room.member") {
-                    self.stamps.raise(Stream::Members, room, pos);
-                }
-                for (user_id, membership, event_id) in &append.memberships {
-                    let record = MembershipRecord { membership: membership.clone(), event_id: event_id.clone(), pos };
-                    batch.put_cf(self.cf(cf::USER_ROOMS), join(&[user_id.as_bytes(), room]), encode(&record));
-                    batch.put_cf(self.cf(cf::ROOM_MEMBERS), join(&[room, user_id.as_bytes()]), membership.as_bytes());
-                    if membership == "join" || membership == "invite" || membership == "knock" {
-                        batch.delete_cf(self.cf(cf::FORGOTTEN), join(&[user_id.as_bytes(), room]));
-                    }
-                }
-                if let Some((user_id, session_id, txn_key)) = &append.txn_key {
-                    batch.put_cf(
-                        self.cf(cf::TXNS),
-                        join(&[user_id.as_bytes(), session_id.as_bytes(), txn_key.as_bytes()]),
-                        append.event_id.as_bytes(),
-                    );
-                }
-                if let Some((redacted_id, redacted)) = &append.redact {
-                    batch.put_cf(self.cf(cf::EVENTS), redacted_id.as_bytes(), encode(redacted));
-                }
-                batch.put_cf(self.cf(cf::EVENTS), append.event_id.as_bytes(), encode(&event));
-                self.write_push(batch, pos, &append.push);
-            },
-            update_caches,
-        )
+        batch.put_cf(self.cf(cf::ROOM_HEADS), room, encode(&head));
+        // Conservative: any event whose JSON mentions the member type counts (a PDU
+        // from another server is kept as it came, spacing included).
+        if !append.memberships.is_empty() || event.pdu.get().contains("m.room.member") {
+            self.stamps.raise(Stream::Members, room, pos);
+        }
+        for (user_id, membership, event_id) in &append.memberships {
+            let record = MembershipRecord { membership: membership.clone(), event_id: event_id.clone(), pos };
+            batch.put_cf(self.cf(cf::USER_ROOMS), join(&[user_id.as_bytes(), room]), encode(&record));
+            batch.put_cf(self.cf(cf::ROOM_MEMBERS), join(&[room, user_id.as_bytes()]), membership.as_bytes());
+            if membership == "join" || membership == "invite" || membership == "knock" {
+                batch.delete_cf(self.cf(cf::FORGOTTEN), join(&[user_id.as_bytes(), room]));
+            }
+        }
+        if let Some((user_id, session_id, txn_key)) = &append.txn_key {
+            batch.put_cf(
+                self.cf(cf::TXNS),
+                join(&[user_id.as_bytes(), session_id.as_bytes(), txn_key.as_bytes()]),
+                append.event_id.as_bytes(),
+            );
+        }
+        if let Some((redacted_id, redacted)) = &append.redact {
+            batch.put_cf(self.cf(cf::EVENTS), redacted_id.as_bytes(), encode(redacted));
+        }
+        batch.put_cf(self.cf(cf::EVENTS), append.event_id.as_bytes(), encode(&event));
+        self.write_push(&mut batch, pos, &append.push);
+        let caches = AppendCaches {
+            members: append.memberships.iter().map(|(user_id, _, _)| user_id.clone()).collect(),
+            notified: append.push.notifications.iter().map(push::unread_record).collect(),
+            room_id,
+        };
+        // `write_opt` consumes the batch: keep its bytes (a few KB) in case RocksDB refuses it.
+        let bytes = batch.data().to_vec();
+        match self.db.write_opt(batch, &self.no_stall_opts) {
+            Ok(()) => Ok(Ok(self.appended(pos, &caches))),
+            Err(e) if e.kind() == ::rocksdb::ErrorKind::Incomplete => {
+                Ok(Err(StalledAppend { pos, batch: bytes, caches, positions: self.positions.clone(), written: false }))
+            }
+            Err(e) => {
+                self.positions.finish(pos);
+                Err(backend(e))
+            }
+        }
+    }
+
+    fn finish_stalled_append(&self, mut stalled: StalledAppend) -> Result<(StreamPos, WriteTicket)> {
+        // An error drops `stalled` unwritten, which finishes its position.
+        self.db.write_opt(WriteBatch::from_data(&stalled.batch), &self.pending_opts).map_err(backend)?;
+        stalled.written = true;
+        Ok(self.appended(stalled.pos, &stalled.caches))
     }
 
     fn store_outliers(
@@ -984,5 +1026,33 @@ impl StreamStore for RocksStorage {
 
     fn has_unsynced(&self) -> bool {
         self.commit.has_unsynced()
+    }
+}
+
+#[cfg(test)]
+impl RocksStorage {
+    /// Stops every write the way RocksDB does when level 0 fills up faster than compactions
+    /// empty it: the level-0 limits drop to one file (with no compaction due), and every
+    /// column family is flushed to a level-0 file. `unstall` lifts the limits.
+    pub(crate) fn stall_writes(&self) {
+        self.set_level0_limits(&[
+            ("level0_file_num_compaction_trigger", "1000"),
+            ("level0_slowdown_writes_trigger", "1"),
+            ("level0_stop_writes_trigger", "1"),
+        ]);
+        for name in schema::ALL {
+            self.db.flush_cf(self.cf(name)).unwrap();
+        }
+    }
+
+    pub(crate) fn unstall(&self) {
+        self.set_level0_limits(&[("level0_slowdown_writes_trigger", "1000"), ("level0_stop_writes_trigger", "1000")]);
+    }
+
+    /// Set at run time, where RocksDB does not reorder them as it does at open.
+    fn set_level0_limits(&self, limits: &[(&str, &str)]) {
+        for name in schema::ALL {
+            self.db.set_options_cf(self.cf(name), limits).unwrap();
+        }
     }
 }
