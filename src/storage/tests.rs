@@ -861,6 +861,12 @@ storage_test!(notifications_are_written_with_their_event_and_read_back_by_positi
     // Per user, newest first, strictly before `before`, limited.
     let newest = store.user_notifications(a, StreamPos::MAX, 10).unwrap();
     assert_eq!(newest.iter().map(|n| n.pos).collect::<Vec<_>>(), [p3, p2, p1]);
+    fn read_back(n: &NotificationRecord) -> (&str, &str, &str, &str, bool, bool, u64) {
+        (n.user_id.as_str(), n.room_id.as_str(), n.event_id.as_str(), n.actions.get(), n.notify, n.highlight, n.ts)
+    }
+    assert_eq!(read_back(&newest[0]), ("@a:x", "!o:x", "$n3", r#"["notify"]"#, true, false, 7));
+    assert_eq!(read_back(&newest[1]), ("@a:x", "!r:x", "$n2", r#"["notify"]"#, true, true, 7));
+    assert_eq!((newest[1].thread_id.as_deref(), newest[0].thread_id.as_deref()), (Some("$n1"), None));
     assert_eq!(store.user_notifications(a, p3, 1).unwrap()[0].pos, p2);
     assert!(store.user_notifications(a, p1, 10).unwrap().is_empty());
     // The sender's implicit read position.

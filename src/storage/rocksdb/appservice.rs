@@ -36,6 +36,15 @@ pub(super) fn stream_event_value(room_id: &[u8], event_id: &[u8]) -> Vec<u8> {
     value
 }
 
+/// Reads a `stream_events` value back: (room, event).
+pub(super) fn parse_stream_event(value: &[u8]) -> Result<(OwnedRoomId, OwnedEventId)> {
+    let split = value
+        .iter()
+        .position(|b| *b == SEP)
+        .ok_or_else(|| StorageError::Corrupt { table: cf::STREAM_EVENTS, detail: "no separator".into() })?;
+    Ok((parse_id(cf::STREAM_EVENTS, &value[..split])?, parse_id(cf::STREAM_EVENTS, &value[split + 1..])?))
+}
+
 impl AppserviceStore for RocksStorage {
     fn stream_events(
         &self,
@@ -51,15 +60,8 @@ impl AppserviceStore for RocksStorage {
             if pos > upto || out.len() >= limit {
                 break;
             }
-            let split = value
-                .iter()
-                .position(|b| *b == SEP)
-                .ok_or_else(|| StorageError::Corrupt { table: cf::STREAM_EVENTS, detail: "no separator".into() })?;
-            out.push((
-                pos,
-                parse_id(cf::STREAM_EVENTS, &value[..split])?,
-                parse_id(cf::STREAM_EVENTS, &value[split + 1..])?,
-            ));
+            let (room_id, event_id) = parse_stream_event(&value)?;
+            out.push((pos, room_id, event_id));
         }
         Ok(out)
     }

@@ -91,7 +91,10 @@ pub const BACKUP_KEYS: &str = "backup_keys";
 /// `user_id 0xFF room_id 0xFF pos u64` -> `flags u8 ++ thread root` (1 notify, 2 highlight):
 /// the user's notified events in a room; counting after a read receipt is one short scan.
 pub const PUSH_ROOM_NOTIFS: &str = "push_room_notifs";
-/// `user_id 0xFF pos u64` -> NotificationRecord (JSON): `/notifications`, newest first.
+/// `user_id 0xFF pos u64` -> `1 u8 ++ flags u8 ++ ts u64 ++ thread root length u16 ++ thread
+/// root ++ actions (JSON)`: `/notifications`, newest first; the room and the event are the
+/// `stream_events` entry at `pos`. Records of databases from before 2026-11 are
+/// NotificationRecord JSON objects, still read.
 pub const PUSH_USER_NOTIFS: &str = "push_user_notifs";
 /// `user_id 0xFF room_id` -> `pos u64`: the user's latest own event in the room (implicit receipt).
 pub const PUSH_SENT_READ: &str = "push_sent_read";
