@@ -1152,7 +1152,7 @@ impl SlidingSync {
             _ => {
                 let mut joined = 0;
                 let mut invited = 0;
-                for (_, membership) in self.core.db.members(room_id)? {
+                for (_, membership) in self.core.db.members(room_id)?.iter() {
                     match membership.as_str() {
                         "join" => joined += 1,
                         "invite" => invited += 1,

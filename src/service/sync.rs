@@ -493,7 +493,8 @@ impl Sync {
         visible.insert(user_id.to_owned());
         for (room_id, record) in my_rooms {
             if record.membership == "join" {
-                visible.extend(self.core.db.members(room_id)?.into_iter().filter(|(_, m)| m == "join").map(|(u, _)| u));
+                visible
+                    .extend(self.core.db.members(room_id)?.iter().filter(|(_, m)| m == "join").map(|(u, _)| u.clone()));
             }
         }
         for (other, presence) in changed {
@@ -859,9 +860,9 @@ impl Sync {
     /// invited; else any) and member counts.
     pub(crate) fn summary(&self, room_id: &RoomId, user_id: &UserId) -> Result<RoomSummary> {
         let mut members = Vec::new();
-        for (member, membership) in self.core.db.members(room_id)? {
-            let pos = self.core.db.membership(room_id, &member)?.map(|m| m.pos).unwrap_or(StreamPos::MAX);
-            members.push((member, membership, pos));
+        for (member, membership) in self.core.db.members(room_id)?.iter() {
+            let pos = self.core.db.membership(room_id, member)?.map(|m| m.pos).unwrap_or(StreamPos::MAX);
+            members.push((member.clone(), membership.clone(), pos));
         }
         members.sort_by_key(|(_, _, pos)| *pos);
         let members: Vec<(OwnedUserId, String)> = members.into_iter().map(|(u, m, _)| (u, m)).collect();

@@ -289,7 +289,7 @@ pub trait RoomStore: Send + Sync + StreamStore {
     fn rooms_of_user(&self, user_id: &UserId) -> Result<Vec<(OwnedRoomId, MembershipRecord)>>;
     fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<MembershipRecord>>;
     /// Every user with a membership in a room (current state).
-    fn members(&self, room_id: &RoomId) -> Result<Vec<(OwnedUserId, String)>>;
+    fn members(&self, room_id: &RoomId) -> Result<std::sync::Arc<Vec<(OwnedUserId, String)>>>;
     /// Removes a room from a user's list after they left it (`/forget`).
     fn forget_room(&self, user_id: &UserId, room_id: &RoomId) -> Result<()>;
     fn is_forgotten(&self, user_id: &UserId, room_id: &RoomId) -> Result<bool>;

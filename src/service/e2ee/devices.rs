@@ -77,7 +77,7 @@ impl E2ee {
             if record.pos > since && record.pos <= upto {
                 // Our own membership changed: everyone in the room is new to us, or gone.
                 let members = db.members(room_id)?;
-                for (other, membership) in members {
+                for (other, membership) in members.iter().cloned() {
                     if other == user_id || membership != "join" {
                         continue;
                     }
@@ -225,7 +225,7 @@ impl E2ee {
         }
         let db = &self.core.db;
         let mut earliest: Option<StreamPos> = None;
-        for (member, membership) in db.members(room_id)? {
+        for (member, membership) in db.members(room_id)?.iter() {
             if membership != "join" || member.server_name() != self.core.server_name() {
                 continue;
             }

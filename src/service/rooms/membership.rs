@@ -140,8 +140,8 @@ impl Rooms {
         }
         let version = self.room_version(room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
         let power = self.power_levels(&state, &version)?;
-        for (member, membership) in self.core.db.members(room_id)? {
-            if membership == "join" && member.server_name() == self.core.server_name() && power.user_can_invite(&member)
+        for (member, membership) in self.core.db.members(room_id)?.iter() {
+            if membership == "join" && member.server_name() == self.core.server_name() && power.user_can_invite(member)
             {
                 return Ok(Some(member.to_string()));
             }

@@ -55,7 +55,7 @@ impl Rooms {
             .core
             .db
             .members(room_id)?
-            .into_iter()
+            .iter()
             .filter(|(_, membership)| membership == "join")
             .map(|(user, _)| user.server_name().to_owned())
             .filter(|server| server != self.core.server_name())

@@ -360,14 +360,14 @@ impl Rooms {
         }
         let state = self.current_state(room_id)?.ok_or_else(|| Error::not_found("Unknown room."))?;
         let mut out = Vec::new();
-        for (member, membership) in self.core.db.members(room_id)? {
+        for (member, membership) in self.core.db.members(room_id)?.iter() {
             if membership != "join" {
                 continue;
             }
             let pdu = self.state_pdu(&state, &StateEventType::RoomMember, member.as_str())?;
             let content: Map<String, Value> = pdu.map(|p| p.content_value()).unwrap_or_default();
             let text = |field: &str| content.get(field).and_then(Value::as_str).map(str::to_owned);
-            out.push((member, text("displayname"), text("avatar_url")));
+            out.push((member.clone(), text("displayname"), text("avatar_url")));
         }
         Ok(out)
     }

@@ -111,7 +111,8 @@ pub struct RocksStorage {
     user_rooms: read_cache::ReadCache<OwnedUserId, Vec<(OwnedRoomId, MembershipRecord)>>,
     /// A room's members with their membership (`members`): read for every event by the
     /// push evaluation; `room_members` is written only by an append carrying memberships.
-    room_members: read_cache::ReadCache<OwnedRoomId, Vec<(OwnedUserId, String)>>,
+    /// Shared: a 1,000-member list is handed to every message's push evaluation uncopied.
+    room_members: read_cache::ReadCache<OwnedRoomId, Arc<Vec<(OwnedUserId, String)>>>,
     /// A device's one-time key counts and unused fallback key types (key: `user SEP device`).
     device_keys: read_cache::ReadCache<Vec<u8>, e2ee::KeySummary>,
     /// Notification records after a user's read position in a room (key: `user SEP room`).
@@ -232,7 +233,7 @@ impl RocksStorage {
             positions: Arc::new(Positions::new(last_pos)),
             stamps: Stamps::new(last_pos),
             user_rooms: read_cache::ReadCache::new(200_000, Vec::len),
-            room_members: read_cache::ReadCache::new(500_000, Vec::len),
+            room_members: read_cache::ReadCache::new(500_000, |list| list.len()),
             device_keys: read_cache::ReadCache::new(200_000, |(counts, types)| counts.len() + types.len()),
             unread: read_cache::ReadCache::new(200_000, |(_, records)| records.len()),
             tokens: read_cache::ReadCache::new(100_000, |_| 0),
@@ -750,19 +751,20 @@ impl RoomStore for RocksStorage {
         self.get_json(cf::USER_ROOMS, &join(&[user_id.as_bytes(), room_id.as_bytes()]))
     }
 
-    fn members(&self, room_id: &RoomId) -> Result<Vec<(OwnedUserId, String)>> {
+    fn members(&self, room_id: &RoomId) -> Result<Arc<Vec<(OwnedUserId, String)>>> {
         let generation = match self.room_members.get(room_id) {
             Ok(list) => return Ok(list),
             Err(generation) => generation,
         };
         let room_prefix = prefix(room_id.as_bytes());
-        let list: Vec<_> = self
+        let list: Arc<Vec<_>> = self
             .scan_prefix(cf::ROOM_MEMBERS, &room_prefix)?
             .iter()
             .map(|(key, value)| {
                 Ok((parse_id(cf::ROOM_MEMBERS, &key[room_prefix.len()..])?, decode_str(cf::ROOM_MEMBERS, value)?))
             })
-            .collect::<Result<_>>()?;
+            .collect::<Result<Vec<_>>>()?
+            .into();
         self.room_members.store(room_id.to_owned(), generation, &list);
         Ok(list)
     }

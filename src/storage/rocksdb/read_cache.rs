@@ -7,7 +7,7 @@
 //!
 //! Invalidation: a writer drops the key's entry and bumps `generation` after its batch is
 //! written (for a write at a stream position: before the position can become visible, see
-//! `write_pending_at_new_pos`). A reader notes the generation before reading RocksDB and stores what it read only
+//! `try_append_event_pending`). A reader notes the generation before reading RocksDB and stores what it read only
 //! if no writer finished in between, so an answer read before a write is never cached after
 //! it. Bounded by a weight (records held): past the bound the cache is emptied.
 
