@@ -189,7 +189,7 @@ impl RocksStorage {
         opts.set_max_background_jobs(2);
         // Flushes and compactions run at the lowest CPU priority (nice 19): on a busy core
         // they fill the gaps between requests instead of taking scheduler slices of several
-        // milliseconds from them (W1's send p99 on one core: 7-8 ms -> 5.4-6.4 ms). They still
+        // milliseconds from them (W1 send p99 on one core: 7.9-9.1 ms -> 6.6-6.9 ms). They still
         // get the CPU when requests wait on them: a write that a full memtable holds up frees
         // the core for the flush.
         let mut env = Env::new().map_err(backend)?;
