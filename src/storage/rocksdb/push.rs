@@ -28,8 +28,9 @@ fn flags(record: &NotificationRecord) -> u8 {
 /// so its size sets much of what a busy room writes (about 60 bytes here against 300 as JSON).
 fn encode_user_notif(record: &NotificationRecord) -> Vec<u8> {
     let thread = record.thread_id.as_deref().unwrap_or("").as_bytes();
-    // Event ids are at most 255 bytes; a longer thread root would be cut, never misread.
-    let thread = &thread[..thread.len().min(u16::MAX as usize)];
+    // A thread root is an event id from the event's content, and a whole PDU is at most
+    // 65,536 bytes; one that would not fit its length field is left out, never cut.
+    let thread = if thread.len() > u16::MAX as usize { &[][..] } else { thread };
     let actions = record.actions.get().as_bytes();
     let mut value = Vec::with_capacity(12 + thread.len() + actions.len());
     value.extend_from_slice(&[USER_NOTIF_COMPACT, flags(record)]);
