@@ -1058,3 +1058,52 @@ impl RocksStorage {
         }
     }
 }
+
+#[cfg(test)]
+mod stall_tests {
+    use ruma::{event_id, room_id, user_id};
+
+    use super::RocksStorage;
+    use crate::storage::{RoomStore, StorageConfig, StreamStore, tests::append_record};
+
+    /// RocksDB-specific: a write stall (here: too many level-0 files) makes the
+    /// non-waiting append give its write back instead of blocking an async worker.
+    #[test]
+    fn an_append_rocksdb_would_hold_back_comes_back_unwritten_and_is_finished_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStorage::open(&StorageConfig::at(dir.path())).unwrap();
+        let room = room_id!("!r:x");
+        let first = store.append_event(append_record(room, &event_id!("$first").to_owned(), None)).unwrap();
+        store.stall_writes();
+        let (a, b) = (event_id!("$a").to_owned(), event_id!("$b").to_owned());
+        let stalled_a = store.try_append_event_pending(append_record(room, &a, None)).unwrap().unwrap_err();
+        let stalled_b =
+            store.try_append_event_pending(append_record(room, &b, Some(("@bob:x", "join")))).unwrap().unwrap_err();
+        assert!(store.event(&a).unwrap().is_none() && store.event(&b).unwrap().is_none(), "nothing written");
+        assert!(store.rooms_of_user(user_id!("@bob:x")).unwrap().is_empty());
+        // Given up, a stalled append leaves a gap in the stream and holds no later write back.
+        drop(stalled_a);
+        // The blocking calls wait the stall out.
+        let c = event_id!("$c").to_owned();
+        let (pos_b, pos_c) = std::thread::scope(|scope| {
+            let b = scope.spawn(|| {
+                let (pos, ticket) = store.finish_stalled_append(stalled_b).unwrap();
+                store.wait_durable(ticket).unwrap();
+                pos
+            });
+            let c = scope.spawn(|| store.append_event(append_record(room, &c, None)).unwrap());
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            assert!(!b.is_finished() && !c.is_finished(), "held back by the stall");
+            store.unstall();
+            (b.join().unwrap(), c.join().unwrap())
+        });
+        assert_eq!(pos_b, first + 2, "the stalled append kept its position");
+        assert_eq!(pos_c, first + 3);
+        assert_eq!(store.current_pos(), pos_c, "visible once durable, past the gap");
+        assert!(store.event(&a).unwrap().is_none());
+        assert!(store.event(&b).unwrap().is_some() && store.event(&c).unwrap().is_some());
+        let rooms = store.rooms_of_user(user_id!("@bob:x")).unwrap();
+        assert_eq!(rooms.len(), 1, "the membership cache was brought up to date: {rooms:?}");
+        assert_eq!(rooms[0].1.pos, pos_b);
+    }
+}
