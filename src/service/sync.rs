@@ -215,7 +215,7 @@ impl SyncToken {
 /// What a client asked for.
 pub struct SyncParams {
     pub since: Option<String>,
-    pub filter: SyncFilter,
+    pub filter: Arc<SyncFilter>,
     pub full_state: bool,
     pub timeout: Option<Duration>,
     pub use_state_after: bool,
@@ -228,7 +228,13 @@ pub struct Sync {
     e2ee: Arc<E2ee>,
     /// The lazy-loaded member events each device already has.
     lazy_members: LazyMembers,
+    /// Stored filters, parsed: a filter never changes once stored, and a client passes the
+    /// same id on every long-poll.
+    filters: std::sync::Mutex<HashMap<(OwnedUserId, String), Arc<SyncFilter>>>,
 }
+
+/// Parsed stored filters kept; past this the cache starts over.
+const MAX_CACHED_FILTERS: usize = 4096;
 
 pub(crate) fn raw_event<T>(event: &Map<String, Value>) -> Result<Raw<T>> {
     Ok(Raw::from_json(raw(event)?))
@@ -256,7 +262,7 @@ const STRIPPED_TYPES: &[StateEventType] = &[
 
 impl Sync {
     pub fn new(core: Arc<Core>, rooms: Arc<Rooms>, ephemeral: Arc<EphemeralService>, e2ee: Arc<E2ee>) -> Self {
-        Self { core, rooms, ephemeral, e2ee, lazy_members: LazyMembers::default() }
+        Self { core, rooms, ephemeral, e2ee, lazy_members: LazyMembers::default(), filters: Default::default() }
     }
 
     /// Resolves `filter` (inline JSON or stored id) into a `SyncFilter`.
@@ -264,12 +270,16 @@ impl Sync {
         &self,
         user_id: &UserId,
         filter: Option<&ruma::api::client::sync::sync_events::v3::Filter>,
-    ) -> Result<SyncFilter> {
+    ) -> Result<Arc<SyncFilter>> {
         use ruma::api::client::sync::sync_events::v3::Filter;
         match filter {
-            None => Ok(SyncFilter::default()),
-            Some(Filter::FilterDefinition(definition)) => Ok(SyncFilter::from_definition(definition)),
+            None => Ok(Arc::default()),
+            Some(Filter::FilterDefinition(definition)) => Ok(Arc::new(SyncFilter::from_definition(definition))),
             Some(Filter::FilterId(id)) => {
+                let key = (user_id.to_owned(), id.clone());
+                if let Some(cached) = self.filters.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+                    return Ok(cached.clone());
+                }
                 let stored = self
                     .core
                     .db
@@ -277,7 +287,13 @@ impl Sync {
                     .ok_or_else(|| Error::invalid_param(format!("No filter with id {id}")))?;
                 let definition: FilterDefinition =
                     serde_json::from_str(stored.get()).map_err(|e| Error::internal(format!("stored filter: {e}")))?;
-                Ok(SyncFilter::from_definition(&definition))
+                let parsed = Arc::new(SyncFilter::from_definition(&definition));
+                let mut cache = self.filters.lock().unwrap_or_else(|e| e.into_inner());
+                if cache.len() >= MAX_CACHED_FILTERS {
+                    cache.clear();
+                }
+                cache.insert(key, parsed.clone());
+                Ok(parsed)
             }
             Some(_) => Err(Error::invalid_param("Unsupported filter")),
         }

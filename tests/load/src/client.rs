@@ -194,6 +194,19 @@ impl Homeserver {
         json["event_id"].as_str().map(str::to_owned).ok_or_else(|| Error::msg("body: send answered without event_id"))
     }
 
+    /// `POST /user/{userId}/filter`: stores `filter` for the user and returns its id. Clients
+    /// such as Element upload their sync filter once and pass the id on every /sync.
+    pub async fn create_filter(&self, account: &Account, filter: &Value) -> Result<String> {
+        let path = format!("/_matrix/client/v3/user/{}/filter", enc(&account.user_id));
+        let reply =
+            self.request(reqwest::Method::POST, &path, Some(&account.token), Some(filter), self.timeout).await?;
+        let json = reply.json()?;
+        json["filter_id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| Error::msg("body: filter upload answered without filter_id"))
+    }
+
     /// `GET /sync` with the given query parameters (already chosen by the caller).
     pub async fn sync(&self, token: &str, params: &[(&str, &str)], timeout: Duration) -> Result<Reply> {
         let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={}", enc(v))).collect();

@@ -48,7 +48,8 @@ pub async fn run(ctx: &Ctx, opts: &Opts) -> Workload {
 }
 
 /// A sync filter that keeps responses small and only wakes for timeline events of the room.
-fn filter(room_id: &str) -> String {
+/// Each client uploads it once and syncs with its id, as Element does.
+fn filter(room_id: &str) -> Value {
     serde_json::json!({
         "room": {
             "rooms": [room_id],
@@ -60,7 +61,6 @@ fn filter(room_id: &str) -> String {
         "presence": { "not_types": ["*"] },
         "account_data": { "not_types": ["*"] },
     })
-    .to_string()
 }
 
 struct Shared {
@@ -122,14 +122,21 @@ async fn measure(ctx: &Ctx, opts: &Opts, w: &mut Workload) -> Result<()> {
     check_deadline(deadline, "W2 registration")?;
     join_many(ctx, &clients, &room_id).await?;
     check_deadline(deadline, "W2 joins")?;
-    let filter: Arc<str> = filter(&room_id).into();
+    let filter = Arc::new(filter(&room_id));
     let room: Arc<str> = room_id.as_str().into();
     let tokens: Arc<Vec<String>> = Arc::new(clients.iter().map(|c| c.token.clone()).collect());
-    let sinces = {
-        let (hs, filter, room, tokens) = (hs.clone(), filter.clone(), room.clone(), tokens.clone());
+    let accounts = Arc::new(clients);
+    // Per client: its filter id and the next_batch of its initial sync.
+    let setups: Vec<(String, String)> = {
+        let (hs, filter, room, accounts) = (hs.clone(), filter.clone(), room.clone(), accounts.clone());
         parallel(k, ctx.setup_concurrency, move |i| {
-            let (hs, filter, room, tokens) = (hs.clone(), filter.clone(), room.clone(), tokens.clone());
-            async move { retry("W2 initial sync", || initial_since(&hs, &tokens[i], &room, &filter)).await }
+            let (hs, filter, room, accounts) = (hs.clone(), filter.clone(), room.clone(), accounts.clone());
+            async move {
+                let account = &accounts[i];
+                let filter_id = retry("W2 filter upload", || hs.create_filter(account, &filter)).await?;
+                let since = retry("W2 initial sync", || initial_since(&hs, &account.token, &room, &filter_id)).await?;
+                Ok((filter_id, since))
+            }
         })
         .await?
     };
@@ -145,17 +152,9 @@ async fn measure(ctx: &Ctx, opts: &Opts, w: &mut Workload) -> Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, usize, Instant)>();
     let poll_ms = opts.poll_timeout.as_millis().to_string();
     let mut tasks = Vec::with_capacity(k);
-    for (i, mut since) in sinces.into_iter().enumerate() {
-        let (hs, shared, tx, tokens, room, filter, marker, poll_ms) = (
-            hs.clone(),
-            shared.clone(),
-            tx.clone(),
-            tokens.clone(),
-            room.clone(),
-            filter.clone(),
-            marker.clone(),
-            poll_ms.clone(),
-        );
+    for (i, (filter, mut since)) in setups.into_iter().enumerate() {
+        let (hs, shared, tx, tokens, room, marker, poll_ms) =
+            (hs.clone(), shared.clone(), tx.clone(), tokens.clone(), room.clone(), marker.clone(), poll_ms.clone());
         let request_timeout = opts.poll_timeout + Duration::from_secs(30);
         tasks.push(tokio::spawn(async move {
             while !shared.stop.load(Ordering::Relaxed) && Instant::now() < deadline {
