@@ -15,7 +15,7 @@ use axum::{
     routing::{MethodFilter, on},
 };
 use ruma::api::{
-    IncomingRequest, IncomingRequestExt, OutgoingResponse, OutgoingResponseExt,
+    IncomingRequest, IncomingRequestExt, OutgoingBody, OutgoingResponse, OutgoingResponseExt,
     auth_scheme::{
         AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, AuthScheme, NoAccessToken,
         NoAuthentication,
@@ -27,6 +27,7 @@ use ruma::api::{
 use ruma::{
     OwnedServerName, ServerName,
     api::federation::authentication::{ServerSignatures, XMatrix},
+    exports::bytes::BufMut,
 };
 
 use crate::{
@@ -303,20 +304,33 @@ pub fn error_response(error: Error) -> Response {
     }
 }
 
-/// A rewrite of a serialised response body, for the rare answer whose JSON shape ruma
-/// cannot express (see `api::client::sync::reshape`).
-pub type Reshape = fn(Vec<u8>) -> Vec<u8>;
+/// A JSON body already serialised, for a response type of our own: one whose JSON ruma's
+/// types cannot express (see `api::client::sync::SyncResponse`).
+pub struct JsonBody(Vec<u8>);
 
-fn success_response<T: OutgoingResponse>(response: T, reshape: Option<Reshape>) -> Response {
+impl JsonBody {
+    pub fn new(body: Vec<u8>) -> Self {
+        Self(body)
+    }
+}
+
+impl OutgoingBody for JsonBody {
+    type Error = std::convert::Infallible;
+
+    fn content_type(&self) -> Option<http::HeaderValue> {
+        Some(http::HeaderValue::from_static("application/json"))
+    }
+
+    fn try_into_buf<T: Default + BufMut + AsRef<[u8]>>(self) -> std::result::Result<T, Self::Error> {
+        let mut buf = T::default();
+        buf.put_slice(&self.0);
+        Ok(buf)
+    }
+}
+
+fn success_response<T: OutgoingResponse>(response: T) -> Response {
     match response.try_into_http_response::<Vec<u8>>() {
-        Ok(response) => response
-            .map(|body| {
-                Body::from(match reshape {
-                    Some(f) => f(body),
-                    None => body,
-                })
-            })
-            .into_response(),
+        Ok(response) => response.map(Body::from).into_response(),
         Err(error) => error_response(Error::internal(format!("cannot serialise response: {error}"))),
     }
 }
@@ -406,18 +420,7 @@ where
     F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
 {
-    route_reshaped(router, handler, None)
-}
-
-/// Like `route`, with the serialised success body rewritten by `reshape`.
-pub fn route_reshaped<R, F, Fut>(router: Router<App>, handler: F, reshape: Option<Reshape>) -> Router<App>
-where
-    R: IncomingRequest + Send + 'static,
-    R::Authentication: Authenticate,
-    F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
-{
-    route_full(router, handler, reshape, None)
+    route_full(router, handler, None)
 }
 
 /// Like `route`, for an endpoint whose body may be larger than `http.max_request_bytes`
@@ -429,11 +432,12 @@ where
     F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
 {
-    route_full(router, handler, None, Some(body_limit))
+    route_full(router, handler, Some(body_limit))
 }
 
 /// Like `route`, for a handler that answers with its own response type: ruma's response
-/// plus what ruma's type cannot say (sliding sync's `expanded_timeline`).
+/// plus what ruma's type cannot say (sliding sync's `expanded_timeline`, the fields /sync
+/// always writes).
 pub fn route_responding<R, T, F, Fut>(router: Router<App>, handler: F) -> Router<App>
 where
     R: IncomingRequest + Send + 'static,
@@ -442,15 +446,10 @@ where
     F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<T>> + Send + 'static,
 {
-    route_full(router, handler, None, None)
+    route_full(router, handler, None)
 }
 
-fn route_full<R, T, F, Fut>(
-    mut router: Router<App>,
-    handler: F,
-    reshape: Option<Reshape>,
-    body_limit: Option<BodyLimit>,
-) -> Router<App>
+fn route_full<R, T, F, Fut>(mut router: Router<App>, handler: F, body_limit: Option<BodyLimit>) -> Router<App>
 where
     R: IncomingRequest + Send + 'static,
     R::Authentication: Authenticate,
@@ -468,7 +467,7 @@ where
                 async move {
                     match extract::<R>(&app, request, &[], body_limit).await {
                         Ok(request) => match handler(app, request).await {
-                            Ok(response) => success_response(response, reshape),
+                            Ok(response) => success_response(response),
                             Err(error) => error_response(error),
                         },
                         Err(error) => error_response(error),
@@ -502,7 +501,7 @@ where
             async move {
                 match extract::<R>(&app, request, extra_args, None).await {
                     Ok(request) => match handler(app, request).await {
-                        Ok(response) => success_response(response, None),
+                        Ok(response) => success_response(response),
                         Err(error) => error_response(error),
                     },
                     Err(error) => error_response(error),

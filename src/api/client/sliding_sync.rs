@@ -2,16 +2,14 @@
 //! what ruma's types leave out (`expanded_timeline`); the `spaces` and `tags` list filters
 //! are read from the body for the same reason.
 
-use std::convert::Infallible;
-
 use ruma::{
-    api::{OutgoingBody, OutgoingResponse, OutgoingResponseExt, client::sync::sync_events::v5, error::IntoHttpError},
-    exports::{bytes::BufMut, http},
+    api::{OutgoingResponse, OutgoingResponseExt, client::sync::sync_events::v5, error::IntoHttpError},
+    exports::http,
 };
 use serde_json::Value;
 
 use crate::{
-    api::ruma::Ruma,
+    api::ruma::{JsonBody, Ruma},
     app::App,
     error::Result,
     service::sliding_sync::{ExtraListFilters, SlidingSyncOutput},
@@ -32,23 +30,6 @@ pub async fn sliding_sync(app: App, req: Ruma<v5::Request>) -> Result<SlidingSyn
 /// Synapse spelling `unstable_expanded_timeline` on the rooms that have it.
 pub struct SlidingSyncResponse(pub SlidingSyncOutput);
 
-/// A JSON body already serialised.
-pub struct JsonBody(Vec<u8>);
-
-impl OutgoingBody for JsonBody {
-    type Error = Infallible;
-
-    fn content_type(&self) -> Option<http::HeaderValue> {
-        Some(http::HeaderValue::from_static("application/json"))
-    }
-
-    fn try_into_buf<T: Default + BufMut + AsRef<[u8]>>(self) -> Result<T, Infallible> {
-        let mut buf = T::default();
-        buf.put_slice(&self.0);
-        Ok(buf)
-    }
-}
-
 impl OutgoingResponse for SlidingSyncResponse {
     type Body = JsonBody;
 
@@ -57,7 +38,7 @@ impl OutgoingResponse for SlidingSyncResponse {
         let (parts, body) = response.try_into_http_response::<Vec<u8>>()?.into_parts();
         tracing::trace!(target: "ieum::wire", body = %String::from_utf8_lossy(&body), ?expanded, "sliding sync response");
         if expanded.is_empty() {
-            return Ok(http::Response::from_parts(parts, JsonBody(body)));
+            return Ok(http::Response::from_parts(parts, JsonBody::new(body)));
         }
         let mut value: Value = serde_json::from_slice(&body)?;
         for room_id in expanded {
@@ -68,6 +49,6 @@ impl OutgoingResponse for SlidingSyncResponse {
                 room.insert("unstable_expanded_timeline".into(), Value::Bool(true));
             }
         }
-        Ok(http::Response::from_parts(parts, JsonBody(serde_json::to_vec(&value)?)))
+        Ok(http::Response::from_parts(parts, JsonBody::new(serde_json::to_vec(&value)?)))
     }
 }

@@ -1,26 +1,35 @@
 //! Sync and ephemeral endpoints: /sync, typing, receipts, read markers.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use ruma::{
-    api::client::{
-        read_marker::set_read_marker,
-        receipt::create_receipt::{self, v3::ReceiptType},
-        sync::sync_events,
-        typing::create_typing_event::{self, v3::Typing},
+    api::{
+        OutgoingResponse,
+        client::{
+            read_marker::set_read_marker,
+            receipt::create_receipt::{self, v3::ReceiptType},
+            sync::sync_events,
+            typing::create_typing_event::{self, v3::Typing},
+        },
+        error::IntoHttpError,
     },
     events::receipt::ReceiptThread,
+    exports::http,
+};
+use serde::{
+    Serialize, Serializer,
+    ser::{self, SerializeMap},
 };
 
 use crate::{
-    api::ruma::Ruma,
+    api::ruma::{JsonBody, Ruma},
     app::App,
     error::{Error, Result},
     service::{rooms::raw, sync::SyncParams},
 };
 
 /// `GET /_matrix/client/v3/sync`
-pub async fn sync(app: App, req: Ruma<sync_events::v3::Request>) -> Result<sync_events::v3::Response> {
+pub async fn sync(app: App, req: Ruma<sync_events::v3::Request>) -> Result<SyncResponse> {
     let session = req.user()?.clone();
     let _syncing = app.syncing(&session.user_id, &req.body.set_presence).await?;
     let filter = app.sync.resolve_filter(&session.user_id, req.body.filter.as_ref())?;
@@ -31,53 +40,165 @@ pub async fn sync(app: App, req: Ruma<sync_events::v3::Request>) -> Result<sync_
         timeout: req.body.timeout,
         use_state_after: req.body.use_state_after,
     };
-    app.sync.sync(&session, params).await
+    Ok(SyncResponse(app.sync.sync(&session, params).await?))
 }
 
-/// Fills in what ruma leaves out when empty but clients require: every joined and left
-/// room has `state.events` (or `state_after.events`) and `timeline.limited`, as Synapse
-/// sends them (matrix-nio rejects a sync without them). Works on the serialised body one
-/// object level at a time, so events are copied as raw JSON, never parsed.
-pub fn reshape(body: Vec<u8>) -> Vec<u8> {
-    reshape_rooms(&body).unwrap_or(body)
+/// The /sync response as sent: ruma's, serialised with what ruma leaves out when empty but
+/// clients require. Every joined and left room has `state.events` (or `state_after.events`)
+/// and `timeline.limited` and `timeline.events`, as Synapse sends them (matrix-nio rejects a
+/// sync without them). Written in one pass: no second parse of the serialised body.
+pub struct SyncResponse(pub sync_events::v3::Response);
+
+impl OutgoingResponse for SyncResponse {
+    type Body = JsonBody;
+
+    fn try_into_http_response_inner(self) -> std::result::Result<http::Response<JsonBody>, IntoHttpError> {
+        let body = serde_json::to_vec(&SyncBody(&self.0))?;
+        Ok(http::Response::builder().status(http::StatusCode::OK).body(JsonBody::new(body))?)
+    }
 }
 
-type RawObject = std::collections::BTreeMap<String, Box<serde_json::value::RawValue>>;
+/// Serialises like ruma's `Response`, but for the room fields described at `SyncResponse`.
+struct SyncBody<'a>(&'a sync_events::v3::Response);
 
-fn reshape_rooms(body: &[u8]) -> Option<Vec<u8>> {
-    use serde_json::value::{RawValue, to_raw_value};
-    fn object(raw: &RawValue) -> Option<RawObject> {
-        serde_json::from_str(raw.get()).ok()
-    }
-    fn literal(json: &str) -> Box<RawValue> {
-        RawValue::from_string(json.to_owned()).expect("a JSON literal")
-    }
-    let mut top: RawObject = serde_json::from_slice(body).ok()?;
-    let mut rooms = object(top.get("rooms")?)?;
-    let mut touched = false;
-    for section in ["join", "leave"] {
-        let Some(raw) = rooms.get(section) else { continue };
-        let mut by_room: std::collections::BTreeMap<String, RawObject> = serde_json::from_str(raw.get()).ok()?;
-        for room in by_room.values_mut() {
-            if !room.contains_key("state") && !room.contains_key("state_after") {
-                room.insert("state".into(), literal(r#"{"events":[]}"#));
-            }
-            let mut timeline = match room.get("timeline") {
-                Some(raw) => object(raw)?,
-                None => RawObject::new(),
-            };
-            timeline.entry("limited".into()).or_insert_with(|| literal("false"));
-            timeline.entry("events".into()).or_insert_with(|| literal("[]"));
-            room.insert("timeline".into(), to_raw_value(&timeline).ok()?);
+impl Serialize for SyncBody<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let r = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("next_batch", &r.next_batch)?;
+        if !r.rooms.is_empty() {
+            map.serialize_entry("rooms", &RoomsBody(&r.rooms))?;
         }
-        rooms.insert(section.into(), to_raw_value(&by_room).ok()?);
-        touched = true;
+        if !r.presence.is_empty() {
+            map.serialize_entry("presence", &r.presence)?;
+        }
+        if !r.account_data.is_empty() {
+            map.serialize_entry("account_data", &r.account_data)?;
+        }
+        if !r.to_device.is_empty() {
+            map.serialize_entry("to_device", &r.to_device)?;
+        }
+        if !r.device_lists.is_empty() {
+            map.serialize_entry("device_lists", &r.device_lists)?;
+        }
+        if !r.device_one_time_keys_count.is_empty() {
+            map.serialize_entry("device_one_time_keys_count", &r.device_one_time_keys_count)?;
+        }
+        if let Some(types) = &r.device_unused_fallback_key_types {
+            map.serialize_entry("device_unused_fallback_key_types", types)?;
+        }
+        map.end()
     }
-    if !touched {
-        return None;
+}
+
+struct RoomsBody<'a>(&'a sync_events::v3::Rooms);
+
+impl Serialize for RoomsBody<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let rooms = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        if !rooms.leave.is_empty() {
+            let left: BTreeMap<_, _> = rooms.leave.iter().map(|(id, room)| (id, LeftRoomBody(room))).collect();
+            map.serialize_entry("leave", &left)?;
+        }
+        if !rooms.join.is_empty() {
+            let joined: BTreeMap<_, _> = rooms.join.iter().map(|(id, room)| (id, JoinedRoomBody(room))).collect();
+            map.serialize_entry("join", &joined)?;
+        }
+        if !rooms.invite.is_empty() {
+            map.serialize_entry("invite", &rooms.invite)?;
+        }
+        if !rooms.knock.is_empty() {
+            map.serialize_entry("knock", &rooms.knock)?;
+        }
+        map.end()
     }
-    top.insert("rooms".into(), to_raw_value(&rooms).ok()?);
-    serde_json::to_vec(&top).ok()
+}
+
+struct JoinedRoomBody<'a>(&'a sync_events::v3::JoinedRoom);
+
+impl Serialize for JoinedRoomBody<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let room = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        if !room.summary.is_empty() {
+            map.serialize_entry("summary", &room.summary)?;
+        }
+        if !room.unread_notifications.is_empty() {
+            map.serialize_entry("unread_notifications", &room.unread_notifications)?;
+        }
+        if !room.unread_thread_notifications.is_empty() {
+            map.serialize_entry("unread_thread_notifications", &room.unread_thread_notifications)?;
+        }
+        map.serialize_entry("timeline", &TimelineBody(&room.timeline))?;
+        serialize_state(&mut map, &room.state)?;
+        if !room.account_data.is_empty() {
+            map.serialize_entry("account_data", &room.account_data)?;
+        }
+        if !room.ephemeral.is_empty() {
+            map.serialize_entry("ephemeral", &room.ephemeral)?;
+        }
+        map.end()
+    }
+}
+
+struct LeftRoomBody<'a>(&'a sync_events::v3::LeftRoom);
+
+impl Serialize for LeftRoomBody<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let room = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("timeline", &TimelineBody(&room.timeline))?;
+        serialize_state(&mut map, &room.state)?;
+        if !room.account_data.is_empty() {
+            map.serialize_entry("account_data", &room.account_data)?;
+        }
+        map.end()
+    }
+}
+
+/// `state` (or `state_after`) with its `events`, empty or not.
+fn serialize_state<M: SerializeMap>(map: &mut M, state: &sync_events::v3::State) -> std::result::Result<(), M::Error> {
+    use sync_events::v3::State;
+    let (key, events) = match state {
+        State::Before(state) => ("state", &state.events),
+        State::After(state) => ("state_after", &state.events),
+        // A variant a later ruma adds: written as ruma writes it (a one-entry map).
+        other => {
+            if let serde_json::Value::Object(entries) = serde_json::to_value(other).map_err(ser::Error::custom)? {
+                for (key, value) in entries {
+                    map.serialize_entry(&key, &value)?;
+                }
+            }
+            return Ok(());
+        }
+    };
+    map.serialize_entry(key, &EventsBody(events))
+}
+
+struct EventsBody<'a, T>(&'a [T]);
+
+impl<T: Serialize> Serialize for EventsBody<'_, T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(1))?;
+        map.serialize_entry("events", self.0)?;
+        map.end()
+    }
+}
+
+struct TimelineBody<'a>(&'a sync_events::v3::Timeline);
+
+impl Serialize for TimelineBody<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let timeline = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("limited", &timeline.limited)?;
+        if let Some(prev_batch) = &timeline.prev_batch {
+            map.serialize_entry("prev_batch", prev_batch)?;
+        }
+        map.serialize_entry("events", &timeline.events)?;
+        map.end()
+    }
 }
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/typing/{userId}`
@@ -200,43 +321,109 @@ fn ieum_now() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::{Value, json};
+    use ruma::{
+        OneTimeKeyAlgorithm, api::OutgoingResponseExt, api::client::sync::sync_events::v3, owned_room_id,
+        owned_user_id, serde::Raw, uint,
+    };
+    use serde_json::{Value, json, value::to_raw_value};
 
-    use super::reshape;
+    use super::SyncResponse;
 
-    #[test]
-    fn reshape_fills_state_and_limited_and_keeps_everything_else() {
-        let body = json!({
-            "next_batch": "s5_0",
-            "rooms": {
-                "join": {
-                    "!a:x": { "timeline": { "events": [{ "type": "m.room.message", "content": { "body": "\u{e9} \"q\"" } }] } },
-                    "!b:x": { "state_after": { "events": [] }, "timeline": { "limited": true, "events": [] } },
-                    "!c:x": {}
-                },
-                "leave": { "!d:x": { "timeline": { "events": [] } } },
-                "invite": { "!e:x": { "invite_state": { "events": [] } } }
-            },
-            "to_device": { "events": [] }
+    fn raw<T>(value: Value) -> Raw<T> {
+        Raw::from_json(to_raw_value(&value).unwrap())
+    }
+
+    /// A response with every field ruma writes set, and rooms both with and without what
+    /// `SyncResponse` adds.
+    fn full_response() -> v3::Response {
+        let mut response = v3::Response::new("s5_0".into());
+        let mut a = v3::JoinedRoom::new();
+        a.timeline.events.push(raw(json!({ "type": "m.room.message", "content": { "body": "\u{e9} \"q\"" } })));
+        a.timeline.prev_batch = Some("p1".into());
+        a.summary.joined_member_count = Some(uint!(3));
+        a.unread_notifications.notification_count = Some(uint!(2));
+        a.unread_thread_notifications.insert(ruma::owned_event_id!("$t:x"), {
+            let mut counts = ruma::api::client::sync::sync_events::UnreadNotificationsCount::new();
+            counts.highlight_count = Some(uint!(1));
+            counts
         });
-        let out: Value = serde_json::from_slice(&reshape(serde_json::to_vec(&body).unwrap())).unwrap();
-        let join = &out["rooms"]["join"];
-        assert_eq!(join["!a:x"]["state"], json!({ "events": [] }));
-        assert_eq!(join["!a:x"]["timeline"]["limited"], json!(false));
-        assert_eq!(join["!a:x"]["timeline"]["events"][0]["content"]["body"], json!("\u{e9} \"q\""));
-        assert!(join["!b:x"].get("state").is_none(), "state_after is kept alone");
-        assert_eq!(join["!b:x"]["timeline"]["limited"], json!(true));
-        assert_eq!(join["!c:x"]["timeline"], json!({ "events": [], "limited": false }));
-        assert_eq!(out["rooms"]["leave"]["!d:x"]["state"], json!({ "events": [] }));
-        assert_eq!(out["rooms"]["invite"], body["rooms"]["invite"]);
-        assert_eq!(out["next_batch"], json!("s5_0"));
-        assert_eq!(out["to_device"], body["to_device"]);
+        a.account_data.events.push(raw(json!({ "type": "m.tag", "content": { "tags": {} } })));
+        a.ephemeral.events.push(raw(json!({ "type": "m.typing", "content": { "user_ids": [] } })));
+        let mut b = v3::JoinedRoom::new();
+        b.state = v3::State::After(v3::StateEvents::new());
+        b.timeline.limited = true;
+        let mut c = v3::JoinedRoom::new();
+        c.state = v3::State::Before(v3::StateEvents::with_events(vec![raw(
+            json!({ "type": "m.room.name", "state_key": "", "content": { "name": "n" } }),
+        )]));
+        response.rooms.join.insert(owned_room_id!("!a:x"), a);
+        response.rooms.join.insert(owned_room_id!("!b:x"), b);
+        response.rooms.join.insert(owned_room_id!("!c:x"), c);
+        response.rooms.join.insert(owned_room_id!("!e:x"), v3::JoinedRoom::new());
+        response.rooms.leave.insert(owned_room_id!("!d:x"), v3::LeftRoom::new());
+        let mut invited = v3::InvitedRoom::new();
+        invited
+            .invite_state
+            .events
+            .push(raw(json!({ "type": "m.room.name", "state_key": "", "sender": "@u:x", "content": {} })));
+        response.rooms.invite.insert(owned_room_id!("!i:x"), invited);
+        response.rooms.knock.insert(owned_room_id!("!k:x"), v3::KnockedRoom::new());
+        response.presence.events.push(raw(json!({ "type": "m.presence", "sender": "@u:x", "content": {} })));
+        response.account_data.events.push(raw(json!({ "type": "m.direct", "content": {} })));
+        response.to_device.events.push(raw(json!({ "type": "m.dummy", "sender": "@u:x", "content": {} })));
+        response.device_lists.changed.push(owned_user_id!("@u:x"));
+        response.device_one_time_keys_count.insert(OneTimeKeyAlgorithm::SignedCurve25519, uint!(5));
+        response.device_unused_fallback_key_types = Some(vec![OneTimeKeyAlgorithm::SignedCurve25519]);
+        response
+    }
+
+    fn body(response: impl ruma::api::OutgoingResponse) -> Value {
+        let response = response.try_into_http_response::<Vec<u8>>().unwrap();
+        assert_eq!(response.headers()["content-type"], "application/json");
+        serde_json::from_slice(response.body()).unwrap()
     }
 
     #[test]
-    fn reshape_leaves_other_bodies_alone() {
-        for body in [&b"not json"[..], br#"{"next_batch":"s1_0"}"#, br#"{"rooms":5}"#] {
-            assert_eq!(reshape(body.to_vec()), body);
+    fn sync_body_is_rumas_plus_state_and_timeline_of_every_room() {
+        let ours = body(SyncResponse(full_response()));
+        // ruma's own serialisation, completed by hand: whatever ruma writes, ours writes too.
+        let mut expected = body(full_response());
+        for section in ["join", "leave"] {
+            for room in expected["rooms"][section].as_object_mut().unwrap().values_mut() {
+                let room = room.as_object_mut().unwrap();
+                match room.get_mut("state_after") {
+                    Some(after) => {
+                        after.as_object_mut().unwrap().entry("events").or_insert(json!([]));
+                    }
+                    None => {
+                        room.entry("state").or_insert(json!({ "events": [] }));
+                    }
+                }
+                let timeline = room.entry("timeline").or_insert(json!({})).as_object_mut().unwrap();
+                timeline.entry("limited").or_insert(json!(false));
+                timeline.entry("events").or_insert(json!([]));
+            }
         }
+        assert_eq!(ours, expected);
+
+        let join = &ours["rooms"]["join"];
+        assert_eq!(join["!a:x"]["state"], json!({ "events": [] }));
+        assert_eq!(join["!a:x"]["timeline"]["limited"], json!(false));
+        assert_eq!(join["!a:x"]["timeline"]["events"][0]["content"]["body"], json!("\u{e9} \"q\""));
+        assert_eq!(join["!b:x"]["state_after"], json!({ "events": [] }));
+        assert!(join["!b:x"].get("state").is_none(), "state_after replaces state");
+        assert_eq!(join["!b:x"]["timeline"]["limited"], json!(true));
+        assert_eq!(join["!c:x"]["state"]["events"][0]["content"]["name"], json!("n"));
+        assert_eq!(join["!e:x"], json!({ "timeline": { "events": [], "limited": false }, "state": { "events": [] } }));
+        assert_eq!(ours["rooms"]["leave"]["!d:x"]["state"], json!({ "events": [] }));
+        assert_eq!(ours["device_one_time_keys_count"]["signed_curve25519"], json!(5));
+    }
+
+    #[test]
+    fn sync_body_without_rooms_is_rumas() {
+        let mut response = v3::Response::new("s1_0".into());
+        response.device_unused_fallback_key_types = Some(Vec::new());
+        assert_eq!(body(SyncResponse(response.clone())), body(response));
+        assert_eq!(body(SyncResponse(v3::Response::new("s1_0".into()))), json!({ "next_batch": "s1_0" }));
     }
 }
