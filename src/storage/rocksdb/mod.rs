@@ -21,6 +21,7 @@ mod push;
 mod read_cache;
 mod schema;
 mod stamps;
+mod tails;
 
 use std::{
     collections::BTreeSet,
@@ -113,6 +114,8 @@ pub struct RocksStorage {
     /// push evaluation; `room_members` is written only by an append carrying memberships.
     /// Shared: a 1,000-member list is handed to every message's push evaluation uncopied.
     room_members: read_cache::ReadCache<OwnedRoomId, Arc<Vec<(OwnedUserId, String)>>>,
+    /// The newest timeline entries of rooms written since start (see tails.rs).
+    tails: tails::Tails,
     /// A device's one-time key counts and unused fallback key types (key: `user SEP device`).
     device_keys: read_cache::ReadCache<Vec<u8>, e2ee::KeySummary>,
     /// Notification records after a user's read position in a room (key: `user SEP room`).
@@ -234,6 +237,7 @@ impl RocksStorage {
             stamps: Stamps::new(last_pos),
             user_rooms: read_cache::ReadCache::new(200_000, Vec::len),
             room_members: read_cache::ReadCache::new(500_000, |list| list.len()),
+            tails: tails::Tails::default(),
             device_keys: read_cache::ReadCache::new(200_000, |(counts, types)| counts.len() + types.len()),
             unread: read_cache::ReadCache::new(200_000, |(_, records)| records.len()),
             tokens: read_cache::ReadCache::new(100_000, |_| 0),
@@ -466,6 +470,8 @@ impl UserStore for RocksStorage {
 /// What an append changes in the in-memory caches, applied once it is written.
 struct AppendCaches {
     room_id: OwnedRoomId,
+    /// The timeline entry written: event id and the state group after it.
+    entry: (OwnedEventId, StateGroupId),
     /// Users whose membership the event sets.
     members: Vec<OwnedUserId>,
     /// Unread entries (key `user SEP room`) for the members it notifies; `pos` is set here.
@@ -474,6 +480,7 @@ struct AppendCaches {
 
 impl AppendCaches {
     fn apply(&self, store: &RocksStorage, pos: StreamPos) {
+        store.tails.record(&self.room_id, pos, &self.entry.0, self.entry.1);
         if !self.members.is_empty() {
             store.user_rooms.written(self.members.iter().map(|u| &**u));
             store.room_members.written([&*self.room_id]);
@@ -570,6 +577,7 @@ impl RoomStore for RocksStorage {
         batch.put_cf(self.cf(cf::EVENTS), append.event_id.as_bytes(), encode(&event));
         self.write_push(&mut batch, pos, &append.push);
         let caches = AppendCaches {
+            entry: (append.event_id.to_owned(), append.state_after),
             members: append.memberships.iter().map(|(user_id, _, _)| user_id.clone()).collect(),
             notified: append.push.notifications.iter().map(push::unread_record).collect(),
             room_id,
@@ -700,6 +708,11 @@ impl RoomStore for RocksStorage {
         dir: Direction,
         limit: usize,
     ) -> Result<Vec<(StreamPos, OwnedEventId, StateGroupId)>> {
+        if dir == Direction::Forward
+            && let Some(entries) = self.tails.after(room_id, from, limit)
+        {
+            return Ok(entries);
+        }
         let room_prefix = prefix(room_id.as_bytes());
         let (start, mode) = match dir {
             Direction::Forward => (with_u64(room_id.as_bytes(), from.saturating_add(1)), RDirection::Forward),
