@@ -389,12 +389,14 @@ where
 /// Parses the ruma request. Many clients send no body at all where every field is
 /// optional (nio's `/join/{roomIdOrAlias}`); like Synapse we read that as `{}`.
 fn parse<R: IncomingRequest>(parts: http::request::Parts, bytes: &[u8], args: &[&str]) -> Result<R> {
+    // Only an empty non-GET body may need the second try: only then keep a copy of the
+    // head (its headers are a few allocations, on every request).
+    if !bytes.is_empty() || parts.method == http::Method::GET {
+        return parse_guarded::<R>(parts, bytes, args)?.map_err(request_error);
+    }
     match parse_guarded::<R>(parts.clone(), bytes, args)? {
         Ok(request) => Ok(request),
-        Err(_) if bytes.is_empty() && parts.method != http::Method::GET => {
-            parse_guarded::<R>(parts, b"{}", args)?.map_err(request_error)
-        }
-        Err(error) => Err(request_error(error)),
+        Err(_) => parse_guarded::<R>(parts, b"{}", args)?.map_err(request_error),
     }
 }
 
