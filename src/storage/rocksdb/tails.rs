@@ -17,9 +17,10 @@ use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomId};
 
 use crate::storage::{StateGroupId, StreamPos};
 
-/// Entries kept per room: more than a timeline limit's worth of new events per wake-up.
-const ENTRIES_PER_ROOM: usize = 32;
-/// Rooms kept; past this every tail starts over (a few MB at most).
+/// Entries kept per room: a woken long-poll usually finds one or two new events; a client
+/// further behind reads from RocksDB.
+const ENTRIES_PER_ROOM: usize = 16;
+/// Rooms kept; past this every tail starts over (about 3 MB at most).
 const MAX_ROOMS: usize = 2048;
 
 pub(super) type Entry = (StreamPos, OwnedEventId, StateGroupId);
@@ -45,7 +46,11 @@ impl Tails {
         }
         let tail = rooms
             .entry(room_id.to_owned())
-            .or_insert_with(|| Tail { complete_after: pos.saturating_sub(1), entries: VecDeque::new() });
+            // One spare slot: an entry is inserted before the oldest is dropped.
+            .or_insert_with(|| Tail {
+                complete_after: pos.saturating_sub(1),
+                entries: VecDeque::with_capacity(ENTRIES_PER_ROOM + 1),
+            });
         if pos <= tail.complete_after {
             // Older than what the tail covers (an append of this room that finished after a
             // later one): readers that could want it go to RocksDB.
@@ -112,5 +117,7 @@ mod tests {
         }
         assert_eq!(tails.after(room, 4, 100), None);
         assert_eq!(tails.after(room, 5, 100).map(|e| e.len()), Some(ENTRIES_PER_ROOM));
+        let rooms = tails.rooms.lock().unwrap();
+        assert!(rooms[room].entries.capacity() <= ENTRIES_PER_ROOM + 1, "the deque never grows");
     }
 }
