@@ -1,6 +1,6 @@
 //! HTTP to one homeserver's client API: ruma-typed calls for setup (register, login,
 //! createRoom, join) and plain-JSON calls for the hot loops (send, sync), every one with a
-//! bounded timeout.
+//! bounded timeout. (W2's 1,000 long-polls have a leaner client of their own: poll.rs.)
 //!
 //! Why two styles: the hot loops run thousands of requests per second from one core, and
 //! /sync responses for 1,000 clients are only searched for one marker string, so they are
@@ -60,7 +60,7 @@ impl Error {
         Self::msg(format!("{kind}: {error}"))
     }
 
-    fn from_status(status: u16, body: &[u8]) -> Self {
+    pub fn from_status(status: u16, body: &[u8]) -> Self {
         let json: Option<Value> = serde_json::from_slice(body).ok();
         let errcode = json.as_ref().and_then(|j| j["errcode"].as_str()).map(str::to_owned);
         let text = match json.as_ref().and_then(|j| j["error"].as_str()) {

@@ -5,6 +5,7 @@
 mod client;
 mod machine;
 mod peer;
+mod poll;
 mod report;
 mod stats;
 mod workloads;
@@ -175,6 +176,9 @@ struct RunArgs {
     /// W2: seconds to wait for all clients to receive one message.
     #[arg(long, default_value_t = 60)]
     w2_message_timeout_secs: u64,
+    /// W2: print each message's spread of delivery times (first, p10 ... p99, last) to stderr.
+    #[arg(long)]
+    w2_per_message: bool,
     /// W3: rooms of the user [default 500; smoke 5].
     #[arg(long)]
     w3_rooms: Option<usize>,
@@ -324,6 +328,7 @@ async fn run(args: RunArgs) -> Result<bool, String> {
             settle: Duration::from_millis(args.w2_settle_ms),
             poll_timeout: Duration::from_secs(30),
             message_timeout: Duration::from_secs(args.w2_message_timeout_secs.max(1)),
+            per_message: args.w2_per_message,
         };
         eprintln!("ieum-load: {label}: W2 fan-out: {} clients, {} messages", opts.clients, opts.messages);
         done.push(workloads::fanout::run(&ctx, &opts).await);

@@ -21,7 +21,8 @@ use tokio::{sync::mpsc, time::Instant};
 
 use super::{Ctx, check_deadline, join_many, parallel, register_many, retry};
 use crate::{
-    client::{Error, Homeserver, Result},
+    client::{Error, Homeserver, Result, enc},
+    poll::{PollConn, SyncBody},
     report::Workload,
     stats::{ms, summarize},
 };
@@ -35,6 +36,8 @@ pub struct Opts {
     pub poll_timeout: Duration,
     /// How long to wait for every client to receive one message.
     pub message_timeout: Duration,
+    /// Print each message's delivery spread to stderr.
+    pub per_message: bool,
 }
 
 pub async fn run(ctx: &Ctx, opts: &Opts) -> Workload {
@@ -92,24 +95,70 @@ impl Shared {
 }
 
 /// Message indexes carried by the marked timeline events of `room_id` in a sync response.
-fn marked(body: &Value, room_id: &str, marker: &str) -> Vec<usize> {
-    let events = &body["rooms"]["join"][room_id]["timeline"]["events"];
-    events
-        .as_array()
-        .map(|events| {
-            events.iter().filter_map(|e| e["content"]["body"].as_str()?.strip_prefix(marker)?.parse().ok()).collect()
-        })
-        .unwrap_or_default()
+fn marked(body: &SyncBody, room_id: &str, marker: &str) -> Vec<usize> {
+    body.rooms.join.get(room_id).map_or_else(Vec::new, |room| {
+        room.timeline
+            .events
+            .iter()
+            .filter_map(|e| e.content.body.as_deref()?.strip_prefix(marker)?.parse().ok())
+            .collect()
+    })
 }
 
-async fn initial_since(hs: &Homeserver, token: &str, room_id: &str, filter: &str) -> Result<String> {
-    let reply =
-        hs.sync(token, &[("timeout", "0"), ("filter", filter), ("set_presence", "offline")], hs.timeout).await?;
-    let body = reply.json()?;
-    if body["rooms"]["join"].get(room_id).is_none() {
+/// `GET /sync` for the fan-out's clients: the stored filter, presence off.
+fn sync_path(since: Option<&str>, timeout_ms: &str, filter_id: &str) -> String {
+    let since = since.map(|since| format!("since={}&", enc(since))).unwrap_or_default();
+    format!("/_matrix/client/v3/sync?{since}timeout={timeout_ms}&filter={}&set_presence=offline", enc(filter_id))
+}
+
+/// The parts of a 2xx /sync answer the fan-out reads; any other status is its error.
+fn sync_body(status: u16, body: &[u8]) -> Result<SyncBody> {
+    if !(200..300).contains(&status) {
+        return Err(Error::from_status(status, body));
+    }
+    serde_json::from_slice(body).map_err(|e| Error::msg(format!("body: response is not JSON: {e}")))
+}
+
+/// One /sync: through the client's own connection when it has one (see poll.rs), else
+/// through the shared client. Returns the answer and when it had fully arrived.
+async fn sync_once(
+    hs: &Homeserver,
+    conn: Option<&mut PollConn>,
+    token: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<(SyncBody, Instant)> {
+    match conn {
+        Some(conn) => {
+            let answer = conn.get(path, token, timeout).await?;
+            let arrived = Instant::now();
+            Ok((sync_body(answer.status, answer.body)?, arrived))
+        }
+        None => {
+            let reply = hs.get(path, Some(token), timeout).await?;
+            let arrived = Instant::now();
+            Ok((sync_body(200, &reply.body)?, arrived))
+        }
+    }
+}
+
+/// A client's initial sync, on the connection it will then long-poll on, as a real client's
+/// first /sync and its long-polls share one: the measured answers then carry no first-use
+/// costs of a connection (buffers allocated on either side). Returns `next_batch` and the
+/// connection (None when the server is reached over HTTPS, through the shared client).
+async fn initial_sync(
+    hs: &Homeserver,
+    token: &str,
+    room_id: &str,
+    filter_id: &str,
+) -> Result<(String, Option<PollConn>)> {
+    let mut conn = PollConn::for_base(hs.base());
+    let (body, _) = sync_once(hs, conn.as_mut(), token, &sync_path(None, "0", filter_id), hs.timeout).await?;
+    if !body.rooms.join.contains_key(room_id) {
         return Err(Error::msg("initial sync: the joined room is missing from rooms.join"));
     }
-    body["next_batch"].as_str().map(str::to_owned).ok_or_else(|| Error::msg("initial sync: no next_batch"))
+    let since = body.next_batch.ok_or_else(|| Error::msg("initial sync: no next_batch"))?;
+    Ok((since, conn))
 }
 
 async fn measure(ctx: &Ctx, opts: &Opts, w: &mut Workload) -> Result<()> {
@@ -127,15 +176,16 @@ async fn measure(ctx: &Ctx, opts: &Opts, w: &mut Workload) -> Result<()> {
     let tokens: Arc<Vec<String>> = Arc::new(clients.iter().map(|c| c.token.clone()).collect());
     let accounts = Arc::new(clients);
     // Per client: its filter id and the next_batch of its initial sync.
-    let setups: Vec<(String, String)> = {
+    let setups: Vec<(String, String, Option<PollConn>)> = {
         let (hs, filter, room, accounts) = (hs.clone(), filter.clone(), room.clone(), accounts.clone());
         parallel(k, ctx.setup_concurrency, move |i| {
             let (hs, filter, room, accounts) = (hs.clone(), filter.clone(), room.clone(), accounts.clone());
             async move {
                 let account = &accounts[i];
                 let filter_id = retry("W2 filter upload", || hs.create_filter(account, &filter)).await?;
-                let since = retry("W2 initial sync", || initial_since(&hs, &account.token, &room, &filter_id)).await?;
-                Ok((filter_id, since))
+                let (since, conn) =
+                    retry("W2 initial sync", || initial_sync(&hs, &account.token, &room, &filter_id)).await?;
+                Ok((filter_id, since, conn))
             }
         })
         .await?
@@ -152,30 +202,23 @@ async fn measure(ctx: &Ctx, opts: &Opts, w: &mut Workload) -> Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, usize, Instant)>();
     let poll_ms = opts.poll_timeout.as_millis().to_string();
     let mut tasks = Vec::with_capacity(k);
-    for (i, (filter, mut since)) in setups.into_iter().enumerate() {
+    for (i, (filter, mut since, mut conn)) in setups.into_iter().enumerate() {
         let (hs, shared, tx, tokens, room, marker, poll_ms) =
             (hs.clone(), shared.clone(), tx.clone(), tokens.clone(), room.clone(), marker.clone(), poll_ms.clone());
         let request_timeout = opts.poll_timeout + Duration::from_secs(30);
         tasks.push(tokio::spawn(async move {
             while !shared.stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 shared.in_flight_since[i].store(shared.now_ns() + 1, Ordering::Release);
-                let params = [
-                    ("since", since.as_str()),
-                    ("timeout", &poll_ms),
-                    ("filter", &filter),
-                    ("set_presence", "offline"),
-                ];
-                let result = hs.sync(&tokens[i], &params, request_timeout).await;
-                let arrived = Instant::now();
+                let path = sync_path(Some(&since), &poll_ms, &filter);
+                let parsed = sync_once(&hs, conn.as_mut(), &tokens[i], &path, request_timeout).await;
                 shared.in_flight_since[i].store(0, Ordering::Release);
-                let parsed = result.and_then(|reply| reply.json());
                 match parsed {
-                    Ok(body) => {
+                    Ok((body, arrived)) => {
                         for index in marked(&body, &room, &marker) {
                             let _ = tx.send((index, i, arrived));
                         }
-                        match body["next_batch"].as_str() {
-                            Some(next) => since = next.to_owned(),
+                        match body.next_batch {
+                            Some(next) => since = next,
                             None => {
                                 *shared
                                     .errors
@@ -248,6 +291,23 @@ async fn measure(ctx: &Ctx, opts: &Opts, w: &mut Workload) -> Result<()> {
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => break,
             }
+        }
+        if opts.per_message && count > 0 {
+            let mut mine: Vec<f64> = delivery[delivery.len() - count..].to_vec();
+            mine.sort_by(|a, b| a.total_cmp(b));
+            let at = |q: f64| mine[((mine.len() - 1) as f64 * q) as usize];
+            eprintln!(
+                "msg {n}: send {:.1} first {:.1} p10 {:.1} p25 {:.1} p50 {:.1} p75 {:.1} p90 {:.1} p99 {:.1} last {:.1}",
+                send_latency.last().copied().unwrap_or(0.0),
+                at(0.0),
+                at(0.1),
+                at(0.25),
+                at(0.5),
+                at(0.75),
+                at(0.9),
+                at(0.99),
+                at(1.0)
+            );
         }
         if count < k {
             for _ in count..k {
