@@ -175,7 +175,8 @@ async fn measure(ctx: &Ctx, opts: &Opts, w: &mut Workload) -> Result<()> {
     let room: Arc<str> = room_id.as_str().into();
     let tokens: Arc<Vec<String>> = Arc::new(clients.iter().map(|c| c.token.clone()).collect());
     let accounts = Arc::new(clients);
-    // Per client: its filter id and the next_batch of its initial sync.
+    // Per client: its filter id, the next_batch of its initial sync and the connection that
+    // sync went through (None over HTTPS).
     let setups: Vec<(String, String, Option<PollConn>)> = {
         let (hs, filter, room, accounts) = (hs.clone(), filter.clone(), room.clone(), accounts.clone());
         parallel(k, ctx.setup_concurrency, move |i| {
