@@ -88,8 +88,14 @@ impl PushWrites {
 }
 
 pub trait PushStore: Send + Sync {
-    /// A user's notifications in a room at positions strictly after `after`, oldest first.
-    fn room_notifications(&self, user_id: &UserId, room_id: &RoomId, after: StreamPos) -> Result<Vec<UnreadEntry>>;
+    /// A user's notifications in a room at positions strictly after `after`, oldest first
+    /// (shared: every sync of the user counts them, and the list is cached).
+    fn room_notifications(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        after: StreamPos,
+    ) -> Result<std::sync::Arc<Vec<UnreadEntry>>>;
     /// A user's notification records (every room) strictly before `before`, newest first.
     fn user_notifications(&self, user_id: &UserId, before: StreamPos, limit: usize) -> Result<Vec<NotificationRecord>>;
     /// The position of the user's latest own event in a room (an implicit read receipt).

@@ -1140,6 +1140,7 @@ async fn transaction_id_only_for_the_sending_device() {
     };
     let own = find(&sync(&alice, &[]).await);
     assert_eq!(own["unsigned"]["transaction_id"], "my-txn-42", "{own}");
+    assert!(own["unsigned"]["age"].is_u64(), "age is a number of milliseconds: {own}");
 
     // The same user on another device does not see it.
     let (status, login) = server

@@ -67,12 +67,39 @@ pub struct Push {
     rules_write: tokio::sync::Mutex<()>,
     /// The delivery task's doorbell (the database is the queue).
     pub(crate) doorbell: tokio::sync::Notify,
-    /// Read positions: (user, room, thread) → (position, stream position it was read at);
-    /// valid while `read_position_changed_after` that stream position is false.
-    read_positions: Mutex<HashMap<ReadKey, (StreamPos, StreamPos)>>,
+    /// Read positions: user → room → [(thread, position, stream position it was read at)];
+    /// valid while `read_position_changed_after` that stream position is false. Nested so
+    /// that a lookup borrows its key (every woken /sync reads two of them per room).
+    read_positions: Mutex<ReadPositions>,
 }
 
-type ReadKey = (OwnedUserId, ruma::OwnedRoomId, Option<String>);
+#[derive(Default)]
+struct ReadPositions {
+    entries: HashMap<OwnedUserId, HashMap<ruma::OwnedRoomId, Vec<(Option<String>, StreamPos, StreamPos)>>>,
+    len: usize,
+}
+
+impl ReadPositions {
+    fn get(&self, user_id: &UserId, room_id: &RoomId, thread: Option<&str>) -> Option<(StreamPos, StreamPos)> {
+        let threads = self.entries.get(user_id)?.get(room_id)?;
+        threads.iter().find(|(t, _, _)| t.as_deref() == thread).map(|&(_, pos, as_of)| (pos, as_of))
+    }
+
+    fn insert(&mut self, user_id: &UserId, room_id: &RoomId, thread: Option<&str>, value: (StreamPos, StreamPos)) {
+        if self.len >= MAX_READ_POSITIONS {
+            self.entries.clear();
+            self.len = 0;
+        }
+        let threads = self.entries.entry(user_id.to_owned()).or_default().entry(room_id.to_owned()).or_default();
+        match threads.iter_mut().find(|(t, _, _)| t.as_deref() == thread) {
+            Some(entry) => (entry.1, entry.2) = value,
+            None => {
+                threads.push((thread.map(str::to_owned), value.0, value.1));
+                self.len += 1;
+            }
+        }
+    }
+}
 
 /// Read positions remembered at most.
 const MAX_READ_POSITIONS: usize = 100_000;
@@ -212,24 +239,25 @@ impl Push {
             writes.sender_read = Some((pdu.sender.clone(), pdu.room_id.clone()));
         }
         let members = self.core.db.members(&pdu.room_id)?;
-        let joined = members.iter().filter(|(_, membership)| membership == "join").count();
-        let mut targets: Vec<OwnedUserId> = members
-            .iter()
-            .filter(|(user, membership)| {
-                membership == "join"
-                    && user.server_name() == server_name
-                    && *user != pdu.sender
-                    && !self.appservices.owns_exclusively(user)
-            })
-            .map(|(user, _)| user.clone())
-            .collect();
+        let mut joined = 0usize;
+        let mut targets: Vec<&UserId> = Vec::new();
+        for (user, membership) in members.iter() {
+            if membership != "join" {
+                continue;
+            }
+            joined += 1;
+            if user.server_name() == server_name && *user != pdu.sender && !self.appservices.owns_exclusively(user) {
+                targets.push(user);
+            }
+        }
         // The invitee of an invite is not a member yet, but `.m.rule.invite_for_me` is for them.
-        if pdu.kind == ruma::events::TimelineEventType::RoomMember
-            && pdu.membership().as_deref() == Some("invite")
-            && let Some(invitee) = pdu.state_key.as_deref().and_then(|key| UserId::parse(key).ok())
+        let invitee: Option<OwnedUserId> = (pdu.membership_str() == Some("invite"))
+            .then(|| pdu.state_key.as_deref().and_then(|key| UserId::parse(key).ok()))
+            .flatten();
+        if let Some(invitee) = invitee.as_deref()
             && invitee.server_name() == server_name
             && invitee != pdu.sender
-            && !self.appservices.owns_exclusively(&invitee)
+            && !self.appservices.owns_exclusively(invitee)
             && !targets.contains(&invitee)
         {
             targets.push(invitee);
@@ -259,24 +287,27 @@ impl Push {
             .map(|ids| ids.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
         let member_event = pdu.kind == ruma::events::TimelineEventType::RoomMember;
-        let mut shared: Option<Vec<Action>> = None;
-        for user_id in &targets {
+        // The shared evaluation: its actions, whether they notify / highlight, and their JSON.
+        let mut shared: Option<(bool, bool, Box<RawValue>)> = None;
+        for &user_id in &targets {
             let (rules, is_default) = self.ruleset_and_default(user_id)?;
-            let display_name = rooms
-                .state_pdu(state, &StateEventType::RoomMember, user_id.as_str())?
-                .and_then(|member| member.content_str("displayname"))
-                .unwrap_or_else(|| user_id.localpart().to_owned());
+            let member = rooms.state_pdu(state, &StateEventType::RoomMember, user_id.as_str())?;
+            let display_name = member.as_deref().and_then(Pdu::displayname).unwrap_or(user_id.localpart());
             let generic = is_default
                 && !member_event
                 && !display_name.is_empty()
                 && !mentioned.contains(&user_id.as_str())
-                && !body_lower.contains(&user_id.localpart().to_lowercase())
-                && !body_lower.contains(&display_name.to_lowercase());
-            let actions: Vec<Action> = match (&shared, generic) {
-                (Some(actions), true) => actions.clone(),
+                && !contains_lowercased(&body_lower, user_id.localpart())
+                && !contains_lowercased(&body_lower, display_name);
+            let (notify, highlight, actions_json) = match (&shared, generic) {
+                (Some((notify, highlight, json)), true) => (*notify, *highlight, json.clone()),
                 _ => {
-                    let mut context =
-                        PushConditionRoomCtx::new(pdu.room_id.clone(), member_count, user_id.clone(), display_name);
+                    let mut context = PushConditionRoomCtx::new(
+                        pdu.room_id.clone(),
+                        member_count,
+                        user_id.to_owned(),
+                        display_name.to_owned(),
+                    );
                     if let Some(power_levels) = &power_levels {
                         context = context.with_power_levels(power_levels.clone());
                     }
@@ -290,21 +321,20 @@ impl Push {
                             break;
                         }
                     }
-                    let actions = actions.to_vec();
+                    let notify = actions.iter().any(Action::should_notify);
+                    let highlight = actions.iter().any(Action::is_highlight);
+                    let json = raw(&actions)?;
                     if generic {
-                        shared = Some(actions.clone());
+                        shared = Some((notify, highlight, json.clone()));
                     }
-                    actions
+                    (notify, highlight, json)
                 }
             };
-            let notify = actions.iter().any(Action::should_notify);
-            let highlight = actions.iter().any(Action::is_highlight);
             if !notify && !highlight {
                 continue;
             }
-            let actions_json = raw(&actions)?;
             writes.notifications.push(NotificationRecord {
-                user_id: user_id.clone(),
+                user_id: user_id.to_owned(),
                 room_id: pdu.room_id.clone(),
                 event_id: pdu.event_id.clone(),
                 actions: actions_json.clone(),
@@ -317,7 +347,7 @@ impl Push {
             if notify && self.core.config.push.enabled {
                 for pusher in self.pushers_of(user_id)?.iter() {
                     writes.deliveries.push(DeliveryRecord {
-                        user_id: user_id.clone(),
+                        user_id: user_id.to_owned(),
                         app_id: pusher.app_id.clone(),
                         pushkey: pusher.pushkey.clone(),
                         room_id: pdu.room_id.clone(),
@@ -348,8 +378,7 @@ impl Push {
     /// unthreaded receipt, every thread): the newest unthreaded `m.read` / `m.read.private`
     /// receipt, or the user's own latest event.
     fn read_pos(&self, room_id: &RoomId, user_id: &UserId, thread: Option<&str>) -> Result<StreamPos> {
-        let key: ReadKey = (user_id.to_owned(), room_id.to_owned(), thread.map(str::to_owned));
-        let cached = self.read_positions.lock().unwrap_or_else(|e| e.into_inner()).get(&key).copied();
+        let cached = self.read_positions.lock().unwrap_or_else(|e| e.into_inner()).get(user_id, room_id, thread);
         if let Some((pos, as_of)) = cached
             && !self.core.db.read_position_changed_after(user_id, room_id, as_of)
         {
@@ -374,11 +403,12 @@ impl Push {
             pos = pos.max(sent);
         }
         if cacheable {
-            let mut cache = self.read_positions.lock().unwrap_or_else(|e| e.into_inner());
-            if cache.len() >= MAX_READ_POSITIONS {
-                cache.clear();
-            }
-            cache.insert(key, (pos, as_of));
+            self.read_positions.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                user_id,
+                room_id,
+                thread,
+                (pos, as_of),
+            );
         }
         Ok(pos)
     }
@@ -393,14 +423,15 @@ impl Push {
         let unthreaded = self.read_pos(room_id, user_id, None)?;
         let records = self.core.db.room_notifications(user_id, room_id, unthreaded)?;
         let mut counts = RoomCounts::default();
-        let mut thread_read: HashMap<String, StreamPos> = HashMap::new();
-        for record in records.into_iter().take_while(|r| r.pos <= upto) {
-            let key = record.thread_id.clone().unwrap_or_else(|| "main".to_owned());
-            let read = match thread_read.get(&key) {
-                Some(pos) => *pos,
+        // Read positions of the threads met so far (`main` for records outside threads).
+        let mut thread_read: HashMap<&str, StreamPos> = HashMap::new();
+        for record in records.iter().take_while(|r| r.pos <= upto) {
+            let key = record.thread_id.as_deref().unwrap_or("main");
+            let read = match thread_read.get(key) {
+                Some(&pos) => pos,
                 None => {
-                    let pos = self.read_pos(room_id, user_id, Some(&key))?;
-                    thread_read.insert(key.clone(), pos);
+                    let pos = self.read_pos(room_id, user_id, Some(key))?;
+                    thread_read.insert(key, pos);
                     pos
                 }
             };
@@ -410,9 +441,9 @@ impl Push {
             let (n, h) = (u64::from(record.notify), u64::from(record.highlight));
             counts.all.0 += n;
             counts.all.1 += h;
-            match record.thread_id {
+            match &record.thread_id {
                 Some(thread) => {
-                    let entry = counts.threads.entry(thread).or_default();
+                    let entry = counts.threads.entry(thread.clone()).or_default();
                     entry.0 += n;
                     entry.1 += h;
                 }
@@ -564,6 +595,23 @@ impl Push {
         self.core.blocking(move |db| Ok(db.delete_device_pushers(&user, &device)?)).await?;
         Ok(())
     }
+}
+
+/// Whether `haystack_lower` (already lowercased) contains `needle`, ignoring case: the
+/// default rules' display-name and localpart checks, per member of the room. An ASCII
+/// needle is compared in place (its bytes can only match ASCII bytes of UTF-8 text);
+/// others are lowercased first.
+fn contains_lowercased(haystack_lower: &str, needle: &str) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    if needle.is_ascii() {
+        return haystack_lower
+            .as_bytes()
+            .windows(needle.len())
+            .any(|window| window.eq_ignore_ascii_case(needle.as_bytes()));
+    }
+    haystack_lower.contains(&needle.to_lowercase())
 }
 
 /// The thread an event belongs to: `m.relates_to.rel_type == "m.thread"` names its root.
@@ -769,4 +817,24 @@ fn validate_url(url: &str) -> Result<()> {
         return Err(Error::invalid_param(format!("data.url must have the path {NOTIFY_PATH}.")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains_lowercased;
+
+    #[test]
+    fn contains_lowercased_ignores_case_as_lowercasing_would() {
+        let body = "hello alice, über-straße k".to_lowercase();
+        assert!(contains_lowercased(&body, "Alice"));
+        assert!(contains_lowercased(&body, "ALICE,"));
+        assert!(!contains_lowercased(&body, "bob"));
+        assert!(contains_lowercased(&body, "ÜBER"), "non-ASCII needles are lowercased");
+        assert!(contains_lowercased(&body, "Straße"));
+        assert!(!contains_lowercased(&body, "strasse"));
+        // The Kelvin sign lowercases to an ASCII k: the same answer as lowercasing both sides.
+        assert!(contains_lowercased(&"\u{212A}".to_lowercase(), "K"));
+        assert!(!contains_lowercased("", "a"));
+        assert!(contains_lowercased("", ""));
+    }
 }

@@ -742,8 +742,10 @@ impl Rooms {
         viewer: Option<(&UserId, Option<&str>)>,
         with_room_id: bool,
     ) -> Result<Box<RawValue>> {
-        let unsigned =
-            serde_json::to_string(&self.unsigned(pdu, viewer)).map_err(|e| Error::internal(e.to_string()))?;
+        let unsigned = match Self::plain_unsigned(pdu, viewer) {
+            Some(unsigned) => unsigned,
+            None => serde_json::to_string(&self.unsigned(pdu, viewer)).map_err(|e| Error::internal(e.to_string()))?,
+        };
         let head = pdu.client_head();
         let mut json = String::with_capacity(head.len() + unsigned.len() + 80);
         json.push_str(head);
@@ -755,6 +757,31 @@ impl Rooms {
         json.push_str(&unsigned);
         json.push('}');
         RawValue::from_string(json).map_err(|e| Error::internal(format!("client event {}: {e}", pdu.event_id)))
+    }
+
+    /// `unsigned` as JSON text, written directly, for the common event that has only `age`
+    /// and perhaps `transaction_id` (the same text `unsigned` would serialise); `None` for
+    /// the others (redacted, replacing state, member events).
+    fn plain_unsigned(pdu: &Pdu, viewer: Option<(&UserId, Option<&str>)>) -> Option<String> {
+        if pdu.stored.redacted_because.is_some()
+            || pdu.stored.replaces_state.is_some()
+            || pdu.kind == ruma::events::TimelineEventType::RoomMember
+        {
+            return None;
+        }
+        use std::fmt::Write as _;
+        let mut unsigned = String::with_capacity(64);
+        let age = now_ms().saturating_sub(pdu.origin_server_ts.get().into());
+        write!(unsigned, "{{\"age\":{age}").ok()?;
+        if let (Some((user, Some(session))), Some((txn_session, txn_id))) = (viewer, &pdu.stored.txn)
+            && user == pdu.sender
+            && session == txn_session
+        {
+            unsigned.push_str(",\"transaction_id\":");
+            unsigned.push_str(&serde_json::to_string(txn_id).ok()?);
+        }
+        unsigned.push('}');
+        Some(unsigned)
     }
 
     /// The `unsigned` of an event in client format, as `viewer` should see it.

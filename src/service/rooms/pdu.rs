@@ -71,6 +71,9 @@ pub struct Pdu {
     pub stored: StoredEvent,
     /// The client-format fields that never change (see `client_head`), rendered once.
     client_head: std::sync::OnceLock<Box<str>>,
+    /// A member event's `membership` and `displayname`, parsed once (history visibility and
+    /// push rules read them per event and per member).
+    member: std::sync::OnceLock<(Option<Box<str>>, Option<Box<str>>)>,
 }
 
 impl Pdu {
@@ -118,6 +121,7 @@ impl Pdu {
             depth: fields.depth,
             stored,
             client_head: std::sync::OnceLock::new(),
+            member: std::sync::OnceLock::new(),
         })
     }
 
@@ -165,7 +169,27 @@ impl Pdu {
 
     /// The membership in an `m.room.member` event.
     pub fn membership(&self) -> Option<String> {
-        (self.kind == TimelineEventType::RoomMember).then(|| self.content_str("membership")).flatten()
+        self.membership_str().map(str::to_owned)
+    }
+
+    /// `membership`, borrowed.
+    pub fn membership_str(&self) -> Option<&str> {
+        self.member_fields().0.as_deref()
+    }
+
+    /// The `displayname` in an `m.room.member` event.
+    pub fn displayname(&self) -> Option<&str> {
+        self.member_fields().1.as_deref()
+    }
+
+    fn member_fields(&self) -> &(Option<Box<str>>, Option<Box<str>>) {
+        self.member.get_or_init(|| {
+            if self.kind != TimelineEventType::RoomMember {
+                return (None, None);
+            }
+            let field = |name| self.content_str(name).map(String::into_boxed_str);
+            (field("membership"), field("displayname"))
+        })
     }
 
     /// The client-format event without `room_id` and `unsigned`, as JSON text lacking its
@@ -306,6 +330,9 @@ mod tests {
         assert_eq!(pdu(r#"{"membership":5}"#).membership(), None);
         assert_eq!(pdu(r#"[1,2]"#).membership(), None);
         assert_eq!(pdu(r#"{"nested":{"membership":"join"}}"#).membership(), None, "top level only");
+        let member = pdu(r#"{"membership":"join","displayname":"Ann \"A\""}"#);
+        assert_eq!((member.membership_str(), member.displayname()), (Some("join"), Some("Ann \"A\"")));
+        assert_eq!(pdu(r#"{"membership":"join","displayname":null}"#).displayname(), None);
     }
 
     #[test]

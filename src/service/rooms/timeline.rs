@@ -76,12 +76,14 @@ impl Rooms {
         let state = self.state_before(pdu)?;
         let own_membership_event = pdu.kind == ruma::events::TimelineEventType::RoomMember
             && pdu.state_key.as_deref() == Some(user_id.as_str());
+        let member_pdu;
         let membership = if own_membership_event {
-            pdu.membership()
+            pdu.membership_str()
         } else {
-            self.state_pdu(&state, &StateEventType::RoomMember, user_id.as_str())?.and_then(|m| m.membership())
+            member_pdu = self.state_pdu(&state, &StateEventType::RoomMember, user_id.as_str())?;
+            member_pdu.as_deref().and_then(Pdu::membership_str)
         };
-        if membership.as_deref() == Some("join") {
+        if membership == Some("join") {
             return Ok(true);
         }
         let visibility = self
@@ -98,7 +100,7 @@ impl Rooms {
                     .is_some_and(|m| m.membership != "invite" && m.membership != "knock")
                     || own_membership_event
             }
-            "invited" => matches!(membership.as_deref(), Some("invite")),
+            "invited" => membership == Some("invite"),
             _ => false,
         })
     }

@@ -147,7 +147,12 @@ impl RocksStorage {
 }
 
 impl PushStore for RocksStorage {
-    fn room_notifications(&self, user_id: &UserId, room_id: &RoomId, after: StreamPos) -> Result<Vec<UnreadEntry>> {
+    fn room_notifications(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        after: StreamPos,
+    ) -> Result<std::sync::Arc<Vec<UnreadEntry>>> {
         let cache_key = keys::join(&[user_id.as_bytes(), room_id.as_bytes()]);
         let generation = match self.unread.get_if(&*cache_key, |(read, _)| *read == after) {
             Ok((_, list)) => return Ok(list),
@@ -181,7 +186,7 @@ impl PushStore for RocksStorage {
                 thread_id,
             });
         }
-        let answer = (after, out);
+        let answer = (after, std::sync::Arc::new(out));
         self.unread.store(cache_key, generation, &answer);
         Ok(answer.1)
     }

@@ -103,8 +103,9 @@ impl<K: Hash + Eq, V: Clone> ReadCache<K, V> {
     }
 }
 
-/// A cached `room_notifications` answer: the read position and the records after it.
-pub(super) type Unread = (crate::storage::StreamPos, Vec<crate::storage::UnreadEntry>);
+/// A cached `room_notifications` answer: the read position and the records after it
+/// (shared with readers: a hit clones the `Arc`, an added record copies a list a reader holds).
+pub(super) type Unread = (crate::storage::StreamPos, std::sync::Arc<Vec<crate::storage::UnreadEntry>>);
 
 /// Adds a record just written to a cached answer: once, in position order, if after its read
 /// position.
@@ -113,7 +114,7 @@ pub(super) fn add_unread((read, list): &mut Unread, record: crate::storage::Unre
         return;
     }
     if let Err(at) = list.binary_search_by_key(&record.pos, |r| r.pos) {
-        list.insert(at, record);
+        std::sync::Arc::make_mut(list).insert(at, record);
     }
 }
 
@@ -163,11 +164,13 @@ mod tests {
         let key = b"@a:x\xff!r:x".to_vec();
         let at_5 = |(read, _): &Unread| *read == 5;
         let generation = cache.get_if(&*key, at_5).unwrap_err();
-        cache.store(key.clone(), generation, &(5, vec![entry(7)]));
-        assert_eq!(cache.get_if(&*key, at_5).unwrap().1, [entry(7)]);
+        cache.store(key.clone(), generation, &(5, vec![entry(7)].into()));
+        let held = cache.get_if(&*key, at_5).unwrap().1;
+        assert_eq!(*held, [entry(7)]);
         assert!(cache.get_if(&*key, |(read, _)| *read == 7).is_err(), "another read position misses");
         cache.written_with([(&*key, entry(9)), (&*key, entry(7)), (&*key, entry(8))], add_unread);
-        assert_eq!(cache.get_if(&*key, at_5).unwrap().1, [entry(7), entry(8), entry(9)]);
+        assert_eq!(*cache.get_if(&*key, at_5).unwrap().1, [entry(7), entry(8), entry(9)]);
+        assert_eq!(*held, [entry(7)], "a list a reader holds does not change under it");
     }
 
     #[test]
@@ -176,7 +179,7 @@ mod tests {
         let key = b"@a:x\xff!r:x".to_vec();
         let generation = cache.get(&*key).unwrap_err();
         cache.written_with([(&*key, entry(3))], add_unread);
-        cache.store(key.clone(), generation, &(0, Vec::new()));
+        cache.store(key.clone(), generation, &(0, Default::default()));
         assert!(cache.get(&*key).is_err());
     }
 }

@@ -21,6 +21,7 @@ use super::StreamPos;
 const MAX_KEYS: usize = 200_000;
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+#[repr(usize)]
 pub(super) enum Stream {
     /// Global and room account data of a user (key: user id).
     AccountData,
@@ -37,12 +38,17 @@ pub(super) enum Stream {
     ReadPosition,
 }
 
+const STREAMS: usize = Stream::ReadPosition as usize + 1;
+
 #[derive(Default)]
 struct Inner {
     floor: StreamPos,
     /// The highest position any stamp was raised to.
     highest: StreamPos,
-    stamps: HashMap<(Stream, Box<[u8]>), StreamPos>,
+    /// One map per stream (indexed by `Stream as usize`), so a lookup borrows its key.
+    stamps: [HashMap<Box<[u8]>, StreamPos>; STREAMS],
+    /// Keys held over all streams.
+    keys: usize,
     inbox_deleted: HashMap<Box<[u8]>, StreamPos>,
 }
 
@@ -64,25 +70,30 @@ impl Stamps {
     pub fn raise(&self, stream: Stream, key: &[u8], pos: StreamPos) {
         let mut inner = self.lock();
         inner.highest = inner.highest.max(pos);
-        if inner.stamps.len() >= MAX_KEYS && !inner.stamps.contains_key(&(stream, key.into())) {
-            inner.floor = inner.highest;
-            inner.stamps.clear();
+        if let Some(stamp) = inner.stamps[stream as usize].get_mut(key) {
+            *stamp = (*stamp).max(pos);
+            return;
         }
-        let stamp = inner.stamps.entry((stream, key.into())).or_insert(0);
-        *stamp = (*stamp).max(pos);
+        if inner.keys >= MAX_KEYS {
+            inner.floor = inner.highest;
+            inner.stamps.iter_mut().for_each(HashMap::clear);
+            inner.keys = 0;
+        }
+        inner.keys += 1;
+        inner.stamps[stream as usize].insert(key.into(), pos);
     }
 
     /// Whether `stream`/`key` may have changed after `since` (false: a scan would find nothing).
     pub fn changed_after(&self, stream: Stream, key: &[u8], since: StreamPos) -> bool {
         let inner = self.lock();
-        inner.stamps.get(&(stream, key.into())).copied().unwrap_or(inner.floor).max(inner.floor) > since
+        inner.stamps[stream as usize].get(key).copied().unwrap_or(inner.floor).max(inner.floor) > since
     }
 
     /// Whether the inbox `device` may hold messages at or below `upto` (false: trimmed already).
     pub fn inbox_holds_up_to(&self, device: &[u8], upto: StreamPos) -> bool {
         let inner = self.lock();
         let trimmed = inner.inbox_deleted.get(device).copied().unwrap_or(0);
-        let stamp = inner.stamps.get(&(Stream::Inbox, device.into())).copied().unwrap_or(inner.floor).max(inner.floor);
+        let stamp = inner.stamps[Stream::Inbox as usize].get(device).copied().unwrap_or(inner.floor).max(inner.floor);
         // Nothing arrived since the last trim, or the last trim already covered `upto`.
         stamp > trimmed && upto > trimmed
     }
