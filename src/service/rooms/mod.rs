@@ -773,10 +773,7 @@ impl Rooms {
         let mut unsigned = String::with_capacity(64);
         let age = now_ms().saturating_sub(pdu.origin_server_ts.get().into());
         write!(unsigned, "{{\"age\":{age}").ok()?;
-        if let (Some((user, Some(session))), Some((txn_session, txn_id))) = (viewer, &pdu.stored.txn)
-            && user == pdu.sender
-            && session == txn_session
-        {
+        if let Some(txn_id) = Self::own_transaction_id(pdu, viewer) {
             unsigned.push_str(",\"transaction_id\":");
             unsigned.push_str(&serde_json::to_string(txn_id).ok()?);
         }
@@ -784,15 +781,20 @@ impl Rooms {
         Some(unsigned)
     }
 
+    /// The event's transaction id when `viewer` is the session that sent it (only the sending
+    /// device sees it).
+    fn own_transaction_id<'a>(pdu: &'a Pdu, viewer: Option<(&UserId, Option<&str>)>) -> Option<&'a str> {
+        let (user, session) = viewer?;
+        let (txn_session, txn_id) = pdu.stored.txn.as_ref()?;
+        (user == pdu.sender && session == Some(txn_session.as_str())).then_some(txn_id.as_str())
+    }
+
     /// The `unsigned` of an event in client format, as `viewer` should see it.
     fn unsigned(&self, pdu: &Pdu, viewer: Option<(&UserId, Option<&str>)>) -> Map<String, Value> {
         let mut unsigned = Map::new();
         unsigned.insert("age".into(), Value::from(now_ms().saturating_sub(pdu.origin_server_ts.get().into())));
-        if let (Some((user, Some(session))), Some((txn_session, txn_id))) = (viewer, &pdu.stored.txn)
-            && user == pdu.sender
-            && session == txn_session
-        {
-            unsigned.insert("transaction_id".into(), Value::String(txn_id.clone()));
+        if let Some(txn_id) = Self::own_transaction_id(pdu, viewer) {
+            unsigned.insert("transaction_id".into(), Value::String(txn_id.to_owned()));
         }
         if let Some(because) = &pdu.stored.redacted_because
             && let Ok(value) = serde_json::from_str::<Value>(because.get())
