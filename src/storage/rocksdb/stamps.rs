@@ -52,6 +52,13 @@ struct Inner {
     inbox_deleted: HashMap<Box<[u8]>, StreamPos>,
 }
 
+impl Inner {
+    /// The last position `stream`/`key` may have changed at: its stamp, never below `floor`.
+    fn stamp(&self, stream: Stream, key: &[u8]) -> StreamPos {
+        self.stamps[stream as usize].get(key).copied().unwrap_or(self.floor).max(self.floor)
+    }
+}
+
 pub(super) struct Stamps {
     inner: Mutex<Inner>,
 }
@@ -86,14 +93,14 @@ impl Stamps {
     /// Whether `stream`/`key` may have changed after `since` (false: a scan would find nothing).
     pub fn changed_after(&self, stream: Stream, key: &[u8], since: StreamPos) -> bool {
         let inner = self.lock();
-        inner.stamps[stream as usize].get(key).copied().unwrap_or(inner.floor).max(inner.floor) > since
+        inner.stamp(stream, key) > since
     }
 
     /// Whether the inbox `device` may hold messages at or below `upto` (false: trimmed already).
     pub fn inbox_holds_up_to(&self, device: &[u8], upto: StreamPos) -> bool {
         let inner = self.lock();
         let trimmed = inner.inbox_deleted.get(device).copied().unwrap_or(0);
-        let stamp = inner.stamps[Stream::Inbox as usize].get(device).copied().unwrap_or(inner.floor).max(inner.floor);
+        let stamp = inner.stamp(Stream::Inbox, device);
         // Nothing arrived since the last trim, or the last trim already covered `upto`.
         stamp > trimmed && upto > trimmed
     }
