@@ -13,7 +13,7 @@ use super::{
     admin,
     client::{account, config, key_backup, keys, media, push, room, sliding_sync, sync, thirdparty},
     federation,
-    ruma::{route, route_extra, route_limited, route_responding},
+    ruma::{route, route_extra, route_limited, route_parsed, route_responding},
     well_known,
 };
 use crate::app::App;
@@ -103,7 +103,7 @@ pub fn client_routes() -> Router<App> {
     let r = route::<c::directory::get_public_rooms::v3::Request, _, _>(r, room::get_public_rooms);
     let r = route::<c::directory::get_public_rooms_filtered::v3::Request, _, _>(r, room::get_public_rooms_filtered);
     // Sync and ephemeral data.
-    let r = route_responding::<c::sync::sync_events::v3::Request, _, _, _>(r, sync::sync);
+    let r = route_parsed::<c::sync::sync_events::v3::Request, _, _, _>(r, sync::sync, sync::parse_sync_request);
     let r = route_responding::<c::sync::sync_events::v5::Request, _, _, _>(r, sliding_sync::sliding_sync);
     let r = route::<c::typing::create_typing_event::v3::Request, _, _>(r, sync::typing);
     let r = route::<c::receipt::create_receipt::v3::Request, _, _>(r, sync::receipt);

@@ -351,7 +351,13 @@ fn method_filter(method: &http::Method) -> MethodFilter {
 pub type BodyLimit = fn(&App) -> usize;
 
 /// Parses and authenticates one request for endpoint `R`.
-async fn extract<R>(app: &App, request: Request, extra_args: &[&str], body_limit: Option<BodyLimit>) -> Result<Ruma<R>>
+async fn extract<R>(
+    app: &App,
+    request: Request,
+    extra_args: &[&str],
+    body_limit: Option<BodyLimit>,
+    parser: Parser<R>,
+) -> Result<Ruma<R>>
 where
     R: IncomingRequest,
     R::Authentication: Authenticate,
@@ -382,13 +388,17 @@ where
     };
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (parts, bytes) = request.into_parts();
-    let body = parse::<R>(parts, &bytes, &args)?;
+    let body = parser(parts, &bytes, &args)?;
     Ok(Ruma { body, session, origin, client_addr, empty_body: bytes.is_empty(), raw_body: bytes })
 }
 
+/// Reads an endpoint's request from the HTTP head, the body and the path arguments: `parse`,
+/// or an endpoint's own fast path in front of it (`route_parsed`).
+pub type Parser<R> = fn(http::request::Parts, &[u8], &[&str]) -> Result<R>;
+
 /// Parses the ruma request. Many clients send no body at all where every field is
 /// optional (nio's `/join/{roomIdOrAlias}`); like Synapse we read that as `{}`.
-fn parse<R: IncomingRequest>(parts: http::request::Parts, bytes: &[u8], args: &[&str]) -> Result<R> {
+pub fn parse<R: IncomingRequest>(parts: http::request::Parts, bytes: &[u8], args: &[&str]) -> Result<R> {
     // Only an empty non-GET body may need the second try: only then keep a copy of the
     // head (its headers are a few allocations, on every request).
     if !bytes.is_empty() || parts.method == http::Method::GET {
@@ -422,7 +432,7 @@ where
     F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
 {
-    route_full(router, handler, None)
+    route_full(router, handler, None, parse::<R>)
 }
 
 /// Like `route`, for an endpoint whose body may be larger than `http.max_request_bytes`
@@ -434,7 +444,7 @@ where
     F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
 {
-    route_full(router, handler, Some(body_limit))
+    route_full(router, handler, Some(body_limit), parse::<R>)
 }
 
 /// Like `route`, for a handler that answers with its own response type: ruma's response
@@ -448,10 +458,27 @@ where
     F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<T>> + Send + 'static,
 {
-    route_full(router, handler, None)
+    route_full(router, handler, None, parse::<R>)
 }
 
-fn route_full<R, T, F, Fut>(mut router: Router<App>, handler: F, body_limit: Option<BodyLimit>) -> Router<App>
+/// Like `route_responding`, with the endpoint's own request parser (`/sync`'s fast path).
+pub fn route_parsed<R, T, F, Fut>(router: Router<App>, handler: F, parser: Parser<R>) -> Router<App>
+where
+    R: IncomingRequest + Send + 'static,
+    R::Authentication: Authenticate,
+    T: OutgoingResponse,
+    F: Fn(App, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<T>> + Send + 'static,
+{
+    route_full(router, handler, None, parser)
+}
+
+fn route_full<R, T, F, Fut>(
+    mut router: Router<App>,
+    handler: F,
+    body_limit: Option<BodyLimit>,
+    parser: Parser<R>,
+) -> Router<App>
 where
     R: IncomingRequest + Send + 'static,
     R::Authentication: Authenticate,
@@ -467,7 +494,7 @@ where
             on(filter, move |State(app): State<App>, request: Request| {
                 let handler = handler.clone();
                 async move {
-                    match extract::<R>(&app, request, &[], body_limit).await {
+                    match extract::<R>(&app, request, &[], body_limit, parser).await {
                         Ok(request) => match handler(app, request).await {
                             Ok(response) => success_response(response),
                             Err(error) => error_response(error),
@@ -501,7 +528,7 @@ where
         on(filter, move |State(app): State<App>, request: Request| {
             let handler = handler.clone();
             async move {
-                match extract::<R>(&app, request, extra_args, None).await {
+                match extract::<R>(&app, request, extra_args, None, parse::<R>).await {
                     Ok(request) => match handler(app, request).await {
                         Ok(response) => success_response(response),
                         Err(error) => error_response(error),
