@@ -15,6 +15,7 @@ pub mod api;
 pub mod app;
 pub mod config;
 pub mod error;
+pub mod hash;
 pub mod server;
 pub mod service;
 pub mod storage;

@@ -11,13 +11,13 @@
 //! bounded; forgetting one only means sending a member event again.
 
 use std::{
-    collections::HashMap,
     hash::{BuildHasher, Hash, Hasher, RandomState},
     sync::Mutex,
 };
 
 use ruma::{DeviceId, EventId, RoomId, UserId};
 
+use crate::hash::HashMap;
 use crate::storage::StreamPos;
 
 /// Entries kept for one device before its record starts over.

@@ -5,11 +5,7 @@
 //! account data, memberships) is on the one stream, so "what changed since" is a range
 //! scan; typing has its own in-memory serial.
 
-use std::{
-    collections::{BTreeSet, HashMap, HashSet},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use ruma::{
     OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
@@ -38,6 +34,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
+    hash::{HashMap, HashSet},
     storage::{Direction, StreamPos},
 };
 
@@ -348,7 +345,7 @@ impl Sync {
         let lineage = self.lazy_members.begin(user_id, &session.device_id, since.map(|s| s.pos));
 
         let mut room_account_data: HashMap<OwnedRoomId, Vec<Raw<ruma::events::AnyRoomAccountDataEvent>>> =
-            HashMap::new();
+            HashMap::default();
         for (room_id, kind, event) in self.account_data_events(user_id, since_or_zero.pos)? {
             match room_id {
                 None if filter.account_data.matches_type(&kind) => {
@@ -505,7 +502,7 @@ impl Sync {
         if changed.is_empty() {
             return Ok(());
         }
-        let mut visible: std::collections::HashSet<ruma::OwnedUserId> = std::collections::HashSet::new();
+        let mut visible: HashSet<ruma::OwnedUserId> = HashSet::default();
         visible.insert(user_id.to_owned());
         for (room_id, record) in my_rooms {
             if record.membership == "join" {
@@ -641,7 +638,7 @@ impl Sync {
     pub(crate) fn state_at_pos(&self, room_id: &RoomId, pos: StreamPos) -> Result<Arc<StateMap>> {
         match self.core.db.timeline_at(room_id, pos)? {
             Some((_, _, group)) => self.rooms.state(group),
-            None => Ok(Arc::new(StateMap::new())),
+            None => Ok(Arc::new(StateMap::default())),
         }
     }
 
@@ -711,7 +708,7 @@ impl Sync {
             |member: &str, pdu: &Pdu| skip_held && self.lazy_members.has(lineage, room_id, member, &pdu.event_id);
         let mut sent_members: Vec<Arc<Pdu>> = Vec::new();
         let mut events = Vec::new();
-        let mut have_members = HashSet::new();
+        let mut have_members = HashSet::default();
         for event_id in ids {
             if exclude_timeline && in_timeline.contains(&*event_id) {
                 continue;

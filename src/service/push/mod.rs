@@ -9,7 +9,7 @@
 pub mod sender;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     sync::{Arc, Mutex},
 };
 
@@ -31,6 +31,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
+    hash::HashMap,
     storage::{DeliveryRecord, NotificationRecord, PushWrites, PusherRecord, StreamPos},
 };
 
@@ -424,7 +425,7 @@ impl Push {
         let records = self.core.db.room_notifications(user_id, room_id, unthreaded)?;
         let mut counts = RoomCounts::default();
         // Read positions of the threads met so far (`main` for records outside threads).
-        let mut thread_read: HashMap<&str, StreamPos> = HashMap::new();
+        let mut thread_read: HashMap<&str, StreamPos> = HashMap::default();
         for record in records.iter().take_while(|r| r.pos <= upto) {
             let key = record.thread_id.as_deref().unwrap_or("main");
             let read = match thread_read.get(key) {
@@ -487,7 +488,7 @@ impl Push {
         let limit = limit.clamp(1, 1000);
         let mut out = Vec::new();
         let mut cursor = before;
-        let mut read_positions: HashMap<OwnedRoomId, StreamPos> = HashMap::new();
+        let mut read_positions: HashMap<OwnedRoomId, StreamPos> = HashMap::default();
         let mut exhausted = false;
         while out.len() < limit {
             let batch = self.core.db.user_notifications(user_id, cursor, 200)?;

@@ -8,7 +8,7 @@
 //! bytes, so the budget bounds memory whatever the size of the entries: a count bound
 //! would let 2,000 state maps of a 10,000-member room take gigabytes.
 
-use std::collections::HashMap;
+use crate::hash::HashMap;
 use std::hash::Hash;
 use std::sync::Mutex;
 
@@ -28,7 +28,7 @@ impl<K: Hash + Eq + Clone, V: Clone> BoundedCache<K, V> {
     /// A cache holding at most about `budget` (in the units of `weigh`, bytes).
     pub(crate) fn new(budget: usize, weigh: fn(&V) -> usize) -> Self {
         Self {
-            inner: Mutex::new(Generations { young: HashMap::new(), young_weight: 0, old: HashMap::new() }),
+            inner: Mutex::new(Generations { young: HashMap::default(), young_weight: 0, old: HashMap::default() }),
             budget: budget.max(2),
             weigh,
         }

@@ -545,7 +545,7 @@ impl Rooms {
         let mut ids: Vec<OwnedEventId> = response.pdu_ids.clone();
         ids.extend(response.auth_chain_ids);
         self.fetch_outliers(origin, room_id, version, &ids).await?;
-        let mut state = StateMap::new();
+        let mut state = StateMap::default();
         for id in response.pdu_ids {
             let Some(state_pdu) = self.pdu(&id)? else { continue };
             if let Some(key) = &state_pdu.state_key
@@ -673,7 +673,12 @@ impl Rooms {
         let subgraph = |conflicted: &state_res::StateMap<Vec<OwnedEventId>>| {
             Some(self.conflicted_subgraph(conflicted.values().flatten(), incoming).into_iter().collect())
         };
-        state_res::resolve(&rules.authorization, v2_rules, states.iter().copied(), chains, fetch_event, subgraph)
+        // ruma's maps use std's hasher, ours foldhash (crate::hash): copied both ways, a small
+        // cost beside the auth chains.
+        let std_states: Vec<state_res::StateMap<OwnedEventId>> =
+            states.iter().map(|state| state.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).collect();
+        state_res::resolve(&rules.authorization, v2_rules, std_states.iter(), chains, fetch_event, subgraph)
+            .map(|resolved| resolved.into_iter().collect())
             .map_err(|e| Error::internal(format!("state resolution failed: {e}")))
     }
 

@@ -5,10 +5,7 @@
 //! event id), checked with ruma's event auth rules against the current state, and
 //! appended with all its derived indexes in one atomic storage write.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId,
@@ -27,6 +24,7 @@ use serde_json::{Map, Value, value::RawValue};
 use super::{Core, now_ms};
 use crate::{
     error::{Error, Result},
+    hash::HashMap,
     storage::{AppendEvent, RoomHead, RoomRecord, StateGroup, StateGroupId, StoredEvent},
 };
 
@@ -162,7 +160,7 @@ impl Rooms {
             next = record.parent;
             chain.push(record);
         }
-        let mut state = StateMap::new();
+        let mut state = StateMap::default();
         for record in chain.into_iter().rev() {
             for (kind, key, event_id) in record.changes {
                 state.insert((kind, key), event_id);
@@ -213,7 +211,7 @@ impl Rooms {
     pub fn state_before(&self, pdu: &Pdu) -> Result<Arc<StateMap>> {
         match pdu.stored.state_before {
             Some(group) => self.state(group),
-            None => Ok(Arc::new(StateMap::new())),
+            None => Ok(Arc::new(StateMap::default())),
         }
     }
 
@@ -354,14 +352,14 @@ impl Rooms {
             return Err(Error::room_in_use("A room with this id already exists."));
         }
         let pdu = Arc::new(Pdu::from_object(event_id.clone(), &room_id, &object)?);
-        self.authorise(&rules, &pdu, &StateMap::new())?;
+        self.authorise(&rules, &pdu, &StateMap::default())?;
         let group_id = self.core.db.next_state_group_id();
         let group = StateGroup {
             parent: None,
             chain_len: 0,
             changes: vec![(StateEventType::RoomCreate, String::new(), event_id.clone())],
         };
-        let mut state = StateMap::new();
+        let mut state = StateMap::default();
         state.insert((StateEventType::RoomCreate, String::new()), event_id.clone());
         let stored = StoredEvent { state_before: None, ..pdu.stored.clone() };
         let append = AppendEventOwned {

@@ -615,7 +615,7 @@ impl Rooms {
         let rules = rules_for(version)?;
         let mut outliers = Vec::new();
         let mut seen = HashSet::new();
-        let mut state_map = StateMap::new();
+        let mut state_map = StateMap::default();
         let mut create_id = None;
         for (is_state, raw_event) in state.iter().map(|e| (true, e)).chain(auth_chain.iter().map(|e| (false, e))) {
             let (id, object) = match self.check_incoming(room_id, version, raw_event).await {

@@ -93,7 +93,7 @@ pub(crate) fn resolve(
 
 /// (unconflicted state, conflicted keys with every event the states give them).
 fn separate(states: &[&StateMap]) -> (StateMap, HashMap<Key, BTreeSet<OwnedEventId>>) {
-    let mut unconflicted = StateMap::new();
+    let mut unconflicted = StateMap::default();
     let mut conflicted: HashMap<Key, BTreeSet<OwnedEventId>> = HashMap::new();
     for state in states {
         for (key, id) in *state {

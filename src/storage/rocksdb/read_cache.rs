@@ -11,7 +11,9 @@
 //! if no writer finished in between, so an answer read before a write is never cached after
 //! it. Bounded by a weight (records held): past the bound the cache is emptied.
 
-use std::{borrow::Borrow, collections::HashMap, hash::Hash, sync::Mutex};
+use std::{borrow::Borrow, hash::Hash, sync::Mutex};
+
+use crate::hash::HashMap;
 
 struct Inner<K, V> {
     generation: u64,
@@ -27,7 +29,7 @@ pub(super) struct ReadCache<K, V> {
 
 impl<K: Hash + Eq, V: Clone> ReadCache<K, V> {
     pub fn new(max_weight: usize, weigh: fn(&V) -> usize) -> Self {
-        Self { inner: Mutex::new(Inner { generation: 0, weight: 0, entries: HashMap::new() }), max_weight, weigh }
+        Self { inner: Mutex::new(Inner { generation: 0, weight: 0, entries: HashMap::default() }), max_weight, weigh }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner<K, V>> {

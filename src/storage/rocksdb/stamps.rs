@@ -13,7 +13,9 @@
 //! `inbox_deleted` remembers how far each device's inbox was trimmed, so a sync that
 //! acknowledges nothing new skips the delete scan too (unknown devices answer 0: scan).
 
-use std::{collections::HashMap, sync::Mutex};
+use std::sync::Mutex;
+
+use crate::hash::HashMap;
 
 use super::StreamPos;
 

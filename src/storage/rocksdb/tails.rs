@@ -8,13 +8,11 @@
 //! once written, before their position can be published. Backfilled events go below the
 //! room's oldest entry, which is never above `complete_after`, so no tail misses one.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    sync::Mutex,
-};
+use std::{collections::VecDeque, sync::Mutex};
 
 use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomId};
 
+use crate::hash::HashMap;
 use crate::storage::{StateGroupId, StreamPos};
 
 /// Entries kept per room: a woken long-poll usually finds one or two new events; a client
