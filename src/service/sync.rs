@@ -69,6 +69,10 @@ fn type_matches(pattern: &str, kind: &str) -> bool {
         None => pattern == kind,
         Some((head, rest)) => {
             let Some(tail) = kind.strip_prefix(head) else { return false };
+            if !rest.contains('*') {
+                // The last `*`: whatever the rest does not match (`*` alone matches anything).
+                return tail.ends_with(rest);
+            }
             (0..=tail.len()).filter(|i| tail.is_char_boundary(*i)).any(|i| type_matches(rest, &tail[i..]))
         }
     }
@@ -120,7 +124,9 @@ impl EventFilter {
                 return false;
             }
         }
-        self.matches_room(&pdu.room_id) && self.matches_type(&pdu.kind.to_string())
+        // Most filters name no types: then the event's type is not even rendered.
+        self.matches_room(&pdu.room_id)
+            && ((self.types.is_none() && self.not_types.is_empty()) || self.matches_type(&pdu.kind.to_string()))
     }
 }
 
@@ -226,11 +232,11 @@ pub struct Sync {
     /// The lazy-loaded member events each device already has.
     lazy_members: LazyMembers,
     /// Stored filters, parsed: a filter never changes once stored, and a client passes the
-    /// same id on every long-poll.
-    filters: std::sync::Mutex<HashMap<(OwnedUserId, String), Arc<SyncFilter>>>,
+    /// same id on every long-poll. By user, then filter id: a lookup borrows both.
+    filters: std::sync::Mutex<HashMap<OwnedUserId, HashMap<String, Arc<SyncFilter>>>>,
 }
 
-/// Parsed stored filters kept; past this the cache starts over.
+/// Users whose parsed stored filters are kept; past this the cache starts over.
 const MAX_CACHED_FILTERS: usize = 4096;
 
 pub(crate) fn raw_event<T>(event: &Map<String, Value>) -> Result<Raw<T>> {
@@ -273,9 +279,15 @@ impl Sync {
             None => Ok(Arc::default()),
             Some(Filter::FilterDefinition(definition)) => Ok(Arc::new(SyncFilter::from_definition(definition))),
             Some(Filter::FilterId(id)) => {
-                let key = (user_id.to_owned(), id.clone());
-                if let Some(cached) = self.filters.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-                    return Ok(cached.clone());
+                let cached = self
+                    .filters
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(user_id)
+                    .and_then(|f| f.get(id))
+                    .cloned();
+                if let Some(cached) = cached {
+                    return Ok(cached);
                 }
                 let stored = self
                     .core
@@ -289,7 +301,7 @@ impl Sync {
                 if cache.len() >= MAX_CACHED_FILTERS {
                     cache.clear();
                 }
-                cache.insert(key, parsed.clone());
+                cache.entry(user_id.to_owned()).or_default().insert(id.clone(), parsed.clone());
                 Ok(parsed)
             }
             Some(_) => Err(Error::invalid_param("Unsupported filter")),
@@ -440,18 +452,13 @@ impl Sync {
         user_id: &UserId,
         device_id: &ruma::DeviceId,
     ) -> Result<(std::collections::BTreeMap<ruma::OneTimeKeyAlgorithm, UInt>, Vec<ruma::OneTimeKeyAlgorithm>)> {
+        let (stored_counts, stored_fallback) = self.core.db.key_counts(user_id, device_id)?;
         let mut counts = std::collections::BTreeMap::new();
-        for (algorithm, count) in self.core.db.one_time_key_counts(user_id, device_id)? {
+        for (algorithm, count) in stored_counts {
             counts.insert(algorithm.as_str().into(), UInt::try_from(count).unwrap_or_default());
         }
         counts.entry(ruma::OneTimeKeyAlgorithm::SignedCurve25519).or_insert(UInt::from(0u32));
-        let fallback = self
-            .core
-            .db
-            .unused_fallback_key_types(user_id, device_id)?
-            .iter()
-            .map(|a| ruma::OneTimeKeyAlgorithm::from(a.as_str()))
-            .collect();
+        let fallback = stored_fallback.iter().map(|a| ruma::OneTimeKeyAlgorithm::from(a.as_str())).collect();
         Ok((counts, fallback))
     }
 
@@ -953,6 +960,14 @@ mod tests {
         assert!(type_matches("*", "anything"));
         assert!(!type_matches("m.room.*", "m.typing"));
         assert!(type_matches("m.*.message", "m.room.message"));
+        assert!(type_matches("m.room.*", "m.room."));
+        assert!(!type_matches("m.room.*x", "m.room.message"));
+        assert!(type_matches("*.message", "m.room.message"));
+        assert!(type_matches("m.*.*e", "m.room.message"));
+        assert!(!type_matches("m.*.*x", "m.room.message"));
+        assert!(type_matches("m.*message", "m.message"));
+        assert!(!type_matches("m.room.message*", "m.room"));
+        assert!(type_matches("**", ""));
         assert!(!type_matches("m.room.message", "m.room.messages"));
     }
 

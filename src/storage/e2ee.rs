@@ -90,8 +90,9 @@ pub trait KeyStore: Send + Sync {
     fn one_time_key(&self, user_id: &UserId, device_id: &DeviceId, id: &str) -> Result<Option<Box<RawValue>>>;
     /// Unclaimed one-time keys per algorithm.
     fn one_time_key_counts(&self, user_id: &UserId, device_id: &DeviceId) -> Result<BTreeMap<String, u64>>;
-    /// Algorithms of the device's fallback keys not yet handed out.
-    fn unused_fallback_key_types(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Vec<String>>;
+    /// Unclaimed one-time keys per algorithm, and the algorithms of the device's fallback keys
+    /// not yet handed out (every /sync sends both).
+    fn key_counts(&self, user_id: &UserId, device_id: &DeviceId) -> Result<(BTreeMap<String, u64>, Vec<String>)>;
     /// Hands out one key of `algorithm` for the device: a one-time key (removed, so it is
     /// never given twice) or, when none is left, the fallback key (marked used, kept).
     /// Returns (`algorithm:key_id`, key).

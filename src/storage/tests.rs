@@ -489,7 +489,7 @@ storage_test!(one_time_keys_are_claimed_once_and_fallback_keys_reused, |store, r
     claimed.sort();
     claimed.dedup();
     assert_eq!((claimed.len(), fallbacks), (50, 30));
-    assert!(store.unused_fallback_key_types(owner, device).unwrap().is_empty());
+    assert!(store.key_counts(owner, device).unwrap().1.is_empty());
     let store = {
         drop(store);
         reopen()

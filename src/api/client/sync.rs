@@ -30,7 +30,7 @@ use crate::{
 
 /// `GET /_matrix/client/v3/sync`
 pub async fn sync(app: App, req: Ruma<sync_events::v3::Request>) -> Result<SyncResponse> {
-    let session = req.user()?.clone();
+    let session = req.user()?;
     let _syncing = app.syncing(&session.user_id, &req.body.set_presence).await?;
     let filter = app.sync.resolve_filter(&session.user_id, req.body.filter.as_ref())?;
     let params = SyncParams {
@@ -40,7 +40,7 @@ pub async fn sync(app: App, req: Ruma<sync_events::v3::Request>) -> Result<SyncR
         timeout: req.body.timeout,
         use_state_after: req.body.use_state_after,
     };
-    Ok(SyncResponse(app.sync.sync(&session, params).await?))
+    Ok(SyncResponse(app.sync.sync(session, params).await?))
 }
 
 /// `GET /sync`'s request. The query every long-poll sends (a filter id, `since`, `timeout`,
@@ -129,9 +129,34 @@ impl OutgoingResponse for SyncResponse {
     type Body = JsonBody;
 
     fn try_into_http_response_inner(self) -> std::result::Result<http::Response<JsonBody>, IntoHttpError> {
-        let body = serde_json::to_vec(&SyncBody(&self.0))?;
+        // Sized for the events it carries: growing from serde_json's 128 bytes copied a woken
+        // long-poll's answer several times.
+        let mut body = Vec::with_capacity(estimated_len(&self.0));
+        serde_json::to_writer(&mut body, &SyncBody(&self.0))?;
         Ok(http::Response::builder().status(http::StatusCode::OK).body(JsonBody::new(body))?)
     }
+}
+
+/// About the serialised length of a /sync response: its joined rooms' timeline and state
+/// events, and room for the fields around them.
+fn estimated_len(response: &sync_events::v3::Response) -> usize {
+    fn events<T>(events: &[ruma::serde::Raw<T>]) -> usize {
+        events.iter().map(|event| event.json().get().len() + 1).sum()
+    }
+    let rooms: usize = response
+        .rooms
+        .join
+        .iter()
+        .map(|(room_id, room)| {
+            let state = match &room.state {
+                sync_events::v3::State::Before(state) => events(&state.events),
+                sync_events::v3::State::After(state) => events(&state.events),
+                _ => 0,
+            };
+            room_id.as_str().len() + 256 + events(&room.timeline.events) + state
+        })
+        .sum();
+    512 + rooms
 }
 
 /// Serialises like ruma's `Response`, but for the room fields described at `SyncResponse`.

@@ -45,6 +45,47 @@ pub const SUPPORTED_CREATE_VERSIONS: &[RoomVersionId] = &[RoomVersionId::V10, Ro
 /// Room state: (type, state key) -> event id.
 pub type StateMap = HashMap<(StateEventType, String), OwnedEventId>;
 
+/// A `(type, state key)` as a `StateMap` lookup takes it, borrowed: `state.get(&(kind, key) as
+/// &dyn StateKeyRef)` finds the entry without building an owned key (a `String` per lookup).
+pub trait StateKeyRef {
+    fn parts(&self) -> (&StateEventType, &str);
+}
+
+impl StateKeyRef for (StateEventType, String) {
+    fn parts(&self) -> (&StateEventType, &str) {
+        (&self.0, &self.1)
+    }
+}
+
+impl StateKeyRef for (&StateEventType, &str) {
+    fn parts(&self) -> (&StateEventType, &str) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn StateKeyRef + 'a> for (StateEventType, String) {
+    fn borrow(&self) -> &(dyn StateKeyRef + 'a) {
+        self
+    }
+}
+
+/// Hashes as the owned tuple does (each field in turn), as `Borrow` requires.
+impl std::hash::Hash for dyn StateKeyRef + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let (kind, key) = self.parts();
+        kind.hash(state);
+        key.hash(state);
+    }
+}
+
+impl PartialEq for dyn StateKeyRef + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn StateKeyRef + '_ {}
+
 /// Snapshots are written every this many deltas so loading state stays cheap.
 pub(crate) const MAX_STATE_CHAIN: u32 = 32;
 /// At most this many prev_events per new event (the spec's limit is 20).
@@ -193,7 +234,7 @@ impl Rooms {
 
     /// One event of a state map.
     pub fn state_pdu(&self, state: &StateMap, kind: &StateEventType, key: &str) -> Result<Option<Arc<Pdu>>> {
-        match state.get(&(kind.clone(), key.to_owned())) {
+        match state.get(&(kind, key) as &dyn StateKeyRef) {
             Some(event_id) => self.pdu(event_id),
             None => Ok(None),
         }
@@ -869,4 +910,28 @@ fn state_map_heap_size(state: &StateMap) -> usize {
     // An event id and a typical state key (a user id) are about 44 bytes each on the heap.
     const HEAP_PER_ENTRY: usize = 96;
     64 + state.capacity() * SLOT + state.len() * HEAP_PER_ENTRY
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{events::StateEventType, owned_event_id};
+
+    use super::{StateKeyRef, StateMap};
+
+    #[test]
+    fn a_borrowed_state_key_finds_what_the_owned_key_finds() {
+        let mut state = StateMap::default();
+        let custom = StateEventType::from("org.example.custom");
+        state.insert((StateEventType::RoomMember, "@a:x".into()), owned_event_id!("$m"));
+        state.insert((custom.clone(), String::new()), owned_event_id!("$c"));
+        state.insert((StateEventType::RoomName, String::new()), owned_event_id!("$n"));
+        let get = |kind: &StateEventType, key: &str| state.get(&(kind, key) as &dyn StateKeyRef).cloned();
+        assert_eq!(get(&StateEventType::RoomMember, "@a:x"), Some(owned_event_id!("$m")));
+        assert_eq!(get(&custom, ""), Some(owned_event_id!("$c")));
+        assert_eq!(get(&StateEventType::RoomName, ""), Some(owned_event_id!("$n")));
+        assert_eq!(get(&StateEventType::RoomMember, "@b:x"), None);
+        assert_eq!(get(&StateEventType::RoomTopic, ""), None);
+        // Same text, other field boundary: not the same key.
+        assert_eq!(get(&StateEventType::from("m.room.member@a"), ":x"), None);
+    }
 }

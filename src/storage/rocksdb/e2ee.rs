@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 
 use super::{
     KIND_DEVICE_LIST, KIND_TO_DEVICE, RocksStorage, backend, decode, decode_str, encode,
-    keys::{SEP, join, prefix, trailing_u64, u64_key, with_u64},
+    keys::{SEP, join, prefix, trailing_u64, u64_key, with_joined, with_u64},
     parse_id, schema as cf,
     stamps::Stream,
 };
@@ -172,11 +172,12 @@ impl RocksStorage {
     }
 
     fn key_summary(&self, user_id: &UserId, device_id: &DeviceId) -> Result<KeySummary> {
+        let generation =
+            match with_joined(&[user_id.as_bytes(), device_id.as_bytes()], |device| self.device_keys.get(device)) {
+                Ok(summary) => return Ok(summary),
+                Err(generation) => generation,
+            };
         let device = join(&[user_id.as_bytes(), device_id.as_bytes()]);
-        let generation = match self.device_keys.get(&*device) {
-            Ok(summary) => return Ok(summary),
-            Err(generation) => generation,
-        };
         let run = prefix(&device);
         let mut counts = BTreeMap::new();
         for (key, _) in self.scan_prefix(cf::ONE_TIME_KEYS, &run)? {
@@ -235,8 +236,8 @@ impl KeyStore for RocksStorage {
         Ok(self.key_summary(user_id, device_id)?.0)
     }
 
-    fn unused_fallback_key_types(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Vec<String>> {
-        Ok(self.key_summary(user_id, device_id)?.1)
+    fn key_counts(&self, user_id: &UserId, device_id: &DeviceId) -> Result<(BTreeMap<String, u64>, Vec<String>)> {
+        self.key_summary(user_id, device_id)
     }
 
     fn claim_key(

@@ -14,6 +14,26 @@ pub fn join(parts: &[&[u8]]) -> Vec<u8> {
     key
 }
 
+/// Calls `f` with `join(parts)`, built on the stack when it is short: a lookup on a hot path
+/// (a woken /sync makes several) allocates nothing.
+pub fn with_joined<R>(parts: &[&[u8]], f: impl FnOnce(&[u8]) -> R) -> R {
+    let len = parts.iter().map(|p| p.len() + 1).sum::<usize>().saturating_sub(1);
+    let mut buf = [0u8; 256];
+    if len > buf.len() {
+        return f(&join(parts));
+    }
+    let mut at = 0;
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            buf[at] = SEP;
+            at += 1;
+        }
+        buf[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    f(&buf[..at])
+}
+
 /// `prefix 0xFF` — every key that starts with this belongs to `prefix`.
 pub fn prefix(part: &[u8]) -> Vec<u8> {
     let mut key = part.to_vec();
@@ -103,5 +123,20 @@ mod tests {
     fn parts_do_not_collide() {
         // "@a" + "b:x" must not equal "@ab" + ":x".
         assert_ne!(join(&[b"@a", b"b:x"]), join(&[b"@ab", b":x"]));
+    }
+
+    #[test]
+    fn a_key_joined_on_the_stack_is_the_joined_key() {
+        let long = vec![b'x'; 300];
+        let cases: [&[&[u8]]; 6] = [&[], &[b""], &[b"@a:x"], &[b"@a:x", b"!r:x"], &[b"", b"", b"z"], &[b"@a:x", &long]];
+        for parts in cases {
+            assert_eq!(with_joined(parts, <[u8]>::to_vec), join(parts));
+        }
+        // Exactly the stack buffer's length, and one past it.
+        for len in [255, 256, 257] {
+            let part = vec![b'y'; len - 2];
+            let parts: &[&[u8]] = &[b"a", &part];
+            assert_eq!(with_joined(parts, <[u8]>::to_vec), join(parts));
+        }
     }
 }

@@ -45,7 +45,7 @@ use super::{
     RoomStore, StateGroup, StateGroupId, StorageError, StoredEvent, StreamPos, StreamStore, TokenRecord, UnreadEntry,
     UserRecord, UserStore, WriteTicket, e2ee::DeviceListChange, push::PusherRecord,
 };
-use keys::{join, prefix, trailing_u64, u64_key, with_u64};
+use keys::{join, prefix, trailing_u64, u64_key, with_joined, with_u64};
 use schema as cf;
 use stamps::{Stamps, Stream};
 
@@ -682,7 +682,9 @@ impl RoomStore for RocksStorage {
     }
 
     fn read_position_changed_after(&self, user_id: &UserId, room_id: &RoomId, since: StreamPos) -> bool {
-        self.stamps.changed_after(Stream::ReadPosition, &join(&[user_id.as_bytes(), room_id.as_bytes()]), since)
+        with_joined(&[user_id.as_bytes(), room_id.as_bytes()], |key| {
+            self.stamps.changed_after(Stream::ReadPosition, key, since)
+        })
     }
 
     fn member_events_after(&self, room_id: &RoomId, since: StreamPos) -> bool {
