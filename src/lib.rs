@@ -16,6 +16,7 @@ pub mod app;
 pub mod config;
 pub mod error;
 pub mod hash;
+pub mod memory;
 pub mod server;
 pub mod service;
 pub mod storage;

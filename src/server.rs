@@ -111,6 +111,8 @@ impl Server {
         tasks.spawn(push_sender.run(shutdown.subscribe()));
         // Background: syncs appends whose writer stopped waiting (see service::durability).
         tasks.spawn(crate::service::durability::sweep(app.core.clone(), shutdown.subscribe()));
+        // Background: freed heap memory back to the system after bursts (see memory.rs).
+        tasks.spawn(crate::memory::trim_when_quiet(app.core.clone(), shutdown.subscribe()));
         Ok(Self { addrs, tls_addrs, app, shutdown, tasks })
     }
 

@@ -11,7 +11,7 @@ use std::{net::SocketAddr, time::Instant};
 
 use axum::{
     Router,
-    extract::Request,
+    extract::{Request, State},
     http::{HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -35,7 +35,7 @@ pub fn router(app: App) -> Router {
     routes::client_routes()
         .fallback(|| async { ruma::error_response(Error::unrecognized("Unrecognized request")) })
         .method_not_allowed_fallback(|| async { ruma::error_response(Error::method_not_allowed()) })
-        .layer(middleware::from_fn(cors))
+        .layer(middleware::from_fn_with_state(app.clone(), cors))
         .with_state(app)
 }
 
@@ -43,10 +43,11 @@ pub fn router(app: App) -> Router {
 /// mark every response as shareable.
 /// Also the access log: `RUST_LOG=ieum::access=debug` shows method, path (never the query,
 /// which may hold an access token), status and time of every request.
-async fn cors(request: Request, next: Next) -> Response {
+async fn cors(State(app): State<App>, request: Request, next: Next) -> Response {
     let (method, path, started) = (request.method().clone(), request.uri().path().to_owned(), Instant::now());
     let mut response =
         if request.method() == Method::OPTIONS { StatusCode::OK.into_response() } else { next.run(request).await };
+    app.core.answered.count();
     tracing::debug!(
         target: "ieum::access", %method, %path, status = response.status().as_u16(),
         ms = started.elapsed().as_millis() as u64, "request"

@@ -39,6 +39,8 @@ pub struct Core {
     pub signing_key: Arc<Ed25519KeyPair>,
     /// Waiting for pending writes to become durable (see durability.rs).
     pub durable: durability::Durability,
+    /// Requests answered, for the heap trim after bursts (see memory.rs).
+    pub answered: crate::memory::Answered,
 }
 
 impl Core {
@@ -82,7 +84,13 @@ pub struct Services {
 impl Services {
     pub fn new(config: Config, db: Arc<dyn Storage>) -> Result<Self> {
         let signing_key = load_or_create_signing_key(&*db, &config.server_name)?;
-        let core = Arc::new(Core { config, db, signing_key: Arc::new(signing_key), durable: Default::default() });
+        let core = Arc::new(Core {
+            config,
+            db,
+            signing_key: Arc::new(signing_key),
+            durable: Default::default(),
+            answered: Default::default(),
+        });
         let appservices = Arc::new(appservice::Appservices::load(core.clone())?);
         let federation = Arc::new(federation::Federation::new(core.clone())?);
         let rooms = Arc::new(rooms::Rooms::new(core.clone(), federation.clone(), appservices.clone()));
