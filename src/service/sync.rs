@@ -29,7 +29,10 @@ use super::{
     e2ee::E2ee,
     ephemeral::Ephemeral as EphemeralService,
     lazy_members::{LazyMembers, Lineage},
-    rooms::{Pdu, Rooms, StateMap, raw, timeline::position_token},
+    rooms::{
+        Pdu, Rooms, StateMap, raw,
+        timeline::{number_token, position_token},
+    },
     users::Session,
 };
 use crate::{
@@ -204,8 +207,8 @@ impl SyncToken {
 
     pub fn render(&self) -> String {
         match self.to_device {
-            Some(td) if td != self.pos => format!("s{}_{}_{}", self.pos, self.typing, td),
-            _ => format!("s{}_{}", self.pos, self.typing),
+            Some(td) if td != self.pos => number_token('s', &[self.pos, self.typing, td]),
+            _ => number_token('s', &[self.pos, self.typing]),
         }
     }
 
@@ -349,7 +352,7 @@ impl Sync {
         let user_id = &session.user_id;
         let mut now = SyncToken::new(self.core.db.current_pos(), self.ephemeral.typing_serial());
         let since_or_zero = since.unwrap_or(SyncToken::new(0, 0));
-        let mut response = Response::new(now.render());
+        let mut response = Response::new(String::new());
         let my_rooms = self.core.db.rooms_of_user(user_id)?;
         self.add_encryption(session, &my_rooms, since, &mut now, &mut response)?;
         response.next_batch = now.render();

@@ -893,6 +893,17 @@ storage_test!(pushers_replace_delete_and_go_with_their_device, |store, reopen| {
     assert!(store.delete_pusher(b, "app", "k1").unwrap());
     assert!(store.pushers(b).unwrap().is_empty());
     assert!(!store.delete_pusher(b, "app", "k1").unwrap());
+    // A user left without pushers gets one again; one whose only pusher another user's
+    // replacement took has none (who has pushers at all is kept beside the table).
+    store.put_pusher(&pusher("@b:x", "D9", "k5"), false).unwrap();
+    assert_eq!(keys_of(&*store, b), ["k5"]);
+    store.put_pusher(&pusher("@a:x", "D1", "k5"), true).unwrap();
+    assert!(store.pushers(b).unwrap().is_empty());
+    assert_eq!(keys_of(&*store, a), ["k5"]);
+    drop(store);
+    let store = reopen();
+    assert_eq!(keys_of(&*store, a), ["k5"]);
+    assert!(store.pushers(b).unwrap().is_empty());
 });
 
 storage_test!(push_deliveries_queue_with_their_event_update_and_delete, |store, reopen| {

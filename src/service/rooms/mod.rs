@@ -773,51 +773,32 @@ impl Rooms {
         event
     }
 
-    /// `client_event` as JSON text, built from the event's cached `client_head` (the hot
-    /// path of /sync: no parsing of the content, no `Value` tree).
+    /// `client_event` as JSON text, serialised straight from the event's fields (the hot
+    /// path of /sync: no parsing of the content, no `Value` tree for the common event).
     pub fn client_raw(
         &self,
         pdu: &Pdu,
         viewer: Option<(&UserId, Option<&str>)>,
         with_room_id: bool,
     ) -> Result<Box<RawValue>> {
-        let unsigned = match Self::plain_unsigned(pdu, viewer) {
-            Some(unsigned) => unsigned,
-            None => serde_json::to_string(&self.unsigned(pdu, viewer)).map_err(|e| Error::internal(e.to_string()))?,
+        /// `unsigned` of the common event: only `age`, and `transaction_id` for its sender.
+        #[derive(serde::Serialize)]
+        struct PlainUnsigned<'a> {
+            age: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            transaction_id: Option<&'a str>,
+        }
+        let plain = pdu.stored.redacted_because.is_none()
+            && pdu.stored.replaces_state.is_none()
+            && pdu.kind != ruma::events::TimelineEventType::RoomMember;
+        let raw = if plain {
+            let age = now_ms().saturating_sub(pdu.origin_server_ts.get().into());
+            let unsigned = PlainUnsigned { age, transaction_id: Self::own_transaction_id(pdu, viewer) };
+            serde_json::value::to_raw_value(&pdu.client_ref(with_room_id, unsigned))
+        } else {
+            serde_json::value::to_raw_value(&pdu.client_ref(with_room_id, self.unsigned(pdu, viewer)))
         };
-        let head = pdu.client_head();
-        let mut json = String::with_capacity(head.len() + unsigned.len() + 80);
-        json.push_str(head);
-        if with_room_id {
-            json.push_str(",\"room_id\":");
-            json.push_str(&serde_json::to_string(pdu.room_id.as_str()).map_err(|e| Error::internal(e.to_string()))?);
-        }
-        json.push_str(",\"unsigned\":");
-        json.push_str(&unsigned);
-        json.push('}');
-        RawValue::from_string(json).map_err(|e| Error::internal(format!("client event {}: {e}", pdu.event_id)))
-    }
-
-    /// `unsigned` as JSON text, written directly, for the common event that has only `age`
-    /// and perhaps `transaction_id` (the same text `unsigned` would serialise); `None` for
-    /// the others (redacted, replacing state, member events).
-    fn plain_unsigned(pdu: &Pdu, viewer: Option<(&UserId, Option<&str>)>) -> Option<String> {
-        if pdu.stored.redacted_because.is_some()
-            || pdu.stored.replaces_state.is_some()
-            || pdu.kind == ruma::events::TimelineEventType::RoomMember
-        {
-            return None;
-        }
-        use std::fmt::Write as _;
-        let mut unsigned = String::with_capacity(64);
-        let age = now_ms().saturating_sub(pdu.origin_server_ts.get().into());
-        write!(unsigned, "{{\"age\":{age}").ok()?;
-        if let Some(txn_id) = Self::own_transaction_id(pdu, viewer) {
-            unsigned.push_str(",\"transaction_id\":");
-            unsigned.push_str(&serde_json::to_string(txn_id).ok()?);
-        }
-        unsigned.push('}');
-        Some(unsigned)
+        raw.map_err(|e| Error::internal(format!("client event {}: {e}", pdu.event_id)))
     }
 
     /// The event's transaction id when `viewer` is the session that sent it (only the sending

@@ -2,10 +2,10 @@
 //! verdicts), the ruma state-res `Event` impl, and the client-format rendering.
 
 use ruma::{
-    CanonicalJsonObject, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId,
-    UserId, events::TimelineEventType,
+    CanonicalJsonObject, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId,
+    RoomVersionId, UserId, events::TimelineEventType,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, value::RawValue};
 
 use crate::{
@@ -51,6 +51,25 @@ impl PduRef {
     }
 }
 
+/// An event in client format, borrowed from a `Pdu` (see `Pdu::client_ref`): serialising it
+/// writes the JSON a client gets without building a `Value` tree or parsing the content.
+#[derive(Serialize)]
+pub struct ClientEventRef<'a, U> {
+    #[serde(rename = "type")]
+    kind: &'a TimelineEventType,
+    content: &'a RawValue,
+    sender: &'a UserId,
+    event_id: &'a EventId,
+    origin_server_ts: MilliSecondsSinceUnixEpoch,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redacts: Option<&'a EventId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room_id: Option<&'a RoomId>,
+    unsigned: U,
+}
+
 #[derive(Debug)]
 pub struct Pdu {
     pub event_id: OwnedEventId,
@@ -69,8 +88,6 @@ pub struct Pdu {
     pub depth: u64,
     /// What this server stored with the event.
     pub stored: StoredEvent,
-    /// The client-format fields that never change (see `client_head`), rendered once.
-    client_head: std::sync::OnceLock<Box<str>>,
     /// A member event's `membership` and `displayname`, parsed once (history visibility and
     /// push rules read them per event and per member).
     member: std::sync::OnceLock<(Option<Box<str>>, Option<Box<str>>)>,
@@ -86,9 +103,6 @@ impl Pdu {
             + self.stored.redacted_because.as_ref().map_or(0, |r| r.get().len())
             + (self.prev_events.len() + self.auth_events.len() + 1) * ID
             + 3 * 48
-            // The client-format head, once rendered: the content and ids again.
-            + self.content.get().len()
-            + 160
     }
 
     /// Parses a stored event. `event_id` is the key it was stored under.
@@ -120,7 +134,6 @@ impl Pdu {
             redacts,
             depth: fields.depth,
             stored,
-            client_head: std::sync::OnceLock::new(),
             member: std::sync::OnceLock::new(),
         })
     }
@@ -192,34 +205,21 @@ impl Pdu {
         })
     }
 
-    /// The client-format event without `room_id` and `unsigned`, as JSON text lacking its
-    /// closing brace: `{"type":…,"content":…,"sender":…,"event_id":…,"origin_server_ts":…`
-    /// and `state_key` / `redacts` when present. Rendered once per cached event; the
-    /// content is copied as the raw JSON it arrived as.
-    pub fn client_head(&self) -> &str {
-        self.client_head.get_or_init(|| {
-            let string = |s: &str| serde_json::to_string(s).expect("strings serialise");
-            let mut head = String::with_capacity(self.content.get().len() + 160);
-            head.push_str("{\"type\":");
-            head.push_str(&string(&self.kind.to_string()));
-            head.push_str(",\"content\":");
-            head.push_str(self.content.get());
-            head.push_str(",\"sender\":");
-            head.push_str(&string(self.sender.as_str()));
-            head.push_str(",\"event_id\":");
-            head.push_str(&string(self.event_id.as_str()));
-            head.push_str(",\"origin_server_ts\":");
-            head.push_str(&u64::from(self.origin_server_ts.get()).to_string());
-            if let Some(state_key) = &self.state_key {
-                head.push_str(",\"state_key\":");
-                head.push_str(&string(state_key));
-            }
-            if let Some(redacts) = &self.redacts {
-                head.push_str(",\"redacts\":");
-                head.push_str(&string(redacts.as_str()));
-            }
-            head.into_boxed_str()
-        })
+    /// The event in client format with the given `unsigned`, to serialise straight from
+    /// the PDU's fields (the content copied as the raw JSON it arrived as). `room_id` is left
+    /// out for /sync.
+    pub fn client_ref<U>(&self, with_room_id: bool, unsigned: U) -> ClientEventRef<'_, U> {
+        ClientEventRef {
+            kind: &self.kind,
+            content: &self.content,
+            sender: &self.sender,
+            event_id: &self.event_id,
+            origin_server_ts: self.origin_server_ts,
+            state_key: self.state_key.as_deref(),
+            redacts: self.redacts.as_deref(),
+            room_id: with_room_id.then_some(&*self.room_id),
+            unsigned,
+        }
     }
 
     /// The event in the client-server format. `room_id` is left out for /sync.
@@ -336,10 +336,21 @@ mod tests {
     }
 
     #[test]
-    fn the_client_head_is_the_fixed_part_of_the_client_event() {
-        let event = pdu(r#"{"membership":"join"}"#);
-        let json: Value = serde_json::from_str(&format!("{}}}", event.client_head())).unwrap();
-        let expected: Value = Value::Object(event.client_json(false));
-        assert_eq!(json, expected);
+    fn the_client_ref_serialises_as_the_client_event() {
+        let unsigned = serde_json::json!({"age": 5});
+        for content in [r#"{"membership":"join"}"#, r#"{"membership":"join","displayname":"\"A\" \u00e9"}"#] {
+            let event = pdu(content);
+            for with_room_id in [false, true] {
+                let json = serde_json::to_value(event.client_ref(with_room_id, &unsigned)).unwrap();
+                let mut expected = event.client_json(with_room_id);
+                expected.insert("unsigned".into(), unsigned.clone());
+                assert_eq!(json, Value::Object(expected), "{content}, room id {with_room_id}");
+            }
+        }
+        let mut redaction = pdu(r#"{"membership":"join"}"#);
+        redaction.redacts = Some(ruma::owned_event_id!("$target"));
+        let json = serde_json::to_value(redaction.client_ref(false, ())).unwrap();
+        assert_eq!(json["redacts"], "$target");
+        assert_eq!(json["state_key"], "@a:x");
     }
 }

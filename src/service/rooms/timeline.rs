@@ -33,7 +33,22 @@ pub struct Page {
 
 /// `t{pos}`: a point between the events at `pos` and `pos + 1`.
 pub fn position_token(pos: StreamPos) -> String {
-    format!("t{pos}")
+    number_token('t', &[pos])
+}
+
+/// `prefix` followed by the numbers joined with `_` (`s12_3`): tokens are rendered for
+/// every /sync answer, so without `core::fmt`.
+pub fn number_token(prefix: char, numbers: &[u64]) -> String {
+    let mut token = String::with_capacity(1 + 21 * numbers.len());
+    token.push(prefix);
+    let mut buffer = itoa::Buffer::new();
+    for (i, n) in numbers.iter().enumerate() {
+        if i > 0 {
+            token.push('_');
+        }
+        token.push_str(buffer.format(*n));
+    }
+    token
 }
 
 /// Reads a pagination token (`t{pos}`) or a sync token (`s{pos}_...`).

@@ -94,7 +94,7 @@ impl RocksStorage {
             |batch, pos| self.put_change(batch, user_id, pos),
             |_| {
                 self.device_keys.written([&*join(&[user_id.as_bytes(), device_id.as_bytes()])]);
-                self.pushers.written([user_id.as_bytes()]);
+                self.pushers_written(&[user_id.as_bytes()]);
             },
         )?;
         Ok(DeviceListChange { pos, prev })

@@ -127,6 +127,9 @@ pub struct RocksStorage {
     /// A user's pushers (key: the user id's bytes): read for every member a message
     /// notifies; dropped by every write of the user's pushers.
     pushers: read_cache::ReadCache<Vec<u8>, Vec<PusherRecord>>,
+    /// The users who have a pusher at all (few do): every other member a message notifies is
+    /// answered without a lookup. Read from the table at open; kept by every pushers write.
+    pusher_users: push::PusherUsers,
     next_state_group: AtomicU64,
     /// The next federation outbox sequence number (see outbox.rs).
     next_outbox_seq: AtomicU64,
@@ -228,6 +231,7 @@ impl RocksStorage {
         let last_pos = Self::last_key_u64(&db, cf::STREAM)?.unwrap_or(FIRST_STREAM_POS - 1);
         let last_group = Self::last_key_u64(&db, cf::STATE_GROUPS)?.unwrap_or(0);
         let last_outbox_seq = outbox::last_outbox_seq(&db)?;
+        let pusher_users = push::PusherUsers::load(&db)?;
         Ok(Self {
             db,
             pending_opts,
@@ -242,6 +246,7 @@ impl RocksStorage {
             unread: read_cache::ReadCache::new(200_000, |(_, records)| records.len()),
             tokens: read_cache::ReadCache::new(100_000, |_| 0),
             pushers: read_cache::ReadCache::new(100_000, Vec::len),
+            pusher_users,
             next_state_group: AtomicU64::new(last_group + 1),
             next_outbox_seq: AtomicU64::new(last_outbox_seq + 1),
             create_lock: Mutex::new(()),

@@ -26,19 +26,19 @@ fn flags(record: &NotificationRecord) -> u8 {
 /// A PUSH_USER_NOTIFS value: what the key (user, position) and `stream_events` (room, event)
 /// do not already say. A message notifying every member of a room writes one per member,
 /// so its size sets much of what a busy room writes (about 60 bytes here against 300 as JSON).
-fn encode_user_notif(record: &NotificationRecord) -> Vec<u8> {
+/// Written into `value` (cleared first): `write_push` reuses one buffer for every member.
+fn encode_user_notif(record: &NotificationRecord, value: &mut Vec<u8>) {
     let thread = record.thread_id.as_deref().unwrap_or("").as_bytes();
     // A thread root is an event id from the event's content, and a whole PDU is at most
     // 65,536 bytes; one that would not fit its length field is left out, never cut.
     let thread = if thread.len() > u16::MAX as usize { &[][..] } else { thread };
     let actions = record.actions.get().as_bytes();
-    let mut value = Vec::with_capacity(12 + thread.len() + actions.len());
+    value.clear();
     value.extend_from_slice(&[USER_NOTIF_COMPACT, flags(record)]);
     value.extend_from_slice(&record.ts.to_be_bytes());
     value.extend_from_slice(&(thread.len() as u16).to_be_bytes());
     value.extend_from_slice(thread);
     value.extend_from_slice(actions);
-    value
 }
 
 /// The parts of a compact PUSH_USER_NOTIFS value: (flags, ts, thread root, actions).
@@ -77,6 +77,55 @@ fn room_prefix(user_id: &UserId, room_id: &RoomId) -> Vec<u8> {
     keys::prefix(&keys::join(&[user_id.as_bytes(), room_id.as_bytes()]))
 }
 
+/// The users who have at least one pusher (see `RocksStorage::pusher_users`).
+#[derive(Default)]
+pub(super) struct PusherUsers(std::sync::RwLock<crate::hash::HashSet<Box<[u8]>>>);
+
+impl PusherUsers {
+    /// Every user with a pusher in the table (a key scan; pushers are one per device that
+    /// asked for push, at most).
+    pub(super) fn load(db: &::rocksdb::DB) -> Result<Self> {
+        let mut users = crate::hash::HashSet::default();
+        let handle = db
+            .cf_handle(cf::PUSHERS)
+            .ok_or_else(|| StorageError::Corrupt { table: cf::PUSHERS, detail: "column family missing".into() })?;
+        for item in db.iterator_cf(handle, IteratorMode::Start) {
+            let (key, _) = item.map_err(backend)?;
+            let user = key.split(|b| *b == keys::SEP).next().unwrap_or_default();
+            if !users.contains(user) {
+                users.insert(user.into());
+            }
+        }
+        Ok(Self(std::sync::RwLock::new(users)))
+    }
+
+    fn has(&self, user: &[u8]) -> bool {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).contains(user)
+    }
+
+    fn set(&self, user: &[u8], has: bool) {
+        let mut users = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if has {
+            users.insert(user.into());
+        } else {
+            users.remove(user);
+        }
+    }
+}
+
+impl RocksStorage {
+    /// Call after a batch that changes these users' pushers has been written: drops their
+    /// cached lists and notes who still has one (a user whose table could not be read counts
+    /// as having one, so readers go to the table).
+    pub(super) fn pushers_written(&self, users: &[&[u8]]) {
+        self.pushers.written(users.iter().copied());
+        for user in users {
+            let has = self.scan_prefix(cf::PUSHERS, &keys::prefix(user)).map_or(true, |rows| !rows.is_empty());
+            self.pusher_users.set(user, has);
+        }
+    }
+}
+
 fn pusher_key(user_id: &[u8], app_id: &str, pushkey: &str) -> Vec<u8> {
     keys::join(&[user_id, app_id.as_bytes(), pushkey.as_bytes()])
 }
@@ -97,17 +146,26 @@ pub(super) fn unread_record(record: &NotificationRecord) -> (Vec<u8>, UnreadEntr
 impl RocksStorage {
     /// Adds an event's push records to its append batch (called by `append_event`).
     pub(super) fn write_push(&self, batch: &mut WriteBatch, pos: StreamPos, push: &PushWrites) {
+        // A message writes two records per notified member: the batch copies each key and
+        // value, so one key and one value buffer serve them all.
+        let (mut key, mut value) = (Vec::with_capacity(256), Vec::with_capacity(256));
         for record in &push.notifications {
-            let mut key = room_prefix(&record.user_id, &record.room_id);
+            // `room_prefix(user, room)` then the position.
+            key.clear();
+            key.extend_from_slice(record.user_id.as_bytes());
+            key.push(keys::SEP);
+            key.extend_from_slice(record.room_id.as_bytes());
+            key.push(keys::SEP);
             key.extend_from_slice(&pos.to_be_bytes());
-            let mut compact = vec![flags(record)];
-            compact.extend_from_slice(record.thread_id.as_deref().unwrap_or("").as_bytes());
-            batch.put_cf(self.cf(cf::PUSH_ROOM_NOTIFS), key, compact);
-            batch.put_cf(
-                self.cf(cf::PUSH_USER_NOTIFS),
-                keys::with_u64(record.user_id.as_bytes(), pos),
-                encode_user_notif(record),
-            );
+            value.clear();
+            value.push(flags(record));
+            value.extend_from_slice(record.thread_id.as_deref().unwrap_or("").as_bytes());
+            batch.put_cf(self.cf(cf::PUSH_ROOM_NOTIFS), &key, &value);
+            // `with_u64(user, pos)`.
+            key.truncate(record.user_id.as_bytes().len() + 1);
+            key.extend_from_slice(&pos.to_be_bytes());
+            encode_user_notif(record, &mut value);
+            batch.put_cf(self.cf(cf::PUSH_USER_NOTIFS), &key, &value);
         }
         for (index, delivery) in push.deliveries.iter().enumerate() {
             let mut delivery = delivery.clone();
@@ -236,6 +294,9 @@ impl PushStore for RocksStorage {
     }
 
     fn pushers(&self, user_id: &UserId) -> Result<Vec<PusherRecord>> {
+        if !self.pusher_users.has(user_id.as_bytes()) {
+            return Ok(Vec::new());
+        }
         let generation = match self.pushers.get(user_id.as_bytes()) {
             Ok(list) => return Ok(list),
             Err(generation) => generation,
@@ -268,7 +329,7 @@ impl PushStore for RocksStorage {
         batch.put_cf(self.cf(cf::PUSHERS), pusher_key(user, &pusher.app_id, &pusher.pushkey), encode(pusher));
         batch.put_cf(self.cf(cf::PUSHER_KEYS), pusher_index_key(&pusher.app_id, &pusher.pushkey, user), b"");
         self.write(batch)?;
-        self.pushers.written(users.iter().map(Vec::as_slice));
+        self.pushers_written(&users.iter().map(Vec::as_slice).collect::<Vec<_>>());
         Ok(())
     }
 
@@ -282,7 +343,7 @@ impl PushStore for RocksStorage {
         batch.delete_cf(self.cf(cf::PUSHERS), key);
         batch.delete_cf(self.cf(cf::PUSHER_KEYS), pusher_index_key(app_id, pushkey, user_id.as_bytes()));
         self.write(batch)?;
-        self.pushers.written([user_id.as_bytes()]);
+        self.pushers_written(&[user_id.as_bytes()]);
         Ok(true)
     }
 
@@ -292,7 +353,7 @@ impl PushStore for RocksStorage {
         let count = self.delete_device_pushers_into(&mut batch, user_id, device_id)?;
         if count > 0 {
             self.write(batch)?;
-            self.pushers.written([user_id.as_bytes()]);
+            self.pushers_written(&[user_id.as_bytes()]);
         }
         Ok(count)
     }
@@ -337,6 +398,48 @@ mod tests {
     use crate::storage::StorageConfig;
 
     #[test]
+    fn write_push_keys_every_record_as_before_with_reused_buffers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStorage::open(&StorageConfig::at(dir.path())).unwrap();
+        let record = |user: &str, thread: Option<&str>, highlight| NotificationRecord {
+            user_id: user.try_into().unwrap(),
+            room_id: room_id!("!r:x").to_owned(),
+            event_id: event_id!("$e").to_owned(),
+            actions: serde_json::value::RawValue::from_string(r#"["notify"]"#.into()).unwrap(),
+            notify: true,
+            highlight,
+            thread_id: thread.map(Into::into),
+            ts: 7,
+            pos: 0,
+        };
+        // A long user id first, then shorter ones: no bytes of one record may stay in the next.
+        let push = PushWrites {
+            notifications: vec![
+                record("@a-much-longer-user-name:example.org", Some("$thread-root"), true),
+                record("@b:x", None, false),
+                record("@c:x", Some("$t"), false),
+            ],
+            ..PushWrites::default()
+        };
+        let mut batch = WriteBatch::default();
+        store.write_push(&mut batch, 9, &push);
+        store.db.write(batch).unwrap();
+        for expected in &push.notifications {
+            let mut room_key = room_prefix(&expected.user_id, &expected.room_id);
+            room_key.extend_from_slice(&9u64.to_be_bytes());
+            let mut room_value = vec![flags(expected)];
+            room_value.extend_from_slice(expected.thread_id.as_deref().unwrap_or("").as_bytes());
+            assert_eq!(store.get(cf::PUSH_ROOM_NOTIFS, &room_key).unwrap(), Some(room_value), "{}", expected.user_id);
+            let user_value = store.get(cf::PUSH_USER_NOTIFS, &keys::with_u64(expected.user_id.as_bytes(), 9)).unwrap();
+            let (flags, ts, thread, actions) = decode_user_notif(&user_value.unwrap()).unwrap();
+            assert_eq!(
+                (flags, ts, thread, actions.get()),
+                (super::flags(expected), 7, expected.thread_id.clone(), r#"["notify"]"#)
+            );
+        }
+    }
+
+    #[test]
     fn user_notifications_read_both_formats_and_refuse_garbage() {
         let dir = tempfile::tempdir().unwrap();
         let store = RocksStorage::open(&StorageConfig::at(dir.path())).unwrap();
@@ -363,7 +466,8 @@ mod tests {
         assert_eq!((read[0].highlight, read[0].thread_id.as_deref()), (true, Some("$root")));
 
         // The compact encoding round-trips; a cut or unknown value is an error, not a panic.
-        let value = encode_user_notif(&legacy);
+        let mut value = b"left over".to_vec();
+        encode_user_notif(&legacy, &mut value);
         assert!(value.len() < 60, "{} bytes", value.len());
         let (flags, ts, thread, actions) = decode_user_notif(&value).unwrap();
         assert_eq!((flags, ts, thread.as_deref(), actions.get()), (3, 42, Some("$root"), legacy.actions.get()));
