@@ -78,7 +78,6 @@ fn room_prefix(user_id: &UserId, room_id: &RoomId) -> Vec<u8> {
 }
 
 /// The users who have at least one pusher (see `RocksStorage::pusher_users`).
-#[derive(Default)]
 pub(super) struct PusherUsers(std::sync::RwLock<crate::hash::HashSet<Box<[u8]>>>);
 
 impl PusherUsers {
@@ -86,9 +85,7 @@ impl PusherUsers {
     /// asked for push, at most).
     pub(super) fn load(db: &::rocksdb::DB) -> Result<Self> {
         let mut users = crate::hash::HashSet::default();
-        let handle = db
-            .cf_handle(cf::PUSHERS)
-            .ok_or_else(|| StorageError::Corrupt { table: cf::PUSHERS, detail: "column family missing".into() })?;
+        let handle = db.cf_handle(cf::PUSHERS).expect("column family listed in schema");
         for item in db.iterator_cf(handle, IteratorMode::Start) {
             let (key, _) = item.map_err(backend)?;
             let user = key.split(|b| *b == keys::SEP).next().unwrap_or_default();
