@@ -29,7 +29,10 @@ pub use backup::{
 pub mod push;
 pub mod rocksdb;
 pub use self::rocksdb::StalledAppend;
-pub use push::{DeliveryRecord, NotificationRecord, PushStore, PushWrites, PusherRecord, UnreadEntry};
+pub use push::{
+    DeliveryRecord, EventNotifications, MemberNotification, NotificationRecord, PushStore, PushWrites, PusherRecord,
+    UnreadEntry,
+};
 // The one place a backend is chosen (see `open`).
 use self::rocksdb as embedded;
 #[cfg(test)]

@@ -5,13 +5,16 @@
 //! event they come from (`AppendEvent::push`), so a crash never leaves an event without its
 //! counts or a notified event without its delivery.
 
+use std::sync::Arc;
+
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{Result, StreamPos};
 
-/// One user notified by one event (the actions of the rule that matched it notify or highlight).
+/// One user notified by one event, as read back (`/notifications`); written as
+/// `EventNotifications`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NotificationRecord {
     pub user_id: OwnedUserId,
@@ -72,10 +75,34 @@ pub struct DeliveryRecord {
     pub seq: (StreamPos, u32),
 }
 
+/// The local members one event notifies. What they share is held once: a message in a
+/// 1,000-member room notifies 1,000 members, nearly all with the same actions.
+#[derive(Clone, Debug)]
+pub struct EventNotifications {
+    /// The event's room (the event itself is the one appended with these).
+    pub room_id: OwnedRoomId,
+    /// The thread root, for events in a thread (`m.relates_to.rel_type == m.thread`).
+    pub thread_id: Option<String>,
+    /// When the event was received (ms).
+    pub ts: u64,
+    pub members: Vec<MemberNotification>,
+}
+
+/// One member an event notifies (the actions of the rule that matched it notify or highlight).
+#[derive(Clone, Debug)]
+pub struct MemberNotification {
+    pub user_id: OwnedUserId,
+    /// The push actions (JSON array) of the matching rule, shared by members whose
+    /// evaluation was shared.
+    pub actions: Arc<RawValue>,
+    pub notify: bool,
+    pub highlight: bool,
+}
+
 /// What one appended event changes for push (written with the event, in its batch).
 #[derive(Clone, Debug, Default)]
 pub struct PushWrites {
-    pub notifications: Vec<NotificationRecord>,
+    pub notifications: Option<EventNotifications>,
     pub deliveries: Vec<DeliveryRecord>,
     /// A local sender: their own event marks everything before it read (spec: "by sending an event").
     pub sender_read: Option<(OwnedUserId, OwnedRoomId)>,
@@ -83,7 +110,9 @@ pub struct PushWrites {
 
 impl PushWrites {
     pub fn is_empty(&self) -> bool {
-        self.notifications.is_empty() && self.deliveries.is_empty() && self.sender_read.is_none()
+        self.notifications.as_ref().is_none_or(|n| n.members.is_empty())
+            && self.deliveries.is_empty()
+            && self.sender_read.is_none()
     }
 }
 

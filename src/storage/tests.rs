@@ -756,24 +756,23 @@ fn push_append(store: &dyn Storage, room: &RoomId, id: &OwnedEventId, push: Push
         .unwrap()
 }
 
-fn notification(
-    user: &str,
-    room: &RoomId,
-    id: &OwnedEventId,
-    highlight: bool,
-    thread: Option<&str>,
-) -> NotificationRecord {
-    NotificationRecord {
-        user_id: UserId::parse(user).unwrap(),
+/// An event's notifications of `members` (user, highlight), all with `["notify"]`.
+fn notified(room: &RoomId, thread: Option<&str>, members: &[(&str, bool)]) -> Option<EventNotifications> {
+    let actions: Arc<RawValue> = raw(r#"["notify"]"#).into();
+    Some(EventNotifications {
         room_id: room.to_owned(),
-        event_id: id.clone(),
-        actions: raw(r#"["notify"]"#),
-        notify: true,
-        highlight,
         thread_id: thread.map(ToOwned::to_owned),
         ts: 7,
-        pos: 0,
-    }
+        members: members
+            .iter()
+            .map(|(user, highlight)| MemberNotification {
+                user_id: UserId::parse(*user).unwrap(),
+                actions: actions.clone(),
+                notify: true,
+                highlight: *highlight,
+            })
+            .collect(),
+    })
 }
 
 storage_test!(notifications_are_written_with_their_event_and_read_back_by_position, |store, reopen| {
@@ -787,10 +786,7 @@ storage_test!(notifications_are_written_with_their_event_and_read_back_by_positi
         room,
         &e1,
         PushWrites {
-            notifications: vec![
-                notification("@a:x", room, &e1, false, None),
-                notification("@b:x", room, &e1, true, None),
-            ],
+            notifications: notified(room, None, &[("@a:x", false), ("@b:x", true)]),
             deliveries: Vec::new(),
             sender_read: Some((owned_user_id!("@c:x"), room.to_owned())),
         },
@@ -799,13 +795,13 @@ storage_test!(notifications_are_written_with_their_event_and_read_back_by_positi
         &*store,
         room,
         &e2,
-        PushWrites { notifications: vec![notification("@a:x", room, &e2, true, Some("$n1"))], ..Default::default() },
+        PushWrites { notifications: notified(room, Some("$n1"), &[("@a:x", true)]), ..Default::default() },
     );
     let p3 = push_append(
         &*store,
         other,
         &e3,
-        PushWrites { notifications: vec![notification("@a:x", other, &e3, false, None)], ..Default::default() },
+        PushWrites { notifications: notified(other, None, &[("@a:x", false)]), ..Default::default() },
     );
     drop(store);
     let store = reopen();
@@ -847,12 +843,11 @@ storage_test!(pending_notifications_are_readable_beyond_the_visible_position, |s
         &*store,
         room,
         &first,
-        PushWrites { notifications: vec![notification("@a:x", room, &first, false, None)], ..Default::default() },
+        PushWrites { notifications: notified(room, None, &[("@a:x", false)]), ..Default::default() },
     );
     let second: OwnedEventId = event_id!("$p2").to_owned();
     let mut record = append_record(room, &second, None);
-    record.push =
-        PushWrites { notifications: vec![notification("@a:x", room, &second, false, None)], ..Default::default() };
+    record.push = PushWrites { notifications: notified(room, None, &[("@a:x", false)]), ..Default::default() };
     let (pending, ticket) = store.append_event_pending(record).unwrap();
     assert_eq!(store.current_pos(), visible);
     let read = store.room_notifications(a, room, 0).unwrap();
@@ -991,14 +986,11 @@ storage_test!(unread_records_read_again_include_what_was_appended_since, |store,
     let a = user_id!("@a:x");
     let e1: OwnedEventId = event_id!("$u1").to_owned();
     let e2: OwnedEventId = event_id!("$u2").to_owned();
-    let push = |id: &OwnedEventId, user: &str| PushWrites {
-        notifications: vec![notification(user, room, id, false, None)],
-        ..Default::default()
-    };
+    let push = |user: &str| PushWrites { notifications: notified(room, None, &[(user, false)]), ..Default::default() };
     assert!(store.room_notifications(a, room, 0).unwrap().is_empty());
-    let p1 = push_append(&*store, room, &e1, push(&e1, "@a:x"));
+    let p1 = push_append(&*store, room, &e1, push("@a:x"));
     assert_eq!(store.room_notifications(a, room, 0).unwrap().iter().map(|n| n.pos).collect::<Vec<_>>(), [p1]);
-    let p2 = push_append(&*store, room, &e2, push(&e2, "@a:x"));
+    let p2 = push_append(&*store, room, &e2, push("@a:x"));
     assert_eq!(store.room_notifications(a, room, 0).unwrap().iter().map(|n| n.pos).collect::<Vec<_>>(), [p1, p2]);
     assert_eq!(store.room_notifications(a, room, p1).unwrap().iter().map(|n| n.pos).collect::<Vec<_>>(), [p2]);
     assert!(store.room_notifications(a, room, p2).unwrap().is_empty());

@@ -32,7 +32,7 @@ use super::{
 use crate::{
     error::{Error, Result},
     hash::HashMap,
-    storage::{DeliveryRecord, NotificationRecord, PushWrites, PusherRecord, StreamPos},
+    storage::{DeliveryRecord, EventNotifications, MemberNotification, PushWrites, PusherRecord, StreamPos},
 };
 
 /// The account data type the rules are stored under.
@@ -289,7 +289,8 @@ impl Push {
             .unwrap_or_default();
         let member_event = pdu.kind == ruma::events::TimelineEventType::RoomMember;
         // The shared evaluation: its actions, whether they notify / highlight, and their JSON.
-        let mut shared: Option<(bool, bool, Box<RawValue>)> = None;
+        let mut shared: Option<(bool, bool, Arc<RawValue>)> = None;
+        let mut notified = Vec::new();
         for &user_id in &targets {
             let (rules, is_default) = self.ruleset_and_default(user_id)?;
             let member = rooms.state_pdu(state, &StateEventType::RoomMember, user_id.as_str())?;
@@ -324,7 +325,7 @@ impl Push {
                     }
                     let notify = actions.iter().any(Action::should_notify);
                     let highlight = actions.iter().any(Action::is_highlight);
-                    let json = raw(&actions)?;
+                    let json: Arc<RawValue> = raw(&actions)?.into();
                     if generic {
                         shared = Some((notify, highlight, json.clone()));
                     }
@@ -334,17 +335,6 @@ impl Push {
             if !notify && !highlight {
                 continue;
             }
-            writes.notifications.push(NotificationRecord {
-                user_id: user_id.to_owned(),
-                room_id: pdu.room_id.clone(),
-                event_id: pdu.event_id.clone(),
-                actions: actions_json.clone(),
-                notify,
-                highlight,
-                thread_id: thread_id.clone(),
-                ts: now,
-                pos: 0,
-            });
             if notify && self.core.config.push.enabled {
                 for pusher in self.pushers_of(user_id)?.iter() {
                     writes.deliveries.push(DeliveryRecord {
@@ -353,7 +343,7 @@ impl Push {
                         pushkey: pusher.pushkey.clone(),
                         room_id: pdu.room_id.clone(),
                         event_id: pdu.event_id.clone(),
-                        actions: actions_json.clone(),
+                        actions: actions_json.as_ref().to_owned(),
                         queued_ts: now,
                         attempts: 0,
                         next_attempt_ts: 0,
@@ -361,6 +351,11 @@ impl Push {
                     });
                 }
             }
+            notified.push(MemberNotification { user_id: user_id.to_owned(), actions: actions_json, notify, highlight });
+        }
+        if !notified.is_empty() {
+            writes.notifications =
+                Some(EventNotifications { room_id: pdu.room_id.clone(), thread_id, ts: now, members: notified });
         }
         Ok(writes)
     }

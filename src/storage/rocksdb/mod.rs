@@ -594,7 +594,9 @@ impl RoomStore for RocksStorage {
         let caches = AppendCaches {
             entry: (append.event_id.to_owned(), append.state_after),
             members: append.memberships.iter().map(|(user_id, _, _)| user_id.clone()).collect(),
-            notified: append.push.notifications.iter().map(push::unread_record).collect(),
+            notified: (append.push.notifications.iter())
+                .flat_map(|event| event.members.iter().map(move |member| push::unread_record(event, member)))
+                .collect(),
             room_id,
         };
         // `write_opt` consumes the batch: keep its bytes (a few KB) in case RocksDB refuses it.

@@ -7,8 +7,8 @@ use ruma::{DeviceId, RoomId, UserId};
 
 use super::{RocksStorage, backend, decode, encode, keys, schema as cf};
 use crate::storage::{
-    DeliveryRecord, NotificationRecord, PushStore, PushWrites, PusherRecord, Result, StorageError, StreamPos,
-    UnreadEntry,
+    DeliveryRecord, EventNotifications, MemberNotification, NotificationRecord, PushStore, PushWrites, PusherRecord,
+    Result, StorageError, StreamPos, UnreadEntry,
 };
 
 /// PUSH_ROOM_NOTIFS value: one flag byte (1 = notify, 2 = highlight), then the thread root.
@@ -19,23 +19,23 @@ const FLAG_HIGHLIGHT: u8 = 2;
 /// records are JSON objects, which start with `{`.
 const USER_NOTIF_COMPACT: u8 = 1;
 
-fn flags(record: &NotificationRecord) -> u8 {
-    (if record.notify { FLAG_NOTIFY } else { 0 }) | if record.highlight { FLAG_HIGHLIGHT } else { 0 }
+fn flags(member: &MemberNotification) -> u8 {
+    (if member.notify { FLAG_NOTIFY } else { 0 }) | if member.highlight { FLAG_HIGHLIGHT } else { 0 }
 }
 
 /// A PUSH_USER_NOTIFS value: what the key (user, position) and `stream_events` (room, event)
 /// do not already say. A message notifying every member of a room writes one per member,
 /// so its size sets much of what a busy room writes (about 60 bytes here against 300 as JSON).
 /// Written into `value` (cleared first): `write_push` reuses one buffer for every member.
-fn encode_user_notif(record: &NotificationRecord, value: &mut Vec<u8>) {
-    let thread = record.thread_id.as_deref().unwrap_or("").as_bytes();
+fn encode_user_notif(event: &EventNotifications, member: &MemberNotification, value: &mut Vec<u8>) {
+    let thread = event.thread_id.as_deref().unwrap_or("").as_bytes();
     // A thread root is an event id from the event's content, and a whole PDU is at most
     // 65,536 bytes; one that would not fit its length field is left out, never cut.
     let thread = if thread.len() > u16::MAX as usize { &[][..] } else { thread };
-    let actions = record.actions.get().as_bytes();
+    let actions = member.actions.get().as_bytes();
     value.clear();
-    value.extend_from_slice(&[USER_NOTIF_COMPACT, flags(record)]);
-    value.extend_from_slice(&record.ts.to_be_bytes());
+    value.extend_from_slice(&[USER_NOTIF_COMPACT, flags(member)]);
+    value.extend_from_slice(&event.ts.to_be_bytes());
     value.extend_from_slice(&(thread.len() as u16).to_be_bytes());
     value.extend_from_slice(thread);
     value.extend_from_slice(actions);
@@ -133,10 +133,10 @@ fn pusher_index_key(app_id: &str, pushkey: &str, user_id: &[u8]) -> Vec<u8> {
 
 /// A notification record as the unread cache holds it: (`user SEP room`, entry without its
 /// position, which the append fills in).
-pub(super) fn unread_record(record: &NotificationRecord) -> (Vec<u8>, UnreadEntry) {
+pub(super) fn unread_record(event: &EventNotifications, member: &MemberNotification) -> (Vec<u8>, UnreadEntry) {
     (
-        keys::join(&[record.user_id.as_bytes(), record.room_id.as_bytes()]),
-        UnreadEntry { pos: 0, notify: record.notify, highlight: record.highlight, thread_id: record.thread_id.clone() },
+        keys::join(&[member.user_id.as_bytes(), event.room_id.as_bytes()]),
+        UnreadEntry { pos: 0, notify: member.notify, highlight: member.highlight, thread_id: event.thread_id.clone() },
     )
 }
 
@@ -146,23 +146,26 @@ impl RocksStorage {
         // A message writes two records per notified member: the batch copies each key and
         // value, so one key and one value buffer serve them all.
         let (mut key, mut value) = (Vec::with_capacity(256), Vec::with_capacity(256));
-        for record in &push.notifications {
-            // `room_prefix(user, room)` then the position.
-            key.clear();
-            key.extend_from_slice(record.user_id.as_bytes());
-            key.push(keys::SEP);
-            key.extend_from_slice(record.room_id.as_bytes());
-            key.push(keys::SEP);
-            key.extend_from_slice(&pos.to_be_bytes());
-            value.clear();
-            value.push(flags(record));
-            value.extend_from_slice(record.thread_id.as_deref().unwrap_or("").as_bytes());
-            batch.put_cf(self.cf(cf::PUSH_ROOM_NOTIFS), &key, &value);
-            // `with_u64(user, pos)`.
-            key.truncate(record.user_id.as_bytes().len() + 1);
-            key.extend_from_slice(&pos.to_be_bytes());
-            encode_user_notif(record, &mut value);
-            batch.put_cf(self.cf(cf::PUSH_USER_NOTIFS), &key, &value);
+        if let Some(event) = &push.notifications {
+            let thread = event.thread_id.as_deref().unwrap_or("").as_bytes();
+            for member in &event.members {
+                // `room_prefix(user, room)` then the position.
+                key.clear();
+                key.extend_from_slice(member.user_id.as_bytes());
+                key.push(keys::SEP);
+                key.extend_from_slice(event.room_id.as_bytes());
+                key.push(keys::SEP);
+                key.extend_from_slice(&pos.to_be_bytes());
+                value.clear();
+                value.push(flags(member));
+                value.extend_from_slice(thread);
+                batch.put_cf(self.cf(cf::PUSH_ROOM_NOTIFS), &key, &value);
+                // `with_u64(user, pos)`.
+                key.truncate(member.user_id.as_bytes().len() + 1);
+                key.extend_from_slice(&pos.to_be_bytes());
+                encode_user_notif(event, member, &mut value);
+                batch.put_cf(self.cf(cf::PUSH_USER_NOTIFS), &key, &value);
+            }
         }
         for (index, delivery) in push.deliveries.iter().enumerate() {
             let mut delivery = delivery.clone();
@@ -398,41 +401,50 @@ mod tests {
     fn write_push_keys_every_record_as_before_with_reused_buffers() {
         let dir = tempfile::tempdir().unwrap();
         let store = RocksStorage::open(&StorageConfig::at(dir.path())).unwrap();
-        let record = |user: &str, thread: Option<&str>, highlight| NotificationRecord {
+        let actions: std::sync::Arc<serde_json::value::RawValue> =
+            serde_json::value::RawValue::from_string(r#"["notify"]"#.into()).unwrap().into();
+        let member = |user: &str, highlight| MemberNotification {
             user_id: user.try_into().unwrap(),
-            room_id: room_id!("!r:x").to_owned(),
-            event_id: event_id!("$e").to_owned(),
-            actions: serde_json::value::RawValue::from_string(r#"["notify"]"#.into()).unwrap(),
+            actions: actions.clone(),
             notify: true,
             highlight,
-            thread_id: thread.map(Into::into),
-            ts: 7,
-            pos: 0,
         };
         // A long user id first, then shorter ones: no bytes of one record may stay in the next.
-        let push = PushWrites {
-            notifications: vec![
-                record("@a-much-longer-user-name:example.org", Some("$thread-root"), true),
-                record("@b:x", None, false),
-                record("@c:x", Some("$t"), false),
-            ],
-            ..PushWrites::default()
+        let members =
+            vec![member("@a-much-longer-user-name:example.org", true), member("@b:x", false), member("@c:x", false)];
+        let event = |thread: Option<&str>| EventNotifications {
+            room_id: room_id!("!r:x").to_owned(),
+            thread_id: thread.map(Into::into),
+            ts: 7,
+            members: members.clone(),
         };
-        let mut batch = WriteBatch::default();
-        store.write_push(&mut batch, 9, &push);
-        store.db.write(batch).unwrap();
-        for expected in &push.notifications {
-            let mut room_key = room_prefix(&expected.user_id, &expected.room_id);
-            room_key.extend_from_slice(&9u64.to_be_bytes());
-            let mut room_value = vec![flags(expected)];
-            room_value.extend_from_slice(expected.thread_id.as_deref().unwrap_or("").as_bytes());
-            assert_eq!(store.get(cf::PUSH_ROOM_NOTIFS, &room_key).unwrap(), Some(room_value), "{}", expected.user_id);
-            let user_value = store.get(cf::PUSH_USER_NOTIFS, &keys::with_u64(expected.user_id.as_bytes(), 9)).unwrap();
-            let (flags, ts, thread, actions) = decode_user_notif(&user_value.unwrap()).unwrap();
-            assert_eq!(
-                (flags, ts, thread, actions.get()),
-                (super::flags(expected), 7, expected.thread_id.clone(), r#"["notify"]"#)
+        // An event in a thread, then one outside any: the second's records carry no thread.
+        let written = [(9, event(Some("$thread-root"))), (10, event(None))];
+        for (pos, event) in &written {
+            let mut batch = WriteBatch::default();
+            store.write_push(
+                &mut batch,
+                *pos,
+                &PushWrites { notifications: Some(event.clone()), ..PushWrites::default() },
             );
+            store.db.write(batch).unwrap();
+        }
+        for (pos, event) in &written {
+            for expected in &event.members {
+                let mut room_key = room_prefix(&expected.user_id, &event.room_id);
+                room_key.extend_from_slice(&pos.to_be_bytes());
+                let mut room_value = vec![flags(expected)];
+                room_value.extend_from_slice(event.thread_id.as_deref().unwrap_or("").as_bytes());
+                let stored = store.get(cf::PUSH_ROOM_NOTIFS, &room_key).unwrap();
+                assert_eq!(stored, Some(room_value), "{} at {pos}", expected.user_id);
+                let user_key = keys::with_u64(expected.user_id.as_bytes(), *pos);
+                let user_value = store.get(cf::PUSH_USER_NOTIFS, &user_key).unwrap();
+                let (flags, ts, thread, actions) = decode_user_notif(&user_value.unwrap()).unwrap();
+                assert_eq!(
+                    (flags, ts, thread, actions.get()),
+                    (super::flags(expected), 7, event.thread_id.clone(), r#"["notify"]"#)
+                );
+            }
         }
     }
 
@@ -464,7 +476,19 @@ mod tests {
 
         // The compact encoding round-trips; a cut or unknown value is an error, not a panic.
         let mut value = b"left over".to_vec();
-        encode_user_notif(&legacy, &mut value);
+        let event = EventNotifications {
+            room_id: legacy.room_id.clone(),
+            thread_id: legacy.thread_id.clone(),
+            ts: legacy.ts,
+            members: Vec::new(),
+        };
+        let member = MemberNotification {
+            user_id: user.to_owned(),
+            actions: legacy.actions.clone().into(),
+            notify: true,
+            highlight: true,
+        };
+        encode_user_notif(&event, &member, &mut value);
         assert!(value.len() < 60, "{} bytes", value.len());
         let (flags, ts, thread, actions) = decode_user_notif(&value).unwrap();
         assert_eq!((flags, ts, thread.as_deref(), actions.get()), (3, 42, Some("$root"), legacy.actions.get()));
