@@ -63,6 +63,7 @@ pub struct ClientEventRef<'a, U> {
     origin_server_ts: MilliSecondsSinceUnixEpoch,
     #[serde(skip_serializing_if = "Option::is_none")]
     state_key: Option<&'a str>,
+    /// Clients of every room version read the top-level key; v11+ also has it in content.
     #[serde(skip_serializing_if = "Option::is_none")]
     redacts: Option<&'a EventId>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -222,25 +223,17 @@ impl Pdu {
         }
     }
 
-    /// The event in the client-server format. `room_id` is left out for /sync.
+    /// The event in the client-server format, as a map for callers that add to it (the
+    /// fields of `client_ref`, without `unsigned`). `room_id` is left out for /sync.
     pub fn client_json(&self, with_room_id: bool) -> Map<String, Value> {
-        let mut event = Map::new();
-        event.insert("type".into(), Value::String(self.kind.to_string()));
-        event.insert("content".into(), serde_json::from_str(self.content.get()).unwrap_or(Value::Object(Map::new())));
-        event.insert("sender".into(), Value::String(self.sender.to_string()));
-        event.insert("event_id".into(), Value::String(self.event_id.to_string()));
-        event.insert("origin_server_ts".into(), Value::from(u64::from(self.origin_server_ts.get())));
-        if with_room_id {
-            event.insert("room_id".into(), Value::String(self.room_id.to_string()));
+        match serde_json::to_value(self.client_ref(with_room_id, ())) {
+            Ok(Value::Object(mut event)) => {
+                event.remove("unsigned");
+                event
+            }
+            // Ids, a number, validated raw content: always an object.
+            other => unreachable!("a client event serialised to {other:?}"),
         }
-        if let Some(state_key) = &self.state_key {
-            event.insert("state_key".into(), Value::String(state_key.clone()));
-        }
-        if let Some(redacts) = &self.redacts {
-            // Clients of every room version read the top-level key; v11+ also has it in content.
-            event.insert("redacts".into(), Value::String(redacts.to_string()));
-        }
-        event
     }
 }
 
@@ -342,9 +335,22 @@ mod tests {
             let event = pdu(content);
             for with_room_id in [false, true] {
                 let json = serde_json::to_value(event.client_ref(with_room_id, &unsigned)).unwrap();
-                let mut expected = event.client_json(with_room_id);
-                expected.insert("unsigned".into(), unsigned.clone());
-                assert_eq!(json, Value::Object(expected), "{content}, room id {with_room_id}");
+                let mut expected = serde_json::json!({
+                    "type": "m.room.member",
+                    "content": serde_json::from_str::<Value>(content).unwrap(),
+                    "sender": "@a:x",
+                    "event_id": "$e",
+                    "origin_server_ts": 1,
+                    "state_key": "@a:x",
+                    "unsigned": {"age": 5},
+                });
+                if with_room_id {
+                    expected["room_id"] = "!r:x".into();
+                }
+                assert_eq!(json, expected, "{content}, room id {with_room_id}");
+                // The map form is the same without `unsigned`.
+                expected.as_object_mut().unwrap().remove("unsigned");
+                assert_eq!(Value::Object(event.client_json(with_room_id)), expected);
             }
         }
         let mut redaction = pdu(r#"{"membership":"join"}"#);
@@ -352,5 +358,6 @@ mod tests {
         let json = serde_json::to_value(redaction.client_ref(false, ())).unwrap();
         assert_eq!(json["redacts"], "$target");
         assert_eq!(json["state_key"], "@a:x");
+        assert_eq!(redaction.client_json(false)["redacts"], "$target");
     }
 }
