@@ -1256,8 +1256,8 @@ impl SlidingSync {
         Ok(BuiltRoom { room: has_news.then_some(room), sent: Some(sent), expanded: expanded && has_news, timeline_ids })
     }
 
-    fn timeline_event(&self, session: &Session, pdu: &Pdu) -> Result<Raw<ruma::events::AnySyncTimelineEvent>> {
-        Ok(Raw::from_json(self.rooms.client_raw(pdu, Some((&session.user_id, Some(&session.session_id))), false)?))
+    fn timeline_event(&self, session: &Session, pdu: &Arc<Pdu>) -> Result<Raw<ruma::events::AnySyncTimelineEvent>> {
+        Ok(Raw::from_json(self.rooms.sync_event_raw(pdu, (&session.user_id, Some(&session.session_id)))?))
     }
 
     /// Up to 5 other members to name a room after (joined and invited first, in the order

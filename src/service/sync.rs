@@ -824,11 +824,9 @@ impl Sync {
             None => position_token(now.pos),
         });
         for pdu in &timeline {
-            room.timeline.events.push(Raw::from_json(self.rooms.client_raw(
-                pdu,
-                Some((user_id, Some(&session.session_id))),
-                false,
-            )?));
+            room.timeline
+                .events
+                .push(Raw::from_json(self.rooms.sync_event_raw(pdu, (user_id, Some(&session.session_id)))?));
         }
         room.state = state;
         room.account_data = RoomAccountData::new();
@@ -868,11 +866,9 @@ impl Sync {
         room.timeline.limited = limited;
         room.timeline.prev_batch = timeline.first().and_then(|p| p.stored.pos).map(|pos| position_token(pos - 1));
         for pdu in &timeline {
-            room.timeline.events.push(Raw::from_json(self.rooms.client_raw(
-                pdu,
-                Some((user_id, Some(&session.session_id))),
-                false,
-            )?));
+            room.timeline
+                .events
+                .push(Raw::from_json(self.rooms.sync_event_raw(pdu, (user_id, Some(&session.session_id)))?));
         }
         room.account_data = RoomAccountData::new();
         room.account_data.events = account_data;

@@ -146,6 +146,8 @@ pub struct Rooms {
     joining: Mutex<HashMap<OwnedRoomId, Vec<(ruma::OwnedServerName, Box<serde_json::value::RawValue>)>>>,
     /// Push rules evaluated for every appended event (see `super::push`).
     pub push: Arc<super::push::Push>,
+    /// /sync's renderings of recent events, shared within a millisecond (`sync_event_raw`).
+    renderings: cache::Renderings<Pdu>,
 }
 
 impl Rooms {
@@ -163,6 +165,7 @@ impl Rooms {
             locks: Mutex::default(),
             backfill_retry: Mutex::default(),
             joining: Mutex::default(),
+            renderings: cache::Renderings::default(),
             push: Arc::new(super::push::Push::new(core.clone(), appservices)),
             core,
         }
@@ -781,6 +784,34 @@ impl Rooms {
         viewer: Option<(&UserId, Option<&str>)>,
         with_room_id: bool,
     ) -> Result<Box<RawValue>> {
+        if Self::is_plain(pdu) {
+            Self::plain_raw(pdu, now_ms(), Self::own_transaction_id(pdu, viewer), with_room_id)
+        } else {
+            serde_json::value::to_raw_value(&pdu.client_ref(with_room_id, self.unsigned(pdu, viewer)))
+                .map_err(|e| Error::internal(format!("client event {}: {e}", pdu.event_id)))
+        }
+    }
+
+    /// `client_raw` for a /sync timeline (no `room_id`): the common event is rendered once per
+    /// millisecond for every session but its sender's (see `cache::Renderings`), so a message
+    /// that wakes a thousand long-polls is not serialised a thousand times.
+    pub fn sync_event_raw(&self, pdu: &Arc<Pdu>, viewer: (&UserId, Option<&str>)) -> Result<Box<RawValue>> {
+        if !Self::is_plain(pdu) || Self::own_transaction_id(pdu, Some(viewer)).is_some() {
+            return self.client_raw(pdu, Some(viewer), false);
+        }
+        let now = now_ms();
+        self.renderings.get_or_render(pdu, now, || Self::plain_raw(pdu, now, None, false))
+    }
+
+    /// Whether the event's `unsigned` is only `age` (and the sender's `transaction_id`).
+    fn is_plain(pdu: &Pdu) -> bool {
+        pdu.stored.redacted_because.is_none()
+            && pdu.stored.replaces_state.is_none()
+            && pdu.kind != ruma::events::TimelineEventType::RoomMember
+    }
+
+    /// A plain event (`is_plain`) in client format, its `age` as of `now` (ms).
+    fn plain_raw(pdu: &Pdu, now: u64, transaction_id: Option<&str>, with_room_id: bool) -> Result<Box<RawValue>> {
         /// `unsigned` of the common event: only `age`, and `transaction_id` for its sender.
         #[derive(serde::Serialize)]
         struct PlainUnsigned<'a> {
@@ -788,17 +819,9 @@ impl Rooms {
             #[serde(skip_serializing_if = "Option::is_none")]
             transaction_id: Option<&'a str>,
         }
-        let plain = pdu.stored.redacted_because.is_none()
-            && pdu.stored.replaces_state.is_none()
-            && pdu.kind != ruma::events::TimelineEventType::RoomMember;
-        let raw = if plain {
-            let age = now_ms().saturating_sub(pdu.origin_server_ts.get().into());
-            let unsigned = PlainUnsigned { age, transaction_id: Self::own_transaction_id(pdu, viewer) };
-            serde_json::value::to_raw_value(&pdu.client_ref(with_room_id, unsigned))
-        } else {
-            serde_json::value::to_raw_value(&pdu.client_ref(with_room_id, self.unsigned(pdu, viewer)))
-        };
-        raw.map_err(|e| Error::internal(format!("client event {}: {e}", pdu.event_id)))
+        let age = now.saturating_sub(pdu.origin_server_ts.get().into());
+        serde_json::value::to_raw_value(&pdu.client_ref(with_room_id, PlainUnsigned { age, transaction_id }))
+            .map_err(|e| Error::internal(format!("client event {}: {e}", pdu.event_id)))
     }
 
     /// The event's transaction id when `viewer` is the session that sent it (only the sending
