@@ -19,12 +19,12 @@ use tokio::sync::watch;
 
 use crate::service::Core;
 
-/// Requests answered since start (`api::cors` counts every one); held in `Core`.
+/// Requests since start, counted as they arrive (`api::Http` counts every one); held in `Core`.
 #[derive(Default)]
 pub struct Answered(AtomicU64);
 
 impl Answered {
-    /// Counts one answered request.
+    /// Counts one request.
     pub fn count(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
@@ -34,7 +34,7 @@ impl Answered {
     }
 }
 
-/// How long without an answer counts as quiet.
+/// How long without a request counts as quiet.
 const QUIET: Duration = Duration::from_secs(1);
 /// While busy, the longest time between two trims that had answers in between.
 const BUSY_EVERY: Duration = Duration::from_secs(60);

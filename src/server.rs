@@ -4,7 +4,6 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
-    Router,
     extract::connect_info::Connected,
     serve::{IncomingStream, Listener},
 };
@@ -63,7 +62,7 @@ impl Server {
         for addr in listen {
             let (listener, local) = bind(addr, "http.listen").await?;
             addrs.push(local);
-            tasks.spawn(serve(NoDelay(listener), api::router(app.clone()), shutdown.subscribe()));
+            tasks.spawn(serve(NoDelay(listener), api::service(app.clone()), shutdown.subscribe()));
             tracing::info!(address = %local, "listening (HTTP)");
         }
         let mut tls_addrs = Vec::new();
@@ -72,7 +71,7 @@ impl Server {
                 let (listener, local) = bind(addr, "federation.listen").await?;
                 tls_addrs.push(local);
                 let listener = TlsListener::new(listener, tls_config.clone());
-                tasks.spawn(serve(listener, api::router(app.clone()), shutdown.subscribe()));
+                tasks.spawn(serve(listener, api::service(app.clone()), shutdown.subscribe()));
                 tracing::info!(address = %local, "listening (HTTPS)");
             }
         }
@@ -201,13 +200,13 @@ impl Connected<IncomingStream<'_, NoDelay>> for PeerAddr {
     }
 }
 
-/// Serves `router` on `listener` (plain TCP or TLS alike) until `stop` turns true.
-async fn serve<L>(listener: L, router: Router, mut stop: watch::Receiver<bool>)
+/// Serves `service` on `listener` (plain TCP or TLS alike) until `stop` turns true.
+async fn serve<L>(listener: L, service: api::Http, mut stop: watch::Receiver<bool>)
 where
     L: Listener<Addr = SocketAddr>,
     PeerAddr: for<'a> Connected<IncomingStream<'a, L>>,
 {
-    let service = router.into_make_service_with_connect_info::<PeerAddr>();
+    let service = axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<PeerAddr>(service);
     let serve = axum::serve(listener, service).with_graceful_shutdown(async move {
         let _ = stop.wait_for(|stop| *stop).await;
     });

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{OriginalUri, State};
 use axum::http::{Method, StatusCode};
 use axum::response::IntoResponse;
+use axum::{extract::State, http::Uri};
 use ieum_appservices::import::client::Registration;
 use ieum_appservices::webhook::hooks::HooksFile;
 use ieum_appservices::webhook::server::{Config, serve};
@@ -41,12 +41,7 @@ impl Stub {
     }
 }
 
-async fn homeserver(
-    State(stub): State<Arc<Stub>>,
-    method: Method,
-    OriginalUri(uri): OriginalUri,
-    body: Bytes,
-) -> axum::response::Response {
+async fn homeserver(State(stub): State<Arc<Stub>>, method: Method, uri: Uri, body: Bytes) -> axum::response::Response {
     let path = uri.to_string();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     stub.seen.lock().unwrap().push((method.to_string(), path.clone(), body));
