@@ -351,7 +351,7 @@ impl AppserviceSender {
         if self.user_interest(service, user_id) {
             return Ok(true);
         }
-        for (room_id, membership) in self.core.db.rooms_of_user(user_id)? {
+        for (room_id, membership) in self.core.db.rooms_of_user(user_id)?.iter() {
             if membership.membership == "join" && self.cached_room_interest(service, rooms, &room_id)? {
                 return Ok(true);
             }

@@ -252,9 +252,9 @@ impl Ephemeral {
                 .core
                 .db
                 .rooms_of_user(user)?
-                .into_iter()
+                .iter()
                 .filter(|(_, record)| record.membership == "join")
-                .map(|(room_id, _)| room_id)
+                .map(|(room_id, _)| room_id.clone())
                 .collect())
         };
         let mine = joined(one)?;

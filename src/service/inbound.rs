@@ -258,7 +258,7 @@ impl Services {
             return Ok(());
         }
         let mut servers = std::collections::BTreeSet::new();
-        for (room_id, record) in self.core.db.rooms_of_user(user_id)? {
+        for (room_id, record) in self.core.db.rooms_of_user(user_id)?.iter() {
             if record.membership == "join" {
                 servers.extend(self.rooms.remote_servers_in_room(&room_id)?);
             }

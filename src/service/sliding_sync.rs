@@ -459,8 +459,9 @@ impl SlidingSync {
         }
         let db = &self.core.db;
         let user_id = &session.user_id;
+        let my_rooms = db.rooms_of_user(user_id)?;
         let mut mine = HashSet::new();
-        for (room_id, record) in db.rooms_of_user(user_id)? {
+        for (room_id, record) in my_rooms.iter() {
             if record.pos > seen {
                 return Ok(true);
             }
@@ -487,7 +488,7 @@ impl SlidingSync {
     /// The user's rooms a list may show, newest activity first.
     fn candidates(&self, user_id: &UserId, now: StreamPos, from: Option<&Snapshot>) -> Result<Vec<Candidate>> {
         let mut candidates = Vec::new();
-        for (room_id, record) in self.core.db.rooms_of_user(user_id)? {
+        for (room_id, record) in self.core.db.rooms_of_user(user_id)?.iter() {
             if record.pos > now {
                 continue;
             }
@@ -507,7 +508,7 @@ impl SlidingSync {
                 continue;
             }
             let bump = if record.membership == "join" { self.room_bump(&room_id)?.max(record.pos) } else { record.pos };
-            candidates.push(Candidate { room_id, record, bump });
+            candidates.push(Candidate { room_id: room_id.clone(), record: record.clone(), bump });
         }
         candidates.sort_by(|a, b| b.bump.cmp(&a.bump).then_with(|| a.room_id.cmp(&b.room_id)));
         Ok(candidates)

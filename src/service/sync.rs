@@ -377,30 +377,30 @@ impl Sync {
         }
         self.add_presence(user_id, &my_rooms, since_or_zero.typing, &filter.presence, &mut response)?;
 
-        for (room_id, record) in my_rooms {
+        for (room_id, record) in my_rooms.iter() {
             if record.pos > now.pos || !filter.rooms.matches_room(&room_id) {
                 continue;
             }
             let changed_since = since.is_none_or(|s| record.pos > s.pos);
             match record.membership.as_str() {
                 "join" => {
-                    let account_data = room_account_data.remove(&room_id).unwrap_or_default();
+                    let account_data = room_account_data.remove(room_id).unwrap_or_default();
                     if let Some(room) =
                         self.joined_room(session, &room_id, since, now, record.pos, params, &lineage, account_data)?
                     {
-                        response.rooms.join.insert(room_id, room);
+                        response.rooms.join.insert(room_id.clone(), room);
                     }
                 }
                 "invite" if changed_since => {
                     let mut room = InvitedRoom::new();
                     room.invite_state = InviteState::from(self.stripped_state(&room_id, &record.event_id)?);
-                    response.rooms.invite.insert(room_id, room);
+                    response.rooms.invite.insert(room_id.clone(), room);
                 }
                 "knock" if changed_since => {
                     let mut room = KnockedRoom::new();
                     room.knock_state = KnockState::new();
                     room.knock_state.events = self.stripped_state(&room_id, &record.event_id)?;
-                    response.rooms.knock.insert(room_id, room);
+                    response.rooms.knock.insert(room_id.clone(), room);
                 }
                 "leave" | "ban" => {
                     let include = match since {
@@ -408,10 +408,10 @@ impl Sync {
                         None => filter.include_leave,
                     };
                     if include && !self.core.db.is_forgotten(user_id, &room_id)? {
-                        let account_data = room_account_data.remove(&room_id).unwrap_or_default();
+                        let account_data = room_account_data.remove(room_id).unwrap_or_default();
                         let room =
                             self.left_room(session, &room_id, since, record.pos, params, &lineage, account_data)?;
-                        response.rooms.leave.insert(room_id, room);
+                        response.rooms.leave.insert(room_id.clone(), room);
                     }
                 }
                 _ => {}

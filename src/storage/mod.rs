@@ -289,7 +289,7 @@ pub trait RoomStore: Send + Sync + StreamStore {
     /// scan of the timeline after `since` would find none).
     fn member_events_after(&self, room_id: &RoomId, since: StreamPos) -> bool;
     /// Every room a user has a membership in, with that membership.
-    fn rooms_of_user(&self, user_id: &UserId) -> Result<Vec<(OwnedRoomId, MembershipRecord)>>;
+    fn rooms_of_user(&self, user_id: &UserId) -> Result<Arc<Vec<(OwnedRoomId, MembershipRecord)>>>;
     fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<MembershipRecord>>;
     /// Every user with a membership in a room (current state).
     fn members(&self, room_id: &RoomId) -> Result<std::sync::Arc<Vec<(OwnedUserId, String)>>>;

@@ -266,7 +266,7 @@ pub async fn deactivate(app: App, req: Ruma<deactivate::v3::Request>) -> Result<
     let session = req.user()?;
     require_password(&app, session, req.body.auth.as_ref()).await?;
     // Leave every room first so the account's memberships end cleanly.
-    for (room_id, record) in app.core.db.rooms_of_user(&session.user_id)? {
+    for (room_id, record) in app.core.db.rooms_of_user(&session.user_id)?.iter() {
         if matches!(record.membership.as_str(), "join" | "invite" | "knock")
             && let Err(error) = app.rooms.leave(&session.user_id, &room_id, None).await
         {

@@ -149,9 +149,9 @@ pub async fn joined_rooms(app: App, req: Ruma<joined_rooms::v3::Request>) -> Res
         .core
         .db
         .rooms_of_user(&req.user()?.user_id)?
-        .into_iter()
+        .iter()
         .filter(|(_, record)| record.membership == "join")
-        .map(|(room_id, _)| room_id)
+        .map(|(room_id, _)| room_id.clone())
         .collect();
     Ok(joined_rooms::v3::Response::new(rooms))
 }

@@ -61,9 +61,12 @@ impl E2ee {
         upto: StreamPos,
     ) -> Result<DeviceListDelta> {
         let db = &self.core.db;
-        let joined: BTreeSet<&RoomId> =
-            my_rooms.iter().filter(|(_, m)| m.membership == "join").map(|(r, _)| &**r).collect();
+        // Most syncs see no device change and no member leaving: the set of joined rooms is
+        // built only when a user must be checked against it.
+        let joined: std::cell::OnceCell<BTreeSet<&RoomId>> = std::cell::OnceCell::new();
         let shares_room = |other: &UserId| -> Result<bool> {
+            let joined = joined
+                .get_or_init(|| my_rooms.iter().filter(|(_, m)| m.membership == "join").map(|(r, _)| &**r).collect());
             Ok(db.rooms_of_user(other)?.iter().any(|(r, m)| m.membership == "join" && joined.contains(&**r)))
         };
         let mut changed = BTreeSet::new();
@@ -132,7 +135,7 @@ impl E2ee {
     /// Remote servers sharing a room with a local user.
     fn servers_sharing(&self, user_id: &UserId) -> Result<Vec<OwnedServerName>> {
         let mut servers = BTreeSet::new();
-        for (room_id, record) in self.core.db.rooms_of_user(user_id)? {
+        for (room_id, record) in self.core.db.rooms_of_user(user_id)?.iter() {
             if record.membership == "join" {
                 servers.extend(self.rooms.remote_servers_in_room(&room_id)?);
             }
@@ -201,7 +204,7 @@ impl E2ee {
 
     /// Whether a local user shares a room with `user_id` (so we follow their device list).
     pub(super) fn followed(&self, user_id: &UserId) -> Result<bool> {
-        for (room_id, record) in self.core.db.rooms_of_user(user_id)? {
+        for (room_id, record) in self.core.db.rooms_of_user(user_id)?.iter() {
             if record.membership == "join"
                 && self
                     .core
@@ -255,7 +258,7 @@ impl E2ee {
         if list.stale {
             return Ok(false);
         }
-        for (room_id, record) in self.core.db.rooms_of_user(user_id)? {
+        for (room_id, record) in self.core.db.rooms_of_user(user_id)?.iter() {
             if record.membership == "join"
                 && record.pos <= list.fetched_at
                 && self.local_joined_since(&room_id, memo)?.is_some_and(|pos| pos <= list.fetched_at)

@@ -457,7 +457,7 @@ impl Push {
     pub fn total_unread(&self, user_id: &UserId) -> Result<u64> {
         let upto = self.core.db.current_pos();
         let mut total = 0;
-        for (room_id, membership) in self.core.db.rooms_of_user(user_id)? {
+        for (room_id, membership) in self.core.db.rooms_of_user(user_id)?.iter() {
             if membership.membership == "join" {
                 total += self.counts(&room_id, user_id, upto)?.all.0;
             }

@@ -384,7 +384,7 @@ impl Rooms {
 
     /// Mirrors a profile change into the member event of every room the user is in.
     pub async fn update_profile_in_rooms(&self, user_id: &UserId) -> Result<()> {
-        for (room_id, record) in self.core.db.rooms_of_user(user_id)? {
+        for (room_id, record) in self.core.db.rooms_of_user(user_id)?.iter() {
             if record.membership != "join" {
                 continue;
             }

@@ -109,7 +109,7 @@ pub struct RocksStorage {
     /// Last change positions that let stream readers skip empty scans (see stamps.rs).
     stamps: Stamps,
     /// `rooms_of_user` answers (see read_cache.rs), weighed in room records.
-    user_rooms: read_cache::ReadCache<OwnedUserId, Vec<(OwnedRoomId, MembershipRecord)>>,
+    user_rooms: read_cache::ReadCache<OwnedUserId, Arc<Vec<(OwnedRoomId, MembershipRecord)>>>,
     /// A room's members with their membership (`members`): read for every event by the
     /// push evaluation; `room_members` is written only by an append carrying memberships.
     /// Shared: a 1,000-member list is handed to every message's push evaluation uncopied.
@@ -239,7 +239,7 @@ impl RocksStorage {
             commit: commit::GroupCommit::new(sync_writes),
             positions: Arc::new(Positions::new(last_pos)),
             stamps: Stamps::new(last_pos),
-            user_rooms: read_cache::ReadCache::new(200_000, Vec::len),
+            user_rooms: read_cache::ReadCache::new(200_000, |list| list.len()),
             room_members: read_cache::ReadCache::new(500_000, |list| list.len()),
             tails: tails::Tails::default(),
             device_keys: read_cache::ReadCache::new(200_000, |(counts, types)| counts.len() + types.len()),
@@ -762,19 +762,20 @@ impl RoomStore for RocksStorage {
         Ok(self.timeline(room_id, pos.saturating_add(1), Direction::Backward, 1)?.into_iter().next())
     }
 
-    fn rooms_of_user(&self, user_id: &UserId) -> Result<Vec<(OwnedRoomId, MembershipRecord)>> {
+    fn rooms_of_user(&self, user_id: &UserId) -> Result<Arc<Vec<(OwnedRoomId, MembershipRecord)>>> {
         let generation = match self.user_rooms.get(user_id) {
             Ok(list) => return Ok(list),
             Err(generation) => generation,
         };
         let user_prefix = prefix(user_id.as_bytes());
-        let list: Vec<_> = self
+        let list: Arc<Vec<_>> = self
             .scan_prefix(cf::USER_ROOMS, &user_prefix)?
             .iter()
             .map(|(key, value)| {
                 Ok((parse_id(cf::USER_ROOMS, &key[user_prefix.len()..])?, decode(cf::USER_ROOMS, value)?))
             })
-            .collect::<Result<_>>()?;
+            .collect::<Result<Vec<_>>>()?
+            .into();
         self.user_rooms.store(user_id.to_owned(), generation, &list);
         Ok(list)
     }
