@@ -199,12 +199,10 @@ impl Serialize for RoomsBody<'_> {
         let rooms = self.0;
         let mut map = serializer.serialize_map(None)?;
         if !rooms.leave.is_empty() {
-            let left: BTreeMap<_, _> = rooms.leave.iter().map(|(id, room)| (id, LeftRoomBody(room))).collect();
-            map.serialize_entry("leave", &left)?;
+            map.serialize_entry("leave", &RoomMap(&rooms.leave, LeftRoomBody))?;
         }
         if !rooms.join.is_empty() {
-            let joined: BTreeMap<_, _> = rooms.join.iter().map(|(id, room)| (id, JoinedRoomBody(room))).collect();
-            map.serialize_entry("join", &joined)?;
+            map.serialize_entry("join", &RoomMap(&rooms.join, JoinedRoomBody))?;
         }
         if !rooms.invite.is_empty() {
             map.serialize_entry("invite", &rooms.invite)?;
@@ -213,6 +211,15 @@ impl Serialize for RoomsBody<'_> {
             map.serialize_entry("knock", &rooms.knock)?;
         }
         map.end()
+    }
+}
+
+/// A map of rooms, each written through `body` (written as the map is walked: no second map).
+struct RoomMap<'a, R, B>(&'a BTreeMap<ruma::OwnedRoomId, R>, fn(&'a R) -> B);
+
+impl<'a, R, B: Serialize> Serialize for RoomMap<'a, R, B> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(room_id, room)| (room_id, (self.1)(room))))
     }
 }
 
