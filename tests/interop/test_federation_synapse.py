@@ -23,6 +23,7 @@ from fedkit import (
     FederationPair,
     Syncer,
     ephemeral,
+    has_message,
     membership_is,
     messages_both_ways,
     register_ieum,
@@ -78,6 +79,24 @@ def test_synapse_joins_ieum_room_by_id(federation_pair, s_alice, i_bob):
     # Synapse itself must consider the room state complete (creator from ieum, joined).
     members = s_alice.memberships(room_id)
     assert members.get(i_bob.user_id) == "join", f"Synapse's member list: {members}"
+    messages_both_ways(pair, s_alice, i_bob, room_id)
+
+
+def test_synapse_reads_history_of_an_ieum_only_room(federation_pair, s_alice, i_bob):
+    """Events of a room only ieum is in are stored unsigned and signed as they leave:
+    Synapse must accept the room's state in the join and the older messages it
+    backfills (it checks ieum's signature on each)."""
+    pair = federation_pair
+    room_id = i_bob.create_room(preset="public_chat")
+    texts = [unique("before the join ") for _ in range(3)]
+    for text in texts:
+        i_bob.send_text(room_id, text)
+    assert s_alice.join(room_id, via=[pair.ieum.server_name]) == room_id
+    wait_for(pair, f"ieum lists {s_alice.user_id} as joined",
+             membership_is(i_bob, room_id, s_alice.user_id, "join"))
+    for text in texts:
+        wait_for(pair, f"Synapse /messages shows ieum's earlier message {text!r}",
+                 has_message(s_alice, room_id, text, i_bob.user_id))
     messages_both_ways(pair, s_alice, i_bob, room_id)
 
 

@@ -81,7 +81,11 @@ pub async fn send_transaction(
 /// `GET /_matrix/federation/v1/event/{eventId}`
 pub async fn get_event(app: App, req: Ruma<get_event::v1::Request>) -> Result<get_event::v1::Response> {
     let pdu = app.rooms.event_for_server(req.origin()?, &req.body.event_id)?;
-    Ok(get_event::v1::Response::new(app.owned_server_name(), MilliSecondsSinceUnixEpoch::now(), pdu.stored.pdu.clone()))
+    Ok(get_event::v1::Response::new(
+        app.owned_server_name(),
+        MilliSecondsSinceUnixEpoch::now(),
+        app.rooms.federation_pdu(&pdu)?,
+    ))
 }
 
 /// `GET /_matrix/federation/v1/state_ids/{roomId}`

@@ -16,7 +16,7 @@ use ruma::{
         room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
     },
     room_version_rules::{EventIdFormatVersion, EventsReferenceFormatVersion, RoomVersionRules},
-    signatures::{hash_and_sign_event, reference_hash},
+    signatures::{add_content_hash_to_event, hash_and_sign_event, reference_hash},
     state_res,
 };
 use serde_json::{Map, Value, value::RawValue};
@@ -389,7 +389,8 @@ impl Rooms {
         room_id: Option<OwnedRoomId>,
     ) -> Result<(OwnedEventId, Arc<Pdu>)> {
         let rules = rules_for(version)?;
-        let (event_id, room_id, object) = self.build(&rules, room_id.as_deref(), &new, &[], &[], 1)?;
+        // A new room has no other server yet.
+        let (event_id, room_id, object) = self.build(&rules, room_id.as_deref(), &new, &[], &[], 1, false)?;
         let lock = self.room_lock(&room_id);
         let _guard = lock.lock().await;
         if self.core.db.room(&room_id)?.is_some() {
@@ -466,7 +467,9 @@ impl Rooms {
         let head = head.ok_or_else(|| Error::internal("room without head"))?;
         let state = self.state(head.state_group)?;
         let (auth_events, prev, depth) = self.references(&rules, &new, &head, &state)?;
-        let (event_id, room_id, object) = self.build(&rules, Some(&new.room_id), &new, &prev, &auth_events, depth)?;
+        let sign = self.goes_out_at_once(&new)?;
+        let (event_id, room_id, object) =
+            self.build(&rules, Some(&new.room_id), &new, &prev, &auth_events, depth, sign)?;
         let mut pdu = Pdu::from_object(event_id.clone(), &room_id, &object)?;
         self.authorise(&rules, &pdu, &state)?;
         pdu.stored.txn = new.txn.clone();
@@ -680,7 +683,9 @@ impl Rooms {
         Ok(object)
     }
 
-    /// Hashes, signs and names a new event. Returns (event id, room id, signed object).
+    /// Hashes and names a new event, and signs it when `sign` (see `goes_out_at_once`);
+    /// an event built unsigned is signed when it first leaves the server
+    /// (`Rooms::federation_pdu`). Returns (event id, room id, object).
     fn build(
         &self,
         rules: &RoomVersionRules,
@@ -689,6 +694,7 @@ impl Rooms {
         prev_events: &[OwnedEventId],
         auth_events: &[OwnedEventId],
         depth: u64,
+        sign: bool,
     ) -> Result<(OwnedEventId, OwnedRoomId, CanonicalJsonObject)> {
         let mut object = self.template_in(rules, room_id, new, prev_events, auth_events, depth)?;
         // Room versions 1 and 2 name events `$<random>:<origin>`, inside the signed event.
@@ -697,8 +703,19 @@ impl Rooms {
             object.insert("event_id".into(), CanonicalJsonValue::String(id.clone()));
             id
         });
-        hash_and_sign_event(self.core.server_name().as_str(), &*self.core.signing_key, &mut object, &rules.redaction)
-            .map_err(|e| match e {
+        // Neither the event id nor the content hash covers the signature, so signing later
+        // gives the same event.
+        let hashed = if sign {
+            hash_and_sign_event(
+                self.core.server_name().as_str(),
+                &*self.core.signing_key,
+                &mut object,
+                &rules.redaction,
+            )
+        } else {
+            add_content_hash_to_event(&mut object)
+        };
+        hashed.map_err(|e| match e {
             ruma::signatures::JsonError::PduTooLarge => Error::too_large("The event is larger than 65535 bytes."),
             other => Error::bad_json(format!("Cannot sign the event: {other}")),
         })?;
@@ -711,12 +728,44 @@ impl Rooms {
             Some(room_id) => room_id.to_owned(),
             None => RoomId::new_v2(&hash).map_err(|e| Error::internal(e.to_string()))?,
         };
-        // The spec bounds a PDU at 65536 bytes including signatures.
-        let size = serde_json::to_vec(&object).map(|v| v.len()).unwrap_or(usize::MAX);
+        // The spec bounds a PDU at 65536 bytes including signatures (counted as if signed).
+        let mut size = serde_json::to_vec(&object).map(|v| v.len()).unwrap_or(usize::MAX);
+        if !sign {
+            size = size.saturating_add(self.signature_size());
+        }
         if size > 65_536 {
             return Err(Error::too_large("The event is larger than 65536 bytes."));
         }
         Ok((event_id, room_id, object))
+    }
+
+    /// Whether a new event leaves the server as soon as it is appended: its room has a
+    /// member of another server joined, or it changes the membership of a user of another
+    /// server. Only such events are signed when built: the ed25519 signature is most of the
+    /// CPU a message costs, and an event of a room only this server is in may never leave
+    /// it. Every path that hands an event to another server goes through
+    /// `Rooms::federation_pdu`, which signs one built unsigned.
+    fn goes_out_at_once(&self, new: &NewEvent) -> Result<bool> {
+        let ours = self.core.server_name();
+        if new.kind == TimelineEventType::RoomMember
+            && new.state_key.as_deref().and_then(|key| UserId::parse(key).ok()).is_some_and(|u| u.server_name() != ours)
+        {
+            return Ok(true);
+        }
+        Ok(self
+            .core
+            .db
+            .members(&new.room_id)?
+            .iter()
+            .any(|(user, membership)| membership == "join" && user.server_name() != ours))
+    }
+
+    /// Bytes our signature adds to an event (`"signatures":{...}` with its comma).
+    fn signature_size(&self) -> usize {
+        let key_id = format!("ed25519:{}", self.core.signing_key.version());
+        // An ed25519 signature is 64 bytes: 86 characters of unpadded base64.
+        let signature = "A".repeat(86);
+        format!(",\"signatures\":{{\"{}\":{{\"{key_id}\":\"{signature}\"}}}}", self.core.server_name()).len()
     }
 
     /// ruma's event auth rules: the state-independent checks, then against `state`.

@@ -4,7 +4,7 @@
 //! event goes to.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     sync::Arc,
 };
 
@@ -98,7 +98,7 @@ impl Rooms {
         if servers.is_empty() {
             return Ok(());
         }
-        self.federation.queue_pdu(servers.into_iter().collect(), pdu.event_id.clone(), pdu.stored.pdu.clone()).await
+        self.federation.queue_pdu(servers.into_iter().collect(), pdu.event_id.clone(), self.federation_pdu(pdu)?).await
     }
 
     /// The id an incoming PDU will have (for per-PDU answers), if it can be computed.
@@ -174,11 +174,40 @@ impl Rooms {
     }
 
     /// The PDUs of a list of ids, as stored (ids unknown here are skipped).
+    /// An event as it leaves the server: the stored PDU, signed first when it is one of
+    /// ours built unsigned (see `goes_out_at_once`). Signing is deterministic, so every
+    /// server gets the same bytes each time.
+    pub fn federation_pdu(&self, pdu: &Pdu) -> Result<Box<RawValue>> {
+        #[derive(serde::Deserialize)]
+        struct Signatures {
+            signatures: Option<BTreeMap<String, serde::de::IgnoredAny>>,
+        }
+        let ours = self.core.server_name();
+        if pdu.sender.server_name() != ours {
+            return Ok(pdu.stored.pdu.clone());
+        }
+        let signed = serde_json::from_str::<Signatures>(pdu.stored.pdu.get())
+            .map_err(|e| Error::internal(format!("stored event {} does not parse: {e}", pdu.event_id)))?
+            .signatures
+            .is_some_and(|signatures| signatures.contains_key(ours.as_str()));
+        if signed {
+            return Ok(pdu.stored.pdu.clone());
+        }
+        let version =
+            self.room_version(&pdu.room_id)?.ok_or_else(|| Error::internal(format!("no room {}", pdu.room_id)))?;
+        let rules = rules_for(&version)?;
+        let mut object: CanonicalJsonObject = serde_json::from_str(pdu.stored.pdu.get())
+            .map_err(|e| Error::internal(format!("stored event {} does not parse: {e}", pdu.event_id)))?;
+        ruma::signatures::sign_event(ours.as_str(), &*self.core.signing_key, &mut object, &rules.redaction)
+            .map_err(|e| Error::internal(format!("cannot sign {}: {e}", pdu.event_id)))?;
+        raw(&object)
+    }
+
     pub fn pdus_json(&self, ids: &[OwnedEventId]) -> Result<Vec<Box<RawValue>>> {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(pdu) = self.pdu(id)? {
-                out.push(pdu.stored.pdu.clone());
+                out.push(self.federation_pdu(&pdu)?);
             }
         }
         Ok(out)
@@ -212,7 +241,7 @@ impl Rooms {
             found.push(pdu);
         }
         found.sort_by(|a, b| b.depth.cmp(&a.depth));
-        Ok(found.into_iter().map(|p| p.stored.pdu.clone()).collect())
+        found.iter().map(|p| self.federation_pdu(p)).collect()
     }
 
     /// `/get_missing_events`: events between `earliest` and `latest` (exclusive), oldest first.
@@ -251,7 +280,7 @@ impl Rooms {
             found.push(pdu);
         }
         found.sort_by_key(|p| p.depth);
-        Ok(found.into_iter().map(|p| p.stored.pdu.clone()).collect())
+        found.iter().map(|p| self.federation_pdu(p)).collect()
     }
 
     /// `/make_join` and `/make_leave`: an unsigned membership event template for a user of
@@ -718,13 +747,13 @@ impl Rooms {
             StateEventType::RoomTopic,
         ] {
             if let Some(state_pdu) = self.state_pdu(state, &kind, "")? {
-                stripped.push(RawStrippedState::Pdu(state_pdu.stored.pdu.clone()));
+                stripped.push(RawStrippedState::Pdu(self.federation_pdu(&state_pdu)?));
             }
         }
         if let Some(sender) = sender
             && let Some(member) = self.state_pdu(state, &StateEventType::RoomMember, sender.as_str())?
         {
-            stripped.push(RawStrippedState::Pdu(member.stored.pdu.clone()));
+            stripped.push(RawStrippedState::Pdu(self.federation_pdu(&member)?));
         }
         Ok(stripped)
     }
@@ -948,7 +977,7 @@ impl Rooms {
         let state = self.state(head.state_group)?;
         let new = NewEvent::new(room_id, sender, TimelineEventType::RoomMember, Some(invitee.to_string()), content);
         let (auth_events, prev, depth) = self.references(&rules, &new, &head, &state)?;
-        let (event_id, _, object) = self.build(&rules, Some(room_id), &new, &prev, &auth_events, depth)?;
+        let (event_id, _, object) = self.build(&rules, Some(room_id), &new, &prev, &auth_events, depth, true)?;
         let pdu = Pdu::from_object(event_id.clone(), room_id, &object)?;
         self.authorise(&rules, &pdu, &state)?;
         let invite_state = self.stripped_for_remote(&state, Some(sender))?;
