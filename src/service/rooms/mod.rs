@@ -737,7 +737,7 @@ impl Rooms {
         };
         hashed.map_err(|e| match e {
             ruma::signatures::JsonError::PduTooLarge => Error::too_large("The event is larger than 65535 bytes."),
-            other => Error::bad_json(format!("Cannot sign the event: {other}")),
+            other => Error::bad_json(format!("Cannot hash or sign the event: {other}")),
         })?;
         let hash = reference_hash(&object, rules).map_err(|e| Error::internal(format!("reference hash: {e}")))?;
         let event_id = match named {

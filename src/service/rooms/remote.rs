@@ -173,7 +173,6 @@ impl Rooms {
         Ok(chain.into_iter().collect())
     }
 
-    /// The PDUs of a list of ids, as stored (ids unknown here are skipped).
     /// An event as it leaves the server: the stored PDU, signed first when it is one of
     /// ours built unsigned (see `goes_out_at_once`). Signing is deterministic, so every
     /// server gets the same bytes each time.
@@ -203,6 +202,7 @@ impl Rooms {
         raw(&object)
     }
 
+    /// The PDUs of a list of ids, as they leave the server (ids unknown here are skipped).
     pub fn pdus_json(&self, ids: &[OwnedEventId]) -> Result<Vec<Box<RawValue>>> {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
