@@ -56,9 +56,8 @@ impl Rooms {
             .db
             .members(room_id)?
             .iter()
-            .filter(|(_, membership)| membership == "join")
+            .filter(|(user, membership)| membership == "join" && user.server_name() != self.core.server_name())
             .map(|(user, _)| user.server_name().to_owned())
-            .filter(|server| server != self.core.server_name())
             .collect();
         servers.retain(|server| self.check_server_acl(server, room_id).is_ok());
         Ok(servers)
