@@ -449,6 +449,62 @@ mod tests {
     }
 
     #[test]
+    fn unread_records_of_one_user_and_room_read_across_memtable_and_tables() {
+        // PUSH_ROOM_NOTIFS has a memtable hashed by user: a read must find exactly one user's
+        // records of one room, in order, whether flushed to a table or still in the memtable.
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStorage::open(&StorageConfig::at(dir.path())).unwrap();
+        let actions: std::sync::Arc<serde_json::value::RawValue> =
+            serde_json::value::RawValue::from_string(r#"["notify"]"#.into()).unwrap().into();
+        // "@a:x" is a prefix of "@a:xy": the separator keeps their keys apart.
+        let users = [user_id!("@a:x"), user_id!("@a:xy"), user_id!("@b:x")];
+        let rooms = [room_id!("!r:x"), room_id!("!r:xy")];
+        let mut pos = 100;
+        for round in 0..2 {
+            for room in rooms {
+                for _ in 0..3 {
+                    pos += 1;
+                    let members = users
+                        .iter()
+                        .map(|u| MemberNotification {
+                            user_id: (*u).to_owned(),
+                            actions: actions.clone(),
+                            notify: true,
+                            highlight: *u == users[1],
+                        })
+                        .collect();
+                    let event = EventNotifications { room_id: room.to_owned(), thread_id: None, ts: 7, members };
+                    let mut batch = WriteBatch::default();
+                    store.write_push(
+                        &mut batch,
+                        pos,
+                        &PushWrites { notifications: Some(event), ..PushWrites::default() },
+                    );
+                    store.db.write(batch).unwrap();
+                }
+            }
+            if round == 0 {
+                store.db.flush_cf(store.cf(cf::PUSH_ROOM_NOTIFS)).unwrap();
+            }
+        }
+        // Room !r:x got positions 101-103 (in a table) and 107-109 (in the memtable).
+        let read = |user, room, after| -> Vec<(StreamPos, bool)> {
+            store.room_notifications(user, room, after).unwrap().iter().map(|e| (e.pos, e.highlight)).collect()
+        };
+        assert_eq!(read(users[0], rooms[0], 0), [101, 102, 103, 107, 108, 109].map(|p| (p, false)));
+        assert_eq!(read(users[1], rooms[0], 102), [103, 107, 108, 109].map(|p| (p, true)));
+        assert_eq!(read(users[2], rooms[1], 105), [106, 110, 111, 112].map(|p| (p, false)));
+        assert!(read(users[0], rooms[1], 112).is_empty());
+        assert!(read(user_id!("@c:x"), rooms[0], 0).is_empty());
+        // Reopened, the memtable's records come back from the log.
+        drop(store);
+        let store = RocksStorage::open(&StorageConfig::at(dir.path())).unwrap();
+        let positions: Vec<StreamPos> =
+            store.room_notifications(users[2], rooms[0], 0).unwrap().iter().map(|e| e.pos).collect();
+        assert_eq!(positions, [101, 102, 103, 107, 108, 109]);
+    }
+
+    #[test]
     fn user_notifications_read_both_formats_and_refuse_garbage() {
         let dir = tempfile::tempdir().unwrap();
         let store = RocksStorage::open(&StorageConfig::at(dir.path())).unwrap();

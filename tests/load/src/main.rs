@@ -176,7 +176,8 @@ struct RunArgs {
     /// W2: seconds to wait for all clients to receive one message.
     #[arg(long, default_value_t = 60)]
     w2_message_timeout_secs: u64,
-    /// W2: print each message's spread of delivery times (first, p10 ... p99, last) to stderr.
+    /// W2: print each message's start (Unix ms) and spread of delivery times (first, p10 ... p99,
+    /// last) to stderr.
     #[arg(long)]
     w2_per_message: bool,
     /// W3: rooms of the user [default 500; smoke 5].

@@ -266,6 +266,7 @@ async fn measure(ctx: &Ctx, opts: &Opts, w: &mut Workload) -> Result<()> {
         while rx.try_recv().is_ok() {}
 
         let started = Instant::now();
+        let started_wall = std::time::SystemTime::now();
         let txn = format!("{}-w2-{n}", ctx.run_id);
         match hs.send_text(&sender.token, &room, &txn, &format!("{marker}{n}")).await {
             Ok(_) => send_latency.push(ms(started.elapsed())),
@@ -297,8 +298,10 @@ async fn measure(ctx: &Ctx, opts: &Opts, w: &mut Workload) -> Result<()> {
             let mut mine: Vec<f64> = delivery[delivery.len() - count..].to_vec();
             mine.sort_by(|a, b| a.total_cmp(b));
             let at = |q: f64| mine[((mine.len() - 1) as f64 * q) as usize];
+            // The wall-clock start, to line a slow message up with the server's logs.
+            let at_ms = started_wall.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
             eprintln!(
-                "msg {n}: send {:.1} first {:.1} p10 {:.1} p25 {:.1} p50 {:.1} p75 {:.1} p90 {:.1} p99 {:.1} last {:.1}",
+                "msg {n} at {at_ms}: send {:.1} first {:.1} p10 {:.1} p25 {:.1} p50 {:.1} p75 {:.1} p90 {:.1} p99 {:.1} last {:.1}",
                 send_latency.last().copied().unwrap_or(0.0),
                 at(0.0),
                 at(0.1),
