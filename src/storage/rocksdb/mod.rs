@@ -362,19 +362,18 @@ impl RocksStorage {
 /// Bytes of each arena block a memtable allocates.
 const ARENA_BLOCK: usize = 64 * 1024;
 
-/// The families whose memtable is hashed by user (see `per_user_memtable`): the unread
-/// records a message writes for each member it notifies (`user SEP room SEP pos`), read only
-/// forward within one user and room. PUSH_USER_NOTIFS, written as often, keeps the default
-/// memtable: /notifications reads it backwards from a position, and a hashed memtable cannot
-/// seek backwards past the end of a user's keys (RocksDB's prefix iterator has no SeekToLast).
-const PER_USER_FAMILIES: [&str; 1] = [cf::PUSH_ROOM_NOTIFS];
+/// The families whose memtable is hashed by user (see `per_user_memtable`): the records a
+/// message writes for each member it notifies, unread (`user SEP room SEP pos`) and for
+/// /notifications (`user SEP inverted pos`), both read only forwards within one user.
+const PER_USER_FAMILIES: [&str; 2] = [cf::PUSH_ROOM_NOTIFS, cf::PUSH_USER_NOTIFS_NEWEST];
 
-/// A message to a room of 1,000 writes 1,000 unread records. In the default memtable (one
+/// A message to a room of 1,000 writes 2,000 such records. In the default memtable (one
 /// skiplist of every key) each insert searches past keys of every other member, with long
 /// shared prefixes; here the memtable is hashed by user and each user's keys form a small
 /// skiplist of their own. The prefix extractor also gives the tables prefix bloom filters.
-/// Reads must seek forward within one user's prefix, which is what a prefix extractor allows
-/// without `total_order_seek`.
+/// Reads must seek forwards within one user's prefix, which is what a prefix extractor allows
+/// without `total_order_seek`: RocksDB's hashed memtable has no SeekToLast, so a backwards
+/// seek past the end of a user's keys would miss the memtable's records.
 fn per_user_memtable(cf_opts: &mut Options) {
     cf_opts.set_prefix_extractor(SliceTransform::create("ieum.user_prefix", user_prefix, Some(has_user_prefix)));
     // Buckets live in the memtable's arena (8 bytes each): 16K cost 128 KiB per memtable and

@@ -57,6 +57,16 @@ fn decode_user_notif(value: &[u8]) -> Result<(u8, u64, Option<String>, Box<serde
     Ok((*flags, u64::from_be_bytes(*ts), thread_id, actions))
 }
 
+/// A position in PUSH_USER_NOTIFS_NEWEST's keys: inverted, so that the newest sorts first
+/// (its own inverse).
+fn newest_first(pos: StreamPos) -> StreamPos {
+    StreamPos::MAX - pos
+}
+
+fn user_notif_corrupt(table: &'static str, detail: &str) -> StorageError {
+    StorageError::Corrupt { table, detail: detail.into() }
+}
+
 fn queue_key(seq: (StreamPos, u32)) -> [u8; 12] {
     let mut key = [0u8; 12];
     key[..8].copy_from_slice(&seq.0.to_be_bytes());
@@ -160,11 +170,11 @@ impl RocksStorage {
                 value.push(flags(member));
                 value.extend_from_slice(thread);
                 batch.put_cf(self.cf(cf::PUSH_ROOM_NOTIFS), &key, &value);
-                // `with_u64(user, pos)`.
+                // `with_u64(user, newest_first(pos))`.
                 key.truncate(member.user_id.as_bytes().len() + 1);
-                key.extend_from_slice(&pos.to_be_bytes());
+                key.extend_from_slice(&newest_first(pos).to_be_bytes());
                 encode_user_notif(event, member, &mut value);
-                batch.put_cf(self.cf(cf::PUSH_USER_NOTIFS), &key, &value);
+                batch.put_cf(self.cf(cf::PUSH_USER_NOTIFS_NEWEST), &key, &value);
             }
         }
         for (index, delivery) in push.deliveries.iter().enumerate() {
@@ -177,6 +187,69 @@ impl RocksStorage {
             self.stamps.raise(super::stamps::Stream::ReadPosition, &key, pos);
             batch.put_cf(self.cf(cf::PUSH_SENT_READ), key, pos.to_be_bytes());
         }
+    }
+}
+
+impl RocksStorage {
+    /// Up to `limit` records below `before` from PUSH_USER_NOTIFS, as written until 2026-11-25
+    /// (`user SEP pos`, read backwards), newest first.
+    fn older_user_notifications(
+        &self,
+        user_id: &UserId,
+        before: StreamPos,
+        limit: usize,
+    ) -> Result<Vec<NotificationRecord>> {
+        let prefix = keys::prefix(user_id.as_bytes());
+        // Keys strictly below `before`: start at `before` itself, skipping an exact hit.
+        let start = keys::with_u64(user_id.as_bytes(), before);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf::PUSH_USER_NOTIFS), IteratorMode::From(&start, RDirection::Reverse))
+        {
+            let (key, value) = item.map_err(backend)?;
+            if !key.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            if key.as_ref() == start.as_slice() {
+                continue;
+            }
+            if value.first() == Some(&b'{') {
+                out.push(decode(cf::PUSH_USER_NOTIFS, &value)?);
+                continue;
+            }
+            let pos = keys::trailing_u64(&key).ok_or_else(|| user_notif_corrupt(cf::PUSH_USER_NOTIFS, "bad key"))?;
+            out.push(self.notification_record(cf::PUSH_USER_NOTIFS, user_id, pos, &value)?);
+        }
+        Ok(out)
+    }
+
+    /// The notification record of a compact value at `pos` (the room and the event are the
+    /// `stream_events` entry there).
+    fn notification_record(
+        &self,
+        table: &'static str,
+        user_id: &UserId,
+        pos: StreamPos,
+        value: &[u8],
+    ) -> Result<NotificationRecord> {
+        let (flags, ts, thread_id, actions) = decode_user_notif(value).map_err(|e| match e {
+            StorageError::Corrupt { detail, .. } => StorageError::Corrupt { table, detail },
+            other => other,
+        })?;
+        let event = self
+            .get(cf::STREAM_EVENTS, &keys::u64_key(pos))?
+            .ok_or_else(|| user_notif_corrupt(table, "no stream event"))?;
+        let (room_id, event_id) = super::appservice::parse_stream_event(&event)?;
+        Ok(NotificationRecord {
+            user_id: user_id.to_owned(),
+            room_id,
+            event_id,
+            actions,
+            notify: flags & FLAG_NOTIFY != 0,
+            highlight: flags & FLAG_HIGHLIGHT != 0,
+            thread_id,
+            ts,
+            pos,
+        })
     }
 }
 
@@ -250,39 +323,34 @@ impl PushStore for RocksStorage {
     }
 
     fn user_notifications(&self, user_id: &UserId, before: StreamPos, limit: usize) -> Result<Vec<NotificationRecord>> {
-        let prefix = keys::prefix(user_id.as_bytes());
-        // Keys strictly below `before`: start at `before` itself, skipping an exact hit.
-        let start = keys::with_u64(user_id.as_bytes(), before);
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(cf::PUSH_USER_NOTIFS), IteratorMode::From(&start, RDirection::Reverse))
-        {
+        if before == 0 || limit == 0 {
+            return Ok(out);
+        }
+        let prefix = keys::prefix(user_id.as_bytes());
+        // Newest first in key order: the first key below `before` is that of `before - 1`.
+        let start = keys::with_u64(user_id.as_bytes(), newest_first(before - 1));
+        let iter = self.db.iterator_cf_opt(
+            self.cf(cf::PUSH_USER_NOTIFS_NEWEST),
+            super::bounded(&prefix),
+            IteratorMode::From(&start, RDirection::Forward),
+        );
+        for item in iter {
             let (key, value) = item.map_err(backend)?;
             if !key.starts_with(&prefix) || out.len() >= limit {
                 break;
             }
-            if key.as_ref() == start.as_slice() {
-                continue;
-            }
-            if value.first() == Some(&b'{') {
-                out.push(decode(cf::PUSH_USER_NOTIFS, &value)?);
-                continue;
-            }
-            let corrupt = |detail: &str| StorageError::Corrupt { table: cf::PUSH_USER_NOTIFS, detail: detail.into() };
-            let pos = keys::trailing_u64(&key).ok_or_else(|| corrupt("bad key"))?;
-            let (flags, ts, thread_id, actions) = decode_user_notif(&value)?;
-            let event = self.get(cf::STREAM_EVENTS, &keys::u64_key(pos))?.ok_or_else(|| corrupt("no stream event"))?;
-            let (room_id, event_id) = super::appservice::parse_stream_event(&event)?;
-            out.push(NotificationRecord {
-                user_id: user_id.to_owned(),
-                room_id,
-                event_id,
-                actions,
-                notify: flags & FLAG_NOTIFY != 0,
-                highlight: flags & FLAG_HIGHLIGHT != 0,
-                thread_id,
-                ts,
-                pos,
-            });
+            let pos = keys::trailing_u64(&key).map(newest_first);
+            let pos = pos.ok_or_else(|| user_notif_corrupt(cf::PUSH_USER_NOTIFS_NEWEST, "bad key"))?;
+            out.push(self.notification_record(cf::PUSH_USER_NOTIFS_NEWEST, user_id, pos, &value)?);
+        }
+        // Records written before the newest-first family. They are older than the records in it,
+        // but merging by position costs nothing and assumes nothing.
+        let older = self.older_user_notifications(user_id, before, limit)?;
+        if !older.is_empty() {
+            out.extend(older);
+            out.sort_by(|a, b| b.pos.cmp(&a.pos));
+            out.truncate(limit);
         }
         Ok(out)
     }
@@ -437,8 +505,8 @@ mod tests {
                 room_value.extend_from_slice(event.thread_id.as_deref().unwrap_or("").as_bytes());
                 let stored = store.get(cf::PUSH_ROOM_NOTIFS, &room_key).unwrap();
                 assert_eq!(stored, Some(room_value), "{} at {pos}", expected.user_id);
-                let user_key = keys::with_u64(expected.user_id.as_bytes(), *pos);
-                let user_value = store.get(cf::PUSH_USER_NOTIFS, &user_key).unwrap();
+                let user_key = keys::with_u64(expected.user_id.as_bytes(), newest_first(*pos));
+                let user_value = store.get(cf::PUSH_USER_NOTIFS_NEWEST, &user_key).unwrap();
                 let (flags, ts, thread, actions) = decode_user_notif(&user_value.unwrap()).unwrap();
                 assert_eq!(
                     (flags, ts, thread, actions.get()),
@@ -502,6 +570,71 @@ mod tests {
         let positions: Vec<StreamPos> =
             store.room_notifications(users[2], rooms[0], 0).unwrap().iter().map(|e| e.pos).collect();
         assert_eq!(positions, [101, 102, 103, 107, 108, 109]);
+    }
+
+    #[test]
+    fn user_notifications_come_newest_first_from_both_families_across_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStorage::open(&StorageConfig::at(dir.path())).unwrap();
+        let room = room_id!("!r:x");
+        let (a, b) = (user_id!("@a:x"), user_id!("@a:xy"));
+        let actions: std::sync::Arc<serde_json::value::RawValue> =
+            serde_json::value::RawValue::from_string(r#"["notify"]"#.into()).unwrap().into();
+        let event = |pos: StreamPos| EventNotifications {
+            room_id: room.to_owned(),
+            thread_id: None,
+            ts: pos,
+            members: [a, b]
+                .map(|u| MemberNotification {
+                    user_id: u.to_owned(),
+                    actions: actions.clone(),
+                    notify: true,
+                    highlight: false,
+                })
+                .to_vec(),
+        };
+        let mut batch = WriteBatch::default();
+        // Two records in the family written before 2026-11-25 (compact values, `user SEP pos`).
+        for pos in [3, 5] {
+            let mut value = Vec::new();
+            encode_user_notif(&event(pos), &event(pos).members[0], &mut value);
+            batch.put_cf(store.cf(cf::PUSH_USER_NOTIFS), keys::with_u64(a.as_bytes(), pos), &value);
+        }
+        for pos in 1..=12 {
+            batch.put_cf(
+                store.cf(cf::STREAM_EVENTS),
+                keys::u64_key(pos),
+                super::super::appservice::stream_event_value(room.as_bytes(), format!("$e{pos}").as_bytes()),
+            );
+        }
+        store.db.write(batch).unwrap();
+        // Then 8 and 9 flushed to a table, and 11 and 12 in the memtable.
+        for pos in [8, 9, 11, 12] {
+            let mut batch = WriteBatch::default();
+            store.write_push(&mut batch, pos, &PushWrites { notifications: Some(event(pos)), ..PushWrites::default() });
+            store.db.write(batch).unwrap();
+            if pos == 9 {
+                store.db.flush_cf(store.cf(cf::PUSH_USER_NOTIFS_NEWEST)).unwrap();
+            }
+        }
+        let read = |user, before, limit| -> Vec<(StreamPos, String, u64)> {
+            let records = store.user_notifications(user, before, limit).unwrap();
+            records.into_iter().map(|r| (r.pos, r.event_id.to_string(), r.ts)).collect()
+        };
+        let positions =
+            |user, before, limit| -> Vec<StreamPos> { read(user, before, limit).iter().map(|r| r.0).collect() };
+        assert_eq!(read(a, StreamPos::MAX, 2), [(12, "$e12".to_owned(), 12), (11, "$e11".to_owned(), 11)]);
+        assert_eq!(positions(a, StreamPos::MAX, 10), [12, 11, 9, 8, 5, 3]);
+        // Strictly below `before`, across the two families.
+        assert_eq!(positions(a, 12, 3), [11, 9, 8]);
+        assert_eq!(positions(a, 9, 10), [8, 5, 3]);
+        assert_eq!(positions(a, 8, 10), [5, 3]);
+        assert_eq!(positions(a, 3, 10), Vec::<StreamPos>::new());
+        assert_eq!(positions(a, 0, 10), Vec::<StreamPos>::new());
+        assert_eq!(positions(a, StreamPos::MAX, 0), Vec::<StreamPos>::new());
+        // `@a:x` is a prefix of `@a:xy`: neither sees the other's records.
+        assert_eq!(positions(b, StreamPos::MAX, 10), [12, 11, 9, 8]);
+        assert_eq!(positions(user_id!("@c:x"), StreamPos::MAX, 10), Vec::<StreamPos>::new());
     }
 
     #[test]

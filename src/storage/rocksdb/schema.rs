@@ -92,10 +92,14 @@ pub const BACKUP_KEYS: &str = "backup_keys";
 /// the user's notified events in a room; counting after a read receipt is one short scan.
 pub const PUSH_ROOM_NOTIFS: &str = "push_room_notifs";
 /// `user_id 0xFF pos u64` -> `1 u8 ++ flags u8 ++ ts u64 ++ thread root length u16 ++ thread
-/// root ++ actions (JSON)`: `/notifications`, newest first; the room and the event are the
-/// `stream_events` entry at `pos`. Records of databases from before 2026-11 are
-/// NotificationRecord JSON objects, still read.
+/// root ++ actions (JSON)`: `/notifications` as written until 2026-11-25, read backwards; the
+/// room and the event are the `stream_events` entry at `pos`. Records of databases from before
+/// 2026-11 are NotificationRecord JSON objects. No longer written, still read.
 pub const PUSH_USER_NOTIFS: &str = "push_user_notifs";
+/// `user_id 0xFF (u64::MAX - pos) u64` -> the compact PUSH_USER_NOTIFS value: `/notifications`,
+/// newest first in key order, so it is read forwards (its memtable is hashed by user and
+/// cannot be read backwards, see `per_user_memtable`). Written since 2026-11-25.
+pub const PUSH_USER_NOTIFS_NEWEST: &str = "push_user_notifs_newest";
 /// `user_id 0xFF room_id` -> `pos u64`: the user's latest own event in the room (implicit receipt).
 pub const PUSH_SENT_READ: &str = "push_sent_read";
 /// `user_id 0xFF app_id 0xFF pushkey` -> PusherRecord (JSON).
@@ -155,6 +159,7 @@ pub const ALL: &[&str] = &[
     BACKUP_KEYS,
     PUSH_ROOM_NOTIFS,
     PUSH_USER_NOTIFS,
+    PUSH_USER_NOTIFS_NEWEST,
     PUSH_SENT_READ,
     PUSHERS,
     PUSHER_KEYS,
