@@ -42,8 +42,12 @@ fn encode_user_notif(event: &EventNotifications, member: &MemberNotification, va
 }
 
 /// The parts of a compact PUSH_USER_NOTIFS value: (flags, ts, thread root, actions).
-fn decode_user_notif(value: &[u8]) -> Result<(u8, u64, Option<String>, Box<serde_json::value::RawValue>)> {
-    let corrupt = |detail: &str| StorageError::Corrupt { table: cf::PUSH_USER_NOTIFS, detail: detail.into() };
+/// `table` is the family it was read from, named in a corruption error.
+fn decode_user_notif(
+    table: &'static str,
+    value: &[u8],
+) -> Result<(u8, u64, Option<String>, Box<serde_json::value::RawValue>)> {
+    let corrupt = |detail: &str| user_notif_corrupt(table, detail);
     let [USER_NOTIF_COMPACT, flags, rest @ ..] = value else { return Err(corrupt("unknown format")) };
     let (ts, rest) = rest.split_first_chunk::<8>().ok_or_else(|| corrupt("short"))?;
     let (len, rest) = rest.split_first_chunk::<2>().ok_or_else(|| corrupt("short"))?;
@@ -231,10 +235,7 @@ impl RocksStorage {
         pos: StreamPos,
         value: &[u8],
     ) -> Result<NotificationRecord> {
-        let (flags, ts, thread_id, actions) = decode_user_notif(value).map_err(|e| match e {
-            StorageError::Corrupt { detail, .. } => StorageError::Corrupt { table, detail },
-            other => other,
-        })?;
+        let (flags, ts, thread_id, actions) = decode_user_notif(table, value)?;
         let event = self
             .get(cf::STREAM_EVENTS, &keys::u64_key(pos))?
             .ok_or_else(|| user_notif_corrupt(table, "no stream event"))?;
@@ -507,7 +508,8 @@ mod tests {
                 assert_eq!(stored, Some(room_value), "{} at {pos}", expected.user_id);
                 let user_key = keys::with_u64(expected.user_id.as_bytes(), newest_first(*pos));
                 let user_value = store.get(cf::PUSH_USER_NOTIFS_NEWEST, &user_key).unwrap();
-                let (flags, ts, thread, actions) = decode_user_notif(&user_value.unwrap()).unwrap();
+                let (flags, ts, thread, actions) =
+                    decode_user_notif(cf::PUSH_USER_NOTIFS_NEWEST, &user_value.unwrap()).unwrap();
                 assert_eq!(
                     (flags, ts, thread, actions.get()),
                     (super::flags(expected), 7, event.thread_id.clone(), r#"["notify"]"#)
@@ -679,10 +681,10 @@ mod tests {
         };
         encode_user_notif(&event, &member, &mut value);
         assert!(value.len() < 60, "{} bytes", value.len());
-        let (flags, ts, thread, actions) = decode_user_notif(&value).unwrap();
+        let (flags, ts, thread, actions) = decode_user_notif(cf::PUSH_USER_NOTIFS, &value).unwrap();
         assert_eq!((flags, ts, thread.as_deref(), actions.get()), (3, 42, Some("$root"), legacy.actions.get()));
         for bad in [&value[..5], &value[..11], &value[..13], &[9u8, 0][..], &[][..]] {
-            assert!(decode_user_notif(bad).is_err(), "{bad:?}");
+            assert!(decode_user_notif(cf::PUSH_USER_NOTIFS, bad).is_err(), "{bad:?}");
         }
         let mut batch = WriteBatch::default();
         batch.put_cf(store.cf(cf::PUSH_USER_NOTIFS), keys::with_u64(user.as_bytes(), 6), &value[..11]);
